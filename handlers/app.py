@@ -1,0 +1,47 @@
+"""``make_app``: a fresh Application with the one route table."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import jinja2
+import tornado.web
+
+from handlers.auth import LoginHandler, LogoutHandler, SignupHandler
+from handlers.base import NotFoundHandler
+from handlers.users import HealthHandler, UsersApiHandler, UsersPageHandler
+from handlers.ws import PresenceSocketHandler
+from presence_app.services import Services
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_app(services: Services) -> tornado.web.Application:
+    settings = services.settings
+    jinja_env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(ROOT / "templates")),
+        autoescape=True, trim_blocks=True, lstrip_blocks=True, auto_reload=settings.debug)
+    routes = [
+        (r"/", UsersPageHandler),
+        (r"/signup", SignupHandler),
+        (r"/login", LoginHandler),
+        (r"/logout", LogoutHandler),
+        (r"/ws", PresenceSocketHandler),
+        (r"/api/users", UsersApiHandler),
+        (r"/healthz", HealthHandler),
+    ]
+    return tornado.web.Application(
+        routes,
+        services=services,
+        jinja_env=jinja_env,
+        cookie_secret=settings.cookie_secret,
+        xsrf_cookies=True,
+        xsrf_cookie_kwargs={"httponly": True, "samesite": "Lax"},
+        login_url="/login",
+        static_path=str(ROOT / "static"),
+        default_handler_class=NotFoundHandler,
+        debug=settings.debug,
+        serve_traceback=False,
+        websocket_ping_interval=settings.ping_interval,
+        websocket_ping_timeout=settings.ping_interval * 1.5,
+        websocket_max_message_size=settings.max_message_size,
+    )

@@ -1,0 +1,124 @@
+"""BaseHandler: services, the session cookie, Jinja2 rendering, errors without tracebacks."""
+from __future__ import annotations
+
+import http.client
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+import tornado.web
+from markupsafe import Markup
+
+from presence_app.accounts import AccountService, SessionUser
+from presence_app.presence import PresenceService
+from presence_app.services import Services
+
+SESSION_COOKIE = "presence_session"
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+                               "connect-src 'self'; frame-ancestors 'none'; form-action 'self'",
+}
+
+
+def safe_next(target: str | None) -> str:
+    """A same-site path to go to after login, or "/" for anything else (CWE-601)."""
+    if not target or any(ord(c) < 32 or ord(c) == 127 or c == "\\" for c in target):
+        return "/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return "/"
+    return target
+
+
+class SessionMixin:
+    """Loads the session user in an async ``prepare`` (get_current_user cannot be async)."""
+
+    settings: dict[str, Any]
+    current_user: Any
+
+    @property
+    def services(self) -> Services:
+        return self.settings["services"]
+
+    @property
+    def accounts(self) -> AccountService:
+        return self.services.accounts
+
+    @property
+    def presence(self) -> PresenceService:
+        return self.services.presence
+
+    def session_token(self) -> str | None:
+        raw = self.get_signed_cookie(  # type: ignore[attr-defined]
+            SESSION_COOKIE, max_age_days=self.services.settings.session_days + 1)
+        if raw is None:
+            return None
+        try:
+            return raw.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+
+    async def load_user(self) -> SessionUser | None:
+        user = await self.accounts.session_user(self.session_token())
+        self.current_user = user
+        return user
+
+
+class BaseHandler(SessionMixin, tornado.web.RequestHandler):
+    def set_default_headers(self) -> None:
+        for name, value in SECURITY_HEADERS.items():
+            self.set_header(name, value)
+
+    async def prepare(self) -> None:
+        await self.load_user()
+
+    def set_cookie(self, name: str, value: str | bytes, *args: Any, **kwargs: Any) -> None:
+        """Every cookie (session and _xsrf) is Secure when the request came over HTTPS."""
+        if self.request.protocol == "https":
+            kwargs.setdefault("secure", True)
+        kwargs.setdefault("samesite", "Lax")
+        super().set_cookie(name, value, *args, **kwargs)
+
+    def set_session_cookie(self, token: str) -> None:
+        self.set_signed_cookie(SESSION_COOKIE, token,
+                               expires_days=self.services.settings.session_days,
+                               httponly=True, samesite="Lax")
+
+    def clear_session_cookie(self) -> None:
+        self.clear_cookie(SESSION_COOKIE, httponly=True, samesite="Lax")
+
+    def render_string(self, template_name: str, **kwargs: Any) -> bytes:
+        template = self.settings["jinja_env"].get_template(template_name)
+        namespace = {
+            "static_url": self.static_url,
+            "xsrf_form_html": lambda: Markup(self.xsrf_form_html()),
+            "current_user": self.current_user.username if self.current_user else None,
+            "request": self.request,
+        }
+        namespace.update(kwargs)
+        return template.render(**namespace).encode("utf-8")
+
+    def wants_json(self) -> bool:
+        return self.request.path.startswith(("/api/", "/healthz"))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Errors as a short page or JSON; never a traceback, whatever ``debug`` says."""
+        reason = self._reason or http.client.responses.get(status_code, "Error")
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code < 500:
+            reason = exc.log_message % exc.args if exc.args else exc.log_message
+        if self.wants_json():
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"error": reason, "status": status_code}))
+            return
+        self.finish(self.render_string("error.html", title=f"{status_code} {reason}",
+                                       status=status_code, message=reason))
+
+
+class NotFoundHandler(BaseHandler):
+    async def prepare(self) -> None:
+        await super().prepare()
+        raise tornado.web.HTTPError(404, "Page not found")

@@ -1,0 +1,180 @@
+"""Pub/sub brokers: one tiny interface, an in-process and a Redis implementation.
+
+What is published comes back through ``listen`` to every subscriber, the publisher included:
+there is one delivery path, and fan-out happens in one place (presence).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from abc import ABC, abstractmethod
+from typing import Any, Awaitable, Callable
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[str], None]
+ReconnectHandler = Callable[[], Awaitable[None]]
+
+
+class Broker(ABC):
+    """Publish text messages to every process; ``listen`` runs until cancelled."""
+
+    name = "broker"
+    #: Why the broker is unusable right now, or None when it is fine.
+    problem: str | None = None
+    _subscribed: asyncio.Event | None = None
+
+    def _subscribed_event(self) -> asyncio.Event:
+        if self._subscribed is None:
+            self._subscribed = asyncio.Event()
+        return self._subscribed
+
+    async def wait_subscribed(self, timeout: float) -> None:
+        """Wait until ``listen`` is subscribed (or give up after ``timeout``)."""
+        try:
+            await asyncio.wait_for(self._subscribed_event().wait(), timeout)
+        except asyncio.TimeoutError:
+            log.warning("Not subscribed to the broker after %.0f s; continuing", timeout)
+
+    async def connect(self) -> None:
+        """Open connections; raise if the broker cannot be reached at all."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    @abstractmethod
+    async def publish(self, message: str) -> None:
+        ...
+
+    @abstractmethod
+    async def listen(self, on_message: MessageHandler, on_resubscribed: ReconnectHandler) -> None:
+        """Deliver messages to ``on_message`` forever.
+
+        ``on_resubscribed`` is awaited after every successful (re)subscription except the
+        first: whatever was published meanwhile may have been missed, so state must be
+        resynchronised.
+        """
+
+
+class LocalBroker(Broker):
+    """In-process broker: zero configuration, one process."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+
+    async def publish(self, message: str) -> None:
+        self.publish_nowait(message)
+
+    def publish_nowait(self, message: str) -> None:
+        self._queue.put_nowait(message)
+
+    async def listen(self, on_message: MessageHandler, on_resubscribed: ReconnectHandler) -> None:
+        self._subscribed_event().set()
+        while True:
+            message = await self._queue.get()
+            try:
+                on_message(message)
+            except Exception:
+                log.exception("Message handler failed; message dropped")
+
+
+class RedisBroker(Broker):
+    """Redis pub/sub via ``redis.asyncio`` with a receive loop that never dies silently.
+
+    redis-py's PubSub would otherwise reconnect and re-subscribe on its own without telling
+    anyone; its client is built with retries off so that every lost connection surfaces
+    here, and the loop backs off, resubscribes and asks presence to resynchronise.
+    """
+
+    name = "redis"
+
+    def __init__(self, url: str, prefix: str) -> None:
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        self.url = url
+        self.channel = f"{prefix}:events"
+        common: dict[str, Any] = dict(decode_responses=True, socket_connect_timeout=2.0,
+                                      health_check_interval=0)
+        # Commands (scripts, heartbeats) fail fast instead of retrying for long.
+        self.client = aioredis.from_url(url, socket_timeout=5.0,
+                                        retry=Retry(NoBackoff(), 1), **common)
+        self._sub_client = aioredis.from_url(url, retry=Retry(NoBackoff(), 0), **common)
+        self.problem = "not connected yet"
+
+    async def connect(self) -> None:
+        try:
+            await self.client.ping()
+            self.problem = None
+        except Exception as exc:  # keep serving; listen() retries with backoff
+            self.problem = f"redis unreachable: {exc}"
+            log.warning("Redis at %s is unreachable (%s); will keep retrying", self.url, exc)
+
+    async def close(self) -> None:
+        await self._sub_client.aclose()
+        await self.client.aclose()
+
+    async def publish(self, message: str) -> None:
+        await self.client.publish(self.channel, message)
+
+    async def listen(self, on_message: MessageHandler, on_resubscribed: ReconnectHandler) -> None:
+        delay, first = 0.1, True
+        while True:
+            pubsub = self._sub_client.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                await self._confirmed(pubsub)
+                self._subscribed_event().set()
+                if not first:
+                    log.info("Resubscribed to Redis; resynchronising presence")
+                    await on_resubscribed()
+                first, delay = False, 0.1
+                self.problem = None
+                await self._receive(pubsub, on_message)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.problem = f"redis unreachable: {exc}"
+                first = False
+                log.warning("Redis subscription lost (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                delay = min(delay * 2, 5.0)
+            finally:
+                await _quietly(pubsub.aclose())
+
+    async def _confirmed(self, pubsub: Any) -> None:
+        """Wait for Redis to confirm the subscription: from then on nothing is missed."""
+        while True:
+            message = await pubsub.get_message(timeout=5.0)
+            if message is None:
+                raise ConnectionError("no subscription confirmation from Redis")
+            if message.get("type") == "subscribe":
+                return
+
+    async def _receive(self, pubsub: Any, on_message: MessageHandler) -> None:
+        while True:
+            message = await pubsub.get_message(timeout=1.0)
+            if message is None or message.get("type") != "message":
+                continue
+            try:
+                on_message(message["data"])
+            except Exception:
+                log.exception("Message handler failed; message dropped")
+
+
+async def _quietly(awaitable: Awaitable[Any]) -> None:
+    try:
+        await awaitable
+    except Exception:  # closing a broken connection may fail; nothing to do about it
+        pass
+
+
+def make_broker(url: str, prefix: str) -> Broker:
+    """``memory://`` (default) or ``redis://``/``rediss://``; redis is imported lazily."""
+    if url.startswith("memory://"):
+        return LocalBroker()
+    return RedisBroker(url, prefix)

@@ -1,0 +1,200 @@
+"""Settings: one frozen dataclass built from CLI flags, ``PRESENCE_*`` env vars and defaults."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import secrets
+import socket
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Mapping, Sequence
+from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
+
+SECRET_FILE = "cookie_secret"
+
+
+class ConfigError(Exception):
+    """A setting is invalid; the message is one line meant for the operator."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    address: str = "127.0.0.1"
+    port: int = 8888
+    data_dir: Path = Path("data")
+    database_url: str = ""
+    redis_url: str = ""
+    redis_prefix: str = "presence"
+    cookie_secret: str = ""
+    bcrypt_rounds: int = 12
+    bcrypt_threads: int = 0
+    debug: bool = False
+    processes: int = 1
+    node_id: str = ""
+    heartbeat_timeout: float = 10.0
+    ping_interval: float = 20.0
+    max_message_size: int = 64 * 1024
+    send_buffer_limit: int = 1024 * 1024
+    session_days: float = 30.0
+    xheaders: bool = False
+    flush_interval: float = 0.5
+    log_level: str = "INFO"
+
+    @property
+    def broker_url(self) -> str:
+        return self.redis_url or "memory://"
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """How often a node refreshes its liveness key and looks for dead nodes."""
+        return max(self.heartbeat_timeout / 4.0, 0.1)
+
+    def for_worker(self, worker: int | None) -> "Settings":
+        """The settings of one forked worker: node id ``<node id>:<worker>`` keeps ids unique."""
+        if worker is None:
+            return self
+        return replace(self, node_id=f"{self.node_id}:{worker}")
+
+
+_OPTIONS: list[tuple[str, type, str]] = [
+    ("address", str, "interface to listen on"),
+    ("port", int, "TCP port to listen on"),
+    ("data-dir", str, "directory for the SQLite file and the generated cookie secret"),
+    ("database-url", str, "SQLAlchemy URL (sqlite+aiosqlite:///..., postgresql+asyncpg://...)"),
+    ("redis-url", str, "redis:// or rediss:// URL; empty: in-process broker"),
+    ("redis-prefix", str, "prefix of every Redis key and channel"),
+    ("cookie-secret", str, "secret signing cookies; default: generated into the data dir"),
+    ("bcrypt-rounds", int, "bcrypt cost factor (4..31)"),
+    ("bcrypt-threads", int, "threads hashing passwords (0: one per CPU)"),
+    ("processes", int, "forked worker processes sharing the port (needs --redis-url)"),
+    ("node-id", str, "this process's id in logs, /healthz and the online-users table"),
+    ("heartbeat-timeout", float, "seconds after which a silent process's users go offline"),
+    ("ping-interval", float, "seconds between WebSocket protocol pings"),
+    ("max-message-size", int, "largest accepted WebSocket frame in bytes"),
+    ("send-buffer-limit", int, "bytes queued to one socket before it is dropped"),
+    ("session-days", float, "session lifetime in days"),
+    ("flush-interval", float, "seconds between batched writes of the online-users table"),
+    ("log-level", str, "DEBUG, INFO, WARNING or ERROR"),
+]
+_FLAGS = ("debug", "xheaders")
+_NODE_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
+
+
+def env_name(option: str) -> str:
+    return "PRESENCE_" + option.replace("-", "_").upper()
+
+
+def make_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    defaults = Settings()
+    parser = argparse.ArgumentParser(
+        prog="run.py", description="Presence: who is online, live.",
+        epilog="Every option can also be set as an environment variable PRESENCE_<NAME>.")
+    for name, kind, help_text in _OPTIONS:
+        attr = name.replace("-", "_")
+        default = env.get(env_name(name), getattr(defaults, attr))
+        parser.add_argument(f"--{name}", type=str, default=str(default),
+                            help=f"{help_text} (env {env_name(name)}, default %(default)r)")
+    for flag in _FLAGS:
+        parser.add_argument(f"--{flag}", action="store_true",
+                            default=_truthy(env.get(env_name(flag), "")),
+                            help=f"env {env_name(flag)}")
+    return parser
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _convert(name: str, kind: type, raw: str) -> object:
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"--{name}: expected {kind.__name__}, got {raw!r}") from None
+
+
+def load_settings(argv: Sequence[str] | None = None,
+                  env: Mapping[str, str] | None = None) -> Settings:
+    """Parse flags and environment into validated Settings (ConfigError on bad values)."""
+    env = os.environ if env is None else env
+    args = make_parser(env).parse_args(argv)
+    values: dict[str, object] = {}
+    for name, kind, _ in _OPTIONS:
+        attr = name.replace("-", "_")
+        values[attr] = _convert(name, kind, getattr(args, attr))
+    for flag in _FLAGS:
+        values[flag] = bool(getattr(args, flag))
+    values["data_dir"] = Path(str(values["data_dir"]))
+    return validate(Settings(**values))  # type: ignore[arg-type]
+
+
+def validate(s: Settings) -> Settings:
+    """Check ranges and combinations; fill derived defaults (database URL, node id)."""
+    if not 0 <= s.port <= 65535:
+        raise ConfigError(f"--port must be 0..65535, got {s.port}")
+    if not 4 <= s.bcrypt_rounds <= 31:
+        raise ConfigError(f"--bcrypt-rounds must be 4..31, got {s.bcrypt_rounds}")
+    if s.processes < 0 or s.bcrypt_threads < 0:
+        raise ConfigError("--processes and --bcrypt-threads must not be negative")
+    for name in ("heartbeat_timeout", "ping_interval", "session_days", "flush_interval"):
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+    if s.max_message_size < 128 or s.send_buffer_limit < 1024:
+        raise ConfigError("--max-message-size must be >= 128 and --send-buffer-limit >= 1024")
+    if s.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError(f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {s.log_level}")
+    if s.redis_url and urlsplit(s.redis_url).scheme not in {"redis", "rediss", "unix"}:
+        raise ConfigError(f"--redis-url must start with redis:// or rediss://, got {s.redis_url!r}")
+    if s.processes != 1 and not s.redis_url:
+        raise ConfigError("--processes needs --redis-url: processes share presence through Redis")
+    if s.processes != 1 and s.debug:
+        raise ConfigError("--debug (autoreload) cannot be combined with --processes")
+    if s.node_id and not _NODE_ID.match(s.node_id):
+        raise ConfigError("--node-id may only contain letters, digits and _ . : @ -")
+    if s.cookie_secret and len(s.cookie_secret) < 16:
+        raise ConfigError("--cookie-secret must be at least 16 characters")
+    database_url = normalise_database_url(s.database_url or _default_db_url(s.data_dir))
+    node_id = s.node_id or f"{socket.gethostname()}:{s.port}"
+    return replace(s, database_url=database_url, node_id=node_id,
+                   log_level=s.log_level.upper())
+
+
+def _default_db_url(data_dir: Path) -> str:
+    return f"sqlite+aiosqlite:///{data_dir / 'presence.db'}"
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept plain ``sqlite:`` / ``postgresql:`` URLs and pick the async driver for them."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigError(f"--database-url is not a URL: {url!r}")
+    driver = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg",
+              "postgres": "postgresql+asyncpg"}.get(scheme, scheme)
+    if driver not in {"sqlite+aiosqlite", "postgresql+asyncpg"}:
+        raise ConfigError(f"--database-url must be sqlite or postgresql, got {scheme!r}")
+    return f"{driver}://{rest}"
+
+
+def ensure_cookie_secret(s: Settings) -> Settings:
+    """Without --cookie-secret, read (or create once) a 0600 secret file in the data dir."""
+    if s.cookie_secret:
+        return s
+    path = s.data_dir / SECRET_FILE
+    try:
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            secret = path.read_text().strip()
+            if len(secret) < 16:
+                raise ConfigError(f"{path} is empty or too short; delete it to regenerate")
+            return replace(s, cookie_secret=secret)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(48) + "\n")
+        log.info("Generated a new cookie secret in %s (mode 0600)", path)
+        return replace(s, cookie_secret=path.read_text().strip())
+    except OSError as exc:
+        raise ConfigError(f"cannot use data directory {s.data_dir}: {exc.strerror}") from None

@@ -1,0 +1,121 @@
+"""Keeping the shared presence state true: heartbeats, reaping dead processes, resync.
+
+A process that dies without cleaning up stops refreshing its liveness key; any other process
+notices within the heartbeat timeout and detaches the dead process's users (one atomic script,
+so only one of them publishes). After a Redis outage or restart, every process re-registers
+what it holds locally and corrects its clients from the rebuilt state.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from presence_app.ledger import OnlineLedger
+from presence_app.presence import PresenceService, iso, iso_now
+from presence_app.store import PresenceStore, UserState
+
+log = logging.getLogger(__name__)
+
+
+class PresenceSync:
+    def __init__(self, presence: PresenceService, store: PresenceStore, ledger: OnlineLedger,
+                 node_id: str, heartbeat_timeout: float, heartbeat_interval: float) -> None:
+        self.presence = presence
+        self.store = store
+        self.ledger = ledger
+        self.node_id = node_id
+        self.timeout = heartbeat_timeout
+        self.interval = heartbeat_interval
+        self.problem: str | None = None
+        self._epoch: str | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Clear what an earlier process with our node id left behind, then load the view."""
+        try:
+            self._epoch = await self.store.heartbeat(self.node_id, self.timeout)
+            self.ledger.record(await self.store.reap(self.node_id, iso_now(), force=True))
+        except Exception as exc:
+            self.problem = f"presence store unreachable: {exc}"
+            self.presence.needs_resync = True
+            log.warning("Presence store unreachable at start: %s", exc)
+        await self.ledger.clear_node(self.node_id)
+        await self.presence.load()
+
+    async def run(self) -> None:
+        while True:
+            await self.beat()
+            await asyncio.sleep(self.interval)
+
+    async def beat(self) -> None:
+        """One heartbeat: stay alive, resync if needed, reap dead processes."""
+        try:
+            epoch = await self.store.heartbeat(self.node_id, self.timeout)
+            if epoch != self._epoch:
+                log.warning("Presence store was reset (epoch %s -> %s); resynchronising",
+                            self._epoch, epoch)
+                await self.resync()
+            elif self.presence.needs_resync:
+                await self.resync()
+            await self.reap_dead()
+            if self.problem:
+                log.info("Presence store reachable again")
+            self.problem = None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if self.problem is None:
+                log.warning("Presence store unreachable: %s", exc)
+            self.problem = f"presence store unreachable: {exc}"
+            self.presence.needs_resync = True
+
+    async def reap_dead(self) -> None:
+        for node in await self.store.dead_nodes(self.node_id):
+            events = await self.store.reap(node, iso_now())
+            self.ledger.record(events)
+            await self.ledger.clear_node(node)
+            log.warning("Process %s stopped heartbeating; %d user(s) went offline",
+                        node, len(events))
+
+    async def resync(self) -> None:
+        """Rebuild the shared state from our local truth and correct our clients."""
+        async with self._lock:
+            p = self.presence
+            p.needs_resync = False
+            self._epoch = await self.store.heartbeat(self.node_id, self.timeout)
+            held = await self.store.members(self.node_id)
+            p.registered.clear()
+            p.registered.update(held)
+            for username in held | p.local_users():
+                p.changed(username)
+            await p.settled()
+            p.remark_all()
+            for user in await p.accounts.all_users():  # sign-ups we may have missed
+                if not p.known(user.username):
+                    p.apply_and_broadcast(user.username, UserState(False, 0, iso(user.last_seen)))
+            states = await self.store.states()
+            for item in p.users():
+                if item["online"] and item["username"] not in states:
+                    # Online in our view, unknown to the emptied store: nobody holds them.
+                    event = await self.store.settle(item["username"], iso_now())
+                    self.ledger.record([event] if event else [])
+            for username, state in states.items():
+                p.apply_and_broadcast(username, state)
+            log.info("Resynchronised presence: %d local user(s), %d known state(s)",
+                     len(p.local_users()), len(states))
+
+    async def stop(self) -> None:
+        """Shutdown: close sockets (1001), take our users offline at once, clear our rows."""
+        p = self.presence
+        p.closing = True
+        p.close_all()
+        await p.settled(timeout=2.0)
+        try:
+            self.ledger.record(await self.store.reap(self.node_id, iso_now(), force=True))
+        except Exception as exc:
+            log.warning("Could not clear this process from the presence store: %s", exc)
+        try:
+            await self.ledger.flush()
+            await self.ledger.clear_node(self.node_id)
+        except Exception as exc:
+            log.warning("Could not clear this process's online-users rows: %s", exc)

@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Composition root: options/env -> Settings -> open_services -> make_app -> listen."""
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import os
+import signal
+import socket
+import sys
+
+import tornado.httpserver
+import tornado.netutil
+
+from handlers import make_app
+from presence_app.config import ConfigError, Settings, ensure_cookie_secret, load_settings
+from presence_app.launcher import fork_workers
+from presence_app.services import StartupError, open_services
+
+log = logging.getLogger("presence")
+
+
+class NodeFilter(logging.Filter):
+    """Puts the node id into every log line."""
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__()
+        self.node_id = node_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.node = self.node_id
+        return True
+
+
+def setup_logging(settings: Settings) -> None:
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler()
+    handler.addFilter(NodeFilter(settings.node_id))
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s %(levelname)s [%(node)s] %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(settings.log_level)
+    logging.getLogger("tornado.access").setLevel(
+        logging.INFO if settings.debug else logging.WARNING)
+
+
+async def serve(settings: Settings, sockets: list[socket.socket], announce: bool) -> None:
+    """Run one server process until SIGTERM/SIGINT, then shut down cleanly."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with open_services(settings) as services:
+        app = make_app(services)
+        server = tornado.httpserver.HTTPServer(
+            app, xheaders=settings.xheaders, max_body_size=64 * 1024, idle_connection_timeout=60)
+        server.add_sockets(sockets)
+        gc.freeze()  # everything allocated so far lives forever: keep it out of GC passes
+        host, port = sockets[0].getsockname()[:2]
+        if announce:
+            print(f"Presence is running at http://{host}:{port}/ (pid {os.getpid()}, "
+                  f"node {settings.node_id}); Ctrl+C to stop", flush=True)
+        await stop.wait()
+        log.info("Shutting down: no new connections, closing sockets with 1001")
+        server.stop()
+    try:
+        await asyncio.wait_for(server.close_all_connections(), timeout=1.0)
+    except asyncio.TimeoutError:
+        pass
+    log.info("Stopped")
+
+
+def run_server(settings: Settings, sockets: list[socket.socket], announce: bool) -> int:
+    try:
+        asyncio.run(serve(settings, sockets, announce))
+    except StartupError as exc:
+        print(f"run.py: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = ensure_cookie_secret(load_settings(argv))
+        if settings.database_url.startswith("sqlite") and ":memory:" not in settings.database_url:
+            db_path = settings.database_url.split(":///", 1)[1]
+            os.makedirs(os.path.dirname(os.path.abspath(db_path)), exist_ok=True)
+        sockets = tornado.netutil.bind_sockets(settings.port, settings.address)
+    except ConfigError as exc:
+        print(f"run.py: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"run.py: error: cannot listen on {settings.address}:{settings.port}: "
+              f"{exc.strerror}", file=sys.stderr)
+        return 2
+    setup_logging(settings)
+    if settings.processes == 1:
+        return run_server(settings, sockets, announce=True)
+    count = settings.processes or os.cpu_count() or 1
+    host, port = sockets[0].getsockname()[:2]
+    print(f"Presence is running at http://{host}:{port}/ with {count} worker processes "
+          f"(supervisor pid {os.getpid()}); Ctrl+C to stop", flush=True)
+
+    def run_worker(worker: int) -> int:
+        worker_settings = settings.for_worker(worker)
+        setup_logging(worker_settings)
+        return run_server(worker_settings, sockets, announce=False)
+
+    return fork_workers(count, run_worker)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
