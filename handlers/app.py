@@ -42,6 +42,6 @@ def make_app(services: Services) -> tornado.web.Application:
         debug=settings.debug,
         serve_traceback=False,
         websocket_ping_interval=settings.ping_interval,
-        websocket_ping_timeout=settings.ping_interval * 1.5,
+        websocket_ping_timeout=settings.ping_interval,
         websocket_max_message_size=settings.max_message_size,
     )

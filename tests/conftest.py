@@ -79,31 +79,41 @@ async def _redis_ok() -> bool:
         await client.aclose()
 
 
+@pytest.fixture(scope="session")
+def redis_available() -> bool:
+    return asyncio.run(_redis_ok())
+
+
+# Note: no asyncio.run() in function-scoped fixtures: it would unset pytest-tornado's loop.
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: Any, tmp_path: Path, pg_database: Any) -> str:
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'presence.db'}"
     if isinstance(pg_database, Exception):
         unavailable(f"PostgreSQL at {PG_DSN} is not reachable: {pg_database}")
-    asyncio.run(_reset_pg(pg_database))
     return "postgresql+asyncpg://" + pg_database.split("://", 1)[1]
 
 
 @pytest.fixture(params=["memory", "redis"])
-def redis_url(request: Any) -> str:
+def redis_url(request: Any, redis_available: bool) -> str:
     if request.param == "memory":
         return ""
-    if not asyncio.run(_redis_ok()):
+    if not redis_available:
         unavailable(f"Redis at {REDIS_URL} is not reachable")
     return REDIS_URL
 
 
 @pytest.fixture
-def redis_prefix(redis_url: str) -> Any:
-    prefix = f"presence-test-{uuid.uuid4().hex[:10]}"
-    yield prefix
-    if redis_url:
-        asyncio.run(_drop_redis_keys(redis_url, prefix))
+def redis_prefix() -> str:
+    return f"presence-test-{uuid.uuid4().hex[:10]}"
+
+
+async def reset_backends(settings: Settings) -> None:
+    """Empty tables and keys a test may find: each test starts from nothing."""
+    if settings.database_url.startswith("postgresql"):
+        await _reset_pg("postgresql://" + settings.database_url.split("://", 1)[1])
+    if settings.redis_url:
+        await _drop_redis_keys(settings.redis_url, settings.redis_prefix)
 
 
 async def _drop_redis_keys(url: str, prefix: str) -> None:
@@ -128,10 +138,12 @@ def settings(tmp_path: Path, database_url: str, redis_url: str, redis_prefix: st
 @pytest.fixture
 def services(io_loop: Any, settings: Settings) -> Any:
     from presence_app.services import open_services
+    io_loop.run_sync(lambda: reset_backends(settings), timeout=20)
     manager = open_services(settings)
     opened = io_loop.run_sync(manager.__aenter__, timeout=20)
     yield opened
     io_loop.run_sync(lambda: manager.__aexit__(None, None, None), timeout=20)
+    io_loop.run_sync(lambda: reset_backends(settings), timeout=20)
 
 
 @pytest.fixture
