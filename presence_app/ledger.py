@@ -13,6 +13,7 @@ import logging
 
 from sqlalchemy import delete, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from presence_app.db import Database, OnlineUser, User, utcnow
 
@@ -68,7 +69,7 @@ class OnlineLedger:
                 self.problem = f"database write failed: {exc.__class__.__name__}"
                 raise
 
-    async def _write_counts(self, session, counts: dict[int, int]) -> None:  # type: ignore[no-untyped-def]
+    async def _write_counts(self, session: AsyncSession, counts: dict[int, int]) -> None:
         gone = [uid for uid, n in counts.items() if n <= 0]
         if gone:
             await session.execute(delete(OnlineUser).where(
