@@ -1,0 +1,211 @@
+"""Real processes for cluster tests: app servers, a private redis-server, nginx.
+
+Everything binds 127.0.0.1 on free ports and is stopped by the fixture that started it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_json(url: str, timeout: float = 3.0) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+class AppProcess:
+    """``python run.py`` as a subprocess; output goes to a log file next to the data dir."""
+
+    def __init__(self, workdir: Path, name: str, database_url: str, redis_url: str,
+                 prefix: str, *extra: str, port: int | None = None) -> None:
+        self.name = name
+        self.port = port or free_port()
+        self.workdir = workdir
+        self.log_path = workdir / f"{name}.log"
+        self.args = [sys.executable, str(ROOT / "run.py"), "--port", str(self.port),
+                     "--data-dir", str(workdir / "data"), "--database-url", database_url,
+                     "--bcrypt-rounds", "4", "--node-id", name, "--heartbeat-timeout", "2",
+                     "--cookie-secret", "cluster-test-secret-0123456789", "--xheaders",
+                     "--flush-interval", "0.1"]
+        if redis_url:
+            self.args += ["--redis-url", redis_url, "--redis-prefix", prefix]
+        self.args += list(extra)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True) -> "AppProcess":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited early:\n{self.log()}")
+            return http_json(self.url + "/healthz", timeout=1)[0] == 200
+        wait_until(ready, timeout, f"{self.name} to be healthy")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def health(self) -> tuple[int, Any]:
+        return http_json(self.url + "/healthz")
+
+    def terminate(self, timeout: float = 10.0) -> float:
+        """SIGTERM; returns seconds until exit."""
+        assert self.proc is not None
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout)
+        return time.monotonic() - started
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.terminate(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class RedisServer:
+    """A private redis-server for tests that stop or restart Redis."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server not installed"
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self._pings, 10, "redis-server to answer")
+        return self
+
+    def _pings(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def nginx_config(template: str, listen_port: int, upstream_ports: list[int],
+                 workdir: Path) -> str:
+    """A runnable nginx.conf wrapping deploy/nginx.conf with only ports replaced."""
+    servers = "".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;\n"
+                      for p in upstream_ports)
+    site = re.sub(r"(upstream presence \{\n)(?:.*\n)*?(    keepalive)",
+                  lambda m: m.group(1) + servers + m.group(2), template)
+    site = site.replace("listen 80;", f"listen 127.0.0.1:{listen_port};")
+    assert f"127.0.0.1:{listen_port}" in site and servers in site, "template changed shape"
+    temp = workdir / "nginx-tmp"
+    temp.mkdir(exist_ok=True)
+    return f"""daemon off;
+worker_processes 1;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {workdir}/nginx-access.log;
+    client_body_temp_path {temp}/body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+{site}
+}}
+"""
+
+
+class Nginx:
+    def __init__(self, workdir: Path, upstream_ports: list[int]) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        template = (ROOT / "deploy" / "nginx.conf").read_text()
+        self.conf = workdir / "nginx.conf"
+        self.conf.write_text(nginx_config(template, self.port, upstream_ports, workdir))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, binary: str) -> "Nginx":
+        check = subprocess.run([binary, "-t", "-c", str(self.conf), "-p", str(self.workdir)],
+                               capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+        self.proc = subprocess.Popen([binary, "-c", str(self.conf), "-p", str(self.workdir)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: http_json(self.url + "/healthz")[0] == 200, 10, "nginx")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def env_flag() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
