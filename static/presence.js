@@ -34,10 +34,6 @@
   /** username -> <li> */
   const rows = new Map();
 
-  const collator = (typeof Intl !== 'undefined' && Intl.Collator)
-    ? new Intl.Collator(undefined, { sensitivity: 'base' })
-    : null;
-
   // ---------------------------------------------------------------- helpers
 
   function parseVersion(value) {
@@ -125,10 +121,17 @@
     }
   }
 
+  /**
+   * The server's order (presence_app/presence.py: ``(name.lower(), name)``): case-folded
+   * names in code-unit order, ties broken by the exact name. Not localeCompare: the list
+   * must not reshuffle when the first live event re-sorts the server-rendered rows.
+   * (Usernames are ASCII, so JS toLowerCase equals Python's str.lower here.)
+   */
   function compareNames(a, b) {
-    const c = collator ? collator.compare(a, b) : a.localeCompare(b, undefined, { sensitivity: 'base' });
-    if (c !== 0) {
-      return c;
+    const la = a.toLowerCase();
+    const lb = b.toLowerCase();
+    if (la !== lb) {
+      return la < lb ? -1 : 1;
     }
     return a < b ? -1 : (a > b ? 1 : 0);
   }
