@@ -177,21 +177,25 @@
     dot.setAttribute('aria-hidden', 'true');
     li.appendChild(dot);
     li.appendChild(document.createTextNode(' '));
-    li.appendChild(span('name', username));
+    const who = span('who');
+    who.appendChild(span('name', username));
     if (username === me) {
-      li.appendChild(document.createTextNode(' '));
-      li.appendChild(span('you', '(you)'));
+      who.appendChild(document.createTextNode(' '));
+      who.appendChild(span('you', '(you)'));
     }
+    li.appendChild(who);
     li.appendChild(document.createTextNode(' '));
-    li.appendChild(span('status', user.online ? 'Online' : 'Offline'));
+    const stateEl = span('state');
+    stateEl.appendChild(span('status', user.online ? 'Online' : 'Offline'));
     if (!user.online && user.last_seen) {
       const seen = span('seen', ' · last seen ');
       const time = document.createElement('time');
       time.setAttribute('datetime', user.last_seen);
       fillTime(time, Date.now());
       seen.appendChild(time);
-      li.appendChild(seen);
+      stateEl.appendChild(seen);
     }
+    li.appendChild(stateEl);
     return li;
   }
 
