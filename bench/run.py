@@ -1,0 +1,855 @@
+"""Scenario runner: starts the app (and the reference server), drives them with the load
+generator, stops everything it started, writes JSON and a Markdown table.
+
+    python -m bench.run --all                      # the full run (N=10,000)
+    python -m bench.run --all --quick              # a smoke run: small N, under 2 minutes
+    python -m bench.run --scenario fanout --n 10000 --k 10
+    python -m bench.run --all --app-processes 2 --broker redis
+
+Scenarios: connect (connect storm and idle memory), fanout, churn, crossproc, login, slow.
+Results: bench/results/<time>-<label>.json and .md (gitignored); see BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from bench.loadgen import LoadGen, raise_nofile_limit
+from bench.metrics import analyse, bcrypt_checks, merge_events, ratio, summary_ms
+from bench.servers import (ROOT, AppDeployment, Deployment, ReferenceDeployment, established_to,
+                           send_queue)
+
+SCENARIOS = ["connect", "fanout", "churn", "crossproc", "login", "slow"]
+RESULTS = ROOT / "bench" / "results"
+MOVER = "mover-0"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--scenario", action="append", choices=SCENARIOS + ["memory"],
+                   help="scenario to run (repeatable; 'memory' is measured by 'connect')")
+    p.add_argument("--all", action="store_true", help="run every scenario")
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes and short phases (a smoke run, under 2 minutes)")
+    p.add_argument("--n", type=int, help="sockets (observers) per scenario; quick: 200, "
+                   "else 10000")
+    p.add_argument("--sweep", help="fan-out sizes below N, comma-separated "
+                   "(default: 1000,2500,5000; quick: 100)")
+    p.add_argument("--k", type=int, help="fan-out cycles (each: one online and one offline "
+                   "event) after one warm-up cycle; quick: 3, else 10")
+    p.add_argument("--movers", type=int, help="churn: movers at once; quick: 10, else 100")
+    p.add_argument("--churn-n", type=int, help="churn: observers; quick: N, else 1000")
+    p.add_argument("--churn-seconds", type=float, help="churn duration; quick: 3, else 10")
+    p.add_argument("--cross", default=None,
+                   help="crossproc: app process counts sharing Redis (default 2,4; quick: 2)")
+    p.add_argument("--targets", default="app,reference",
+                   help="what to run against: app, reference or both")
+    p.add_argument("--app-processes", type=int, default=1,
+                   help="app processes on separate ports (observers spread over them)")
+    p.add_argument("--broker", choices=["memory", "redis"], default="memory")
+    p.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    p.add_argument("--pg-dsn", default="postgresql://postgres@127.0.0.1:5432",
+                   help="PostgreSQL server; a database is created for the run and dropped")
+    p.add_argument("--app-arg", action="append", default=[],
+                   help="extra argument for run.py (repeatable: --app-arg=--log-level=WARNING)")
+    p.add_argument("--gen-processes", type=int, default=0,
+                   help="observer load generator processes (0: one per CPU); "
+                        "plus one process for movers")
+    p.add_argument("--concurrency", type=int, default=100,
+                   help="handshakes in flight (all generator processes together); Tornado's "
+                        "listen backlog is 128, beyond it SYNs are dropped and retried after 1 s")
+    p.add_argument("--login-seconds", type=float, help="login: duration; quick: 3, else 10")
+    p.add_argument("--login-concurrency", type=int, default=4)
+    p.add_argument("--login-rounds", type=int, default=12, help="login: app bcrypt cost")
+    p.add_argument("--slow-n", type=int, help="slow: observers; quick: 100, else 200")
+    p.add_argument("--slow-seconds", type=float,
+                   help="slow: longest stall phase; quick: 8, else 40")
+    p.add_argument("--slow-limit", type=int, default=None,
+                   help="slow: app --send-buffer-limit in bytes (default: the app's own "
+                        "default; quick: 65536)")
+    p.add_argument("--out", type=Path, help="JSON output path (default bench/results/...)")
+    p.add_argument("--label", default="", help="label in file names and the report")
+    p.add_argument("--keep-workdir", action="store_true", help="keep server logs")
+    args = p.parse_args(argv)
+    if not args.all and not args.scenario:
+        p.error("give --scenario NAME (repeatable) or --all")
+    scenarios = SCENARIOS if args.all else []
+    for name in args.scenario or []:
+        name = "connect" if name == "memory" else name
+        if name not in scenarios:
+            scenarios.append(name)
+    args.scenarios = scenarios
+    q = args.quick
+    args.n = args.n or (200 if q else 10000)
+    sweep = args.sweep if args.sweep is not None else ("100" if q else "1000,2500,5000")
+    args.sizes = sorted({int(x) for x in sweep.split(",") if x.strip() and int(x) < args.n}
+                        | {args.n})
+    args.k = args.k or (3 if q else 10)
+    args.movers = args.movers or (10 if q else 100)
+    args.churn_n = args.churn_n or (args.n if q else min(args.n, 1000))
+    args.churn_seconds = args.churn_seconds or (3.0 if q else 10.0)
+    args.cross = [int(x) for x in (args.cross or ("2" if q else "2,4")).split(",") if x]
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    args.login_seconds = args.login_seconds or (3.0 if q else 10.0)
+    args.slow_n = args.slow_n or (min(args.n, 100) if q else 200)
+    args.slow_seconds = args.slow_seconds or (8.0 if q else 40.0)
+    if args.slow_limit is None and q:
+        args.slow_limit = 65536
+    if args.app_processes > 1 and args.broker != "redis":
+        p.error("--app-processes > 1 needs --broker redis")
+    return args
+
+
+def machine_info() -> dict[str, Any]:
+    import psutil
+    import tornado
+    import websockets
+    model = platform.processor()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {
+        "cpu_model": model, "cpus": os.cpu_count(),
+        "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "kernel": platform.release(), "python": platform.python_version(),
+        "tornado": tornado.version, "websockets": websockets.__version__,
+    }
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+class Runner:
+    def __init__(self, opts: argparse.Namespace) -> None:
+        self.opts = opts
+        self.started = time.monotonic()
+        self.workdir = Path(tempfile.mkdtemp(prefix="presence-bench-"))
+        self.lg: LoadGen | None = None
+        self._progress: dict[int, tuple[int, int]] = {}
+        self._last_progress = 0.0
+
+    # -- plumbing -------------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        print(f"[{time.monotonic() - self.started:7.1f}s] {message}", flush=True)
+
+    def on_progress(self, note: dict[str, Any]) -> None:
+        if note.get("progress") != "open":
+            return
+        self._progress[note["worker"]] = (note["open"], note["of"])
+        if time.monotonic() - self._last_progress >= 2.0:
+            self._last_progress = time.monotonic()
+            done = sum(v[0] for v in self._progress.values())
+            total = sum(v[1] for v in self._progress.values())
+            self.log(f"  ... {done}/{total} sockets open")
+
+    @contextlib.asynccontextmanager
+    async def deployment(self, kind: str, **kwargs: Any) -> AsyncIterator[Deployment]:
+        o = self.opts
+        dep: Deployment
+        if kind == "app":
+            settings = {"processes": o.app_processes, "broker": o.broker,
+                        "database": o.database, "redis_url": o.redis_url, "pg_dsn": o.pg_dsn,
+                        "extra_args": list(o.app_arg) + list(kwargs.pop("extra_args", []))}
+            settings.update(kwargs)
+            dep = AppDeployment(self.workdir, **settings)
+        else:
+            dep = ReferenceDeployment(self.workdir, extra_args=kwargs.get("extra_args"))
+        self.log(f"starting {kind} ({dep.label})")  # type: ignore[attr-defined]
+        try:
+            await dep.start()  # type: ignore[attr-defined]
+            yield dep
+        finally:
+            self._progress = {}
+            if self.lg is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.reset_generators(), 30)
+            await dep.stop()
+            self.log(f"stopped {kind}")
+
+    async def reset_generators(self) -> None:
+        assert self.lg is not None
+        await asyncio.gather(*(self.lg.call(i, "reset") for i in range(len(self.lg.pipes))))
+
+    async def gen_cpu(self) -> float:
+        assert self.lg is not None
+        return sum(await self.lg.cpu())
+
+    def targets(self) -> list[str]:
+        return [t for t in ("app", "reference") if t in self.opts.targets]
+
+    async def open_observers(self, dep: Deployment, count: int,
+                             group: str = "obs") -> dict[str, Any]:
+        assert self.lg is not None
+        headers = await dep.observer_headers()
+        self.log(f"  opening {count} observer sockets")
+        result = await self.lg.open_observers(group, dep.targets, count, headers,
+                                              self.opts.concurrency, timeout=60.0)
+        if result["errors"]:
+            self.log(f"  connect errors: {result['errors']}")
+        return result
+
+    # -- scenarios ------------------------------------------------------------------------
+    async def sc_connect(self) -> dict[str, Any]:
+        """Connect storm (N sockets: seconds to all connected, errors) and idle memory."""
+        n = self.opts.n
+        out: dict[str, Any] = {"n": n, "concurrency": self.opts.concurrency}
+        for kind in self.targets():
+            async with self.deployment(kind) as dep:
+                await dep.observer_headers()
+                await asyncio.sleep(1.0)
+                rss0, cpu0, gcpu0 = dep.rss(), dep.cpu(), await self.gen_cpu()
+                r = await self.open_observers(dep, n)
+                cpu1, gcpu1 = dep.cpu(), await self.gen_cpu()
+                seconds = (r["t_last_open"] - r["t_first_send"]) / 1e9
+                self.log(f"  {kind}: {r['open']}/{n} open in {seconds:.2f} s")
+                await asyncio.sleep(3.0)  # idle: let timers and batched writes settle
+                rss1 = dep.rss()
+                server_count = await dep.sockets()
+                t = time.monotonic()
+                assert self.lg is not None
+                closed = await self.lg.call_observers("close", group="obs", timeout=30.0)
+                close_s = time.monotonic() - t
+                slow_handshakes = sum(1 for w in r["handshake_ms_by_worker"]
+                                      if (w.get("max") or 0) > 1000)
+                out[kind] = {
+                    "open": r["open"], "errors": sum(r["errors"].values()),
+                    "error_kinds": r["errors"], "seconds": round(seconds, 3),
+                    "connects_per_s": round(r["open"] / seconds) if seconds else None,
+                    "handshake_ms_by_worker": r["handshake_ms_by_worker"],
+                    "workers_with_handshake_over_1s": slow_handshakes,
+                    "server_cpu_s": round(cpu1 - cpu0, 3),
+                    "generator_cpu_s": round(gcpu1 - gcpu0, 3),
+                    "server_sockets_reported": server_count,
+                    "rss_before_mib": round(rss0 / 2**20, 1),
+                    "rss_idle_mib": round(rss1 / 2**20, 1),
+                    "kib_per_connection": round((rss1 - rss0) / 1024 / max(r["open"], 1), 2),
+                    "close_seconds": round(close_s, 2),
+                    "aborted_on_close": sum(c["aborted"] for c in closed),
+                }
+                self.log(f"  {kind}: {out[kind]['kib_per_connection']} KiB per idle "
+                         f"connection, server CPU {out[kind]['server_cpu_s']} s, generator "
+                         f"CPU {out[kind]['generator_cpu_s']} s")
+        if "app" in out and "reference" in out:
+            out["ratio_seconds"] = ratio(out["app"]["seconds"], out["reference"]["seconds"])
+            out["ratio_kib"] = ratio(out["app"]["kib_per_connection"],
+                                     out["reference"]["kib_per_connection"])
+        return out
+
+    async def fanout_cycles(self, dep: Deployment, observers: int, k: int,
+                            label: str) -> dict[str, Any]:
+        """One warm-up cycle and ``k`` measured ones: the mover connects (an online event),
+        every observer has it; the mover closes (offline), every observer has it."""
+        assert self.lg is not None
+        lg = self.lg
+        mover = (await dep.mover_headers(1))[0]
+        triggers: list[tuple[str, bool, int]] = []
+        timeouts = 0
+        measured_from = 0
+        cpu0 = gcpu0 = 0.0
+        t_wall = 0.0
+        for cycle in range(k + 1):
+            if cycle == 1:
+                cpu0, gcpu0, t_wall = dep.cpu(), await self.gen_cpu(), time.monotonic()
+            m = await lg.call(lg.mover, "open", group="mov", targets=dep.targets[:1], count=1,
+                              headers=[mover], concurrency=1, timeout=30.0, record=False)
+            if not m["open"]:
+                raise RuntimeError(f"the mover could not connect: {m['errors']}")
+            t_on = m["t_send"][0]
+            if cycle == 1:
+                measured_from = t_on
+            triggers.append((MOVER, True, t_on))
+            waits = await lg.call_observers("wait_event", group="obs", username=MOVER,
+                                            online=True, not_before=t_on, timeout=30.0)
+            timeouts += sum(1 for w in waits if not w["complete"])
+            await asyncio.sleep(0.05)
+            c = await lg.call(lg.mover, "close", group="mov", timeout=10.0)
+            triggers.append((MOVER, False, c["t_close"]))
+            waits = await lg.call_observers("wait_event", group="obs", username=MOVER,
+                                            online=False, not_before=c["t_close"],
+                                            timeout=30.0)
+            timeouts += sum(1 for w in waits if not w["complete"])
+            await asyncio.sleep(0.05)
+        wall = time.monotonic() - t_wall
+        cpu1, gcpu1 = dep.cpu(), await self.gen_cpu()
+        parts = await lg.call_observers("events", group="obs", reset=True)
+        result = analyse(merge_events(parts), observers, triggers, {MOVER},
+                         skip_before=measured_from)
+        events = max(result["events"], 1)
+        result.update({
+            "n": observers, "k": k, "wait_timeouts": timeouts,
+            "server_cpu_ms_per_event": round((cpu1 - cpu0) * 1e3 / events, 2),
+            "generator_cpu_ms_per_event": round((gcpu1 - gcpu0) * 1e3 / events, 2),
+            "wall_s": round(wall, 2),
+        })
+        s = result["last_observer_ms"]
+        self.log(f"  {label} N={observers}: last observer p50 {s['p50']} ms, p95 {s['p95']} "
+                 f"ms, max {s['max']} ms; {result['deliveries_per_s']} deliveries/s; "
+                 f"lost {result['lost']}")
+        return result
+
+    async def fanout_sweep(self, dep: Deployment, sizes: list[int], k: int,
+                           label: str) -> dict[str, Any]:
+        results: dict[str, Any] = {}
+        have = 0
+        for size in sizes:
+            r = await self.open_observers(dep, size - have)
+            have += r["open"]
+            if have < size:
+                self.log(f"  only {have} of {size} observers open")
+            await asyncio.sleep(1.0)
+            results[str(size)] = await self.fanout_cycles(dep, have, k, label)
+        return results
+
+    async def sc_fanout(self) -> dict[str, Any]:
+        o = self.opts
+        out: dict[str, Any] = {"sizes": o.sizes, "k": o.k}
+        for kind in self.targets():
+            async with self.deployment(kind) as dep:
+                out[kind] = await self.fanout_sweep(dep, o.sizes, o.k, kind)
+        if "app" in out and "reference" in out:
+            out["ratios"] = {}
+            for size in map(str, o.sizes):
+                a, r = out["app"][size], out["reference"][size]
+                out["ratios"][size] = {
+                    "p50": ratio(a["last_observer_ms"]["p50"], r["last_observer_ms"]["p50"]),
+                    "p95": ratio(a["last_observer_ms"]["p95"], r["last_observer_ms"]["p95"]),
+                    "deliveries_per_s": ratio(a["deliveries_per_s"], r["deliveries_per_s"]),
+                }
+        return out
+
+    async def churn_phase(self, dep: Deployment, observers: int, movers: int, seconds: float,
+                          label: str, watch: Any = None) -> dict[str, Any]:
+        """``movers`` users connect, wait for their snapshot, close, and again, at once."""
+        assert self.lg is not None
+        lg = self.lg
+        headers = await dep.mover_headers(movers)
+        labels = [f"mover-{i}" for i in range(movers)]
+        cpu0, gcpu0 = dep.cpu(), await self.gen_cpu()
+        task = asyncio.ensure_future(lg.call(lg.mover, "churn", group="churn",
+                                             targets=dep.targets[:1], headers=headers,
+                                             labels=labels, duration=seconds))
+        watched = None
+        if watch is not None:
+            watched = await watch(task)
+        r = await task
+        # Let the last events reach everyone: until deliveries stop growing (at most 60 s).
+        last, still = -1, 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            counts = await lg.call_observers("counts", group="obs")
+            total = sum(c["deliveries"] for c in counts)
+            still = still + 1 if total == last else 0
+            if still >= 4:
+                break
+            last = total
+            await asyncio.sleep(0.25)
+        cpu1, gcpu1 = dep.cpu(), await self.gen_cpu()
+        parts = await lg.call_observers("events", group="obs", reset=True)
+        merged = merge_events(parts)
+        result = analyse(merged, observers, r["triggers"], set(labels))
+        ends = [e["t_last"] for e in result["event_list"] if e.get("t_last")]
+        span = (max(ends) - r["t_start"]) / 1e9 if ends else seconds
+        by_user: dict[str, dict[str, Any]] = {}
+        mover_names = set(labels)
+        for entry in merged.values():
+            meta = entry["meta"]
+            if meta.get("type") == "presence" and meta.get("username") in mover_names:
+                best = by_user.get(meta["username"])
+                if best is None or meta.get("version", 0) > best.get("version", 0):
+                    by_user[meta["username"]] = meta
+        final_wrong = sum(1 for meta in by_user.values() if meta.get("online"))
+        result.update({
+            "n": observers, "movers": movers, "seconds": seconds, "cycles": r["cycles"],
+            "mover_errors": r["errors"], "triggers": len(r["triggers"]),
+            "events_per_s": round(result["events"] / span, 1) if span else None,
+            "deliveries_per_s_sustained": round(result["deliveries"] / span) if span else None,
+            "movers_left_online": final_wrong, "span_s": round(span, 2),
+            "server_cpu_s": round(cpu1 - cpu0, 2), "generator_cpu_s": round(gcpu1 - gcpu0, 2),
+        })
+        if watched is not None:
+            result["watch"] = watched
+        s = result["last_observer_ms"]
+        self.log(f"  {label}: {result['events']} events in {span:.1f} s = "
+                 f"{result['events_per_s']} events/s to {observers} observers; last observer "
+                 f"p95 {s['p95']} ms; lost {result['lost']}")
+        return result
+
+    async def sc_churn(self) -> dict[str, Any]:
+        o = self.opts
+        out: dict[str, Any] = {"n": o.churn_n, "movers": o.movers, "seconds": o.churn_seconds}
+        for kind in self.targets():
+            async with self.deployment(kind) as dep:
+                await self.open_observers(dep, o.churn_n)
+                await asyncio.sleep(1.0)
+                out[kind] = await self.churn_phase(dep, o.churn_n, o.movers, o.churn_seconds,
+                                                   kind)
+        if "app" in out and "reference" in out:
+            out["ratio_events_per_s"] = ratio(out["app"]["events_per_s"],
+                                              out["reference"]["events_per_s"])
+        return out
+
+    async def sc_crossproc(self) -> dict[str, Any]:
+        o = self.opts
+        n = o.n
+        configs = [(1, "memory"), (1, "redis")] + [(p, "redis") for p in o.cross if p > 1]
+        out: dict[str, Any] = {"n": n, "k": o.k, "runs": {}}
+        if "app" not in o.targets:
+            return out
+        for processes, broker in configs:
+            key = f"{processes}-{broker}"
+            async with self.deployment("app", processes=processes, broker=broker) as dep:
+                await self.open_observers(dep, n)
+                await asyncio.sleep(1.0)
+                r = await self.fanout_cycles(dep, n, o.k, f"app {key}")
+                r.update({"processes": processes, "broker": broker,
+                          "rss_mib": round(dep.rss() / 2**20, 1)})
+                out["runs"][key] = r
+        base = out["runs"].get("1-memory", {}).get("last_observer_ms", {})
+        for key, r in out["runs"].items():
+            r["ratio_p95_vs_1_memory"] = ratio(r["last_observer_ms"]["p95"], base.get("p95"))
+            r["ratio_p50_vs_1_memory"] = ratio(r["last_observer_ms"]["p50"], base.get("p50"))
+            if base.get("p50") is not None and r["last_observer_ms"]["p50"] is not None:
+                r["added_p50_ms"] = round(r["last_observer_ms"]["p50"] - base["p50"], 2)
+        return out
+
+    async def sc_login(self) -> dict[str, Any]:
+        """Logins/s at the app's bcrypt cost against bare bcrypt on every core."""
+        import bcrypt
+        o = self.opts
+        cores = os.cpu_count() or 1
+        out: dict[str, Any] = {"rounds": o.login_rounds, "seconds": o.login_seconds,
+                               "cores": cores, "concurrency": o.login_concurrency}
+        hashed = bcrypt.hashpw(b"bench-password", bcrypt.gensalt(o.login_rounds))
+        self.log(f"  bare bcrypt cost {o.login_rounds} on {cores} processes")
+        loop = asyncio.get_running_loop()
+        with ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("spawn")) as pool:
+            await asyncio.gather(*(loop.run_in_executor(pool, bcrypt_checks, hashed, 0.01)
+                                   for _ in range(cores)))  # start the processes first
+            counts = await asyncio.gather(*(loop.run_in_executor(
+                pool, bcrypt_checks, hashed, o.login_seconds) for _ in range(cores)))
+        out["bare_checks_per_s"] = round(sum(counts) / o.login_seconds, 2)
+        if "app" in o.targets:
+            async with self.deployment("app", bcrypt_rounds=o.login_rounds) as dep:
+                from presence_app.client import PresenceClient
+                assert isinstance(dep, AppDeployment)
+                await dep._signup("login-user")
+                url = dep.servers[0].url
+                latencies: list[float] = []
+                failures = 0
+                stop_at = time.monotonic() + o.login_seconds
+                cpu0 = dep.cpu()
+
+                async def worker() -> None:
+                    nonlocal failures
+                    client = PresenceClient(url)
+                    await client.xsrf()
+                    while time.monotonic() < stop_at:
+                        t = time.monotonic()
+                        response = await client.login("login-user", "bench-password",
+                                                      check=False)
+                        if response.code == 302:
+                            latencies.append((time.monotonic() - t) * 1e3)
+                        else:
+                            failures += 1
+                t0 = time.monotonic()
+                await asyncio.gather(*(worker() for _ in range(o.login_concurrency)))
+                elapsed = time.monotonic() - t0
+                out["app"] = {
+                    "logins": len(latencies), "failures": failures,
+                    "logins_per_s": round(len(latencies) / elapsed, 2),
+                    "latency_ms": summary_ms(latencies), "server_cpu_s": round(dep.cpu() - cpu0, 2),
+                    "elapsed_s": round(elapsed, 2),
+                }
+                out["ratio_to_bare"] = ratio(out["app"]["logins_per_s"], out["bare_checks_per_s"])
+                self.log(f"  app: {out['app']['logins_per_s']} logins/s at cost "
+                         f"{o.login_rounds}; bare bcrypt {out['bare_checks_per_s']} checks/s")
+        return out
+
+    async def sc_slow(self) -> dict[str, Any]:
+        """One client stops reading while events flow: the others must not notice; the app
+        must drop it once its send buffer passes the limit."""
+        o = self.opts
+        n, movers = o.slow_n, max(o.movers // 2, 5)
+        out: dict[str, Any] = {"n": n, "movers": movers, "stall_max_s": o.slow_seconds,
+                               "app_send_buffer_limit": o.slow_limit or "app default"}
+        for kind in self.targets():
+            extra = ["--ping-interval", "300"]  # no ping timeout during the test
+            if kind == "app" and o.slow_limit:
+                extra += ["--send-buffer-limit", str(o.slow_limit)]
+            async with self.deployment(kind, extra_args=extra) as dep:
+                out[kind] = await self.slow_one(dep, n, movers, kind)
+        return out
+
+    async def slow_one(self, dep: Deployment, n: int, movers: int, kind: str) -> dict[str, Any]:
+        assert self.lg is not None
+        lg, o = self.lg, self.opts
+        await self.open_observers(dep, n)
+        await asyncio.sleep(1.0)
+        baseline = await self.churn_phase(dep, n, movers, min(5.0, o.slow_seconds),
+                                          f"{kind} baseline")
+        s = await lg.call(lg.mover, "open", group="stall", targets=dep.targets[:1], count=1,
+                          headers=[await dep.observer_headers()], concurrency=1, timeout=30.0,
+                          record=False, rcvbuf=4096)
+        if not s["open"]:
+            raise RuntimeError(f"the stalled client could not connect: {s['errors']}")
+        paused = await lg.call(lg.mover, "pause", group="stall")
+        stall_port = paused["ports"][0]
+        server_port = dep.targets[0][1]
+        t_stall = time.time_ns()
+        rss0 = dep.rss()
+        samples: list[dict[str, Any]] = []
+        state: dict[str, Any] = {"dropped_after_s": None}
+
+        async def watch(task: asyncio.Future[Any]) -> dict[str, Any]:
+            started = time.monotonic()
+            while not task.done():
+                alive = await asyncio.to_thread(established_to, server_port, [stall_port])
+                elapsed = time.monotonic() - started
+                sample = {"t": round(elapsed, 2), "rss_mib": round(dep.rss() / 2**20, 1),
+                          "kernel_send_q": await asyncio.to_thread(send_queue, server_port,
+                                                                   stall_port)
+                          if alive else 0}
+                samples.append(sample)
+                if not alive and state["dropped_after_s"] is None:
+                    state["dropped_after_s"] = round(elapsed, 2)
+                    self.log(f"  {kind}: stalled client dropped after {elapsed:.1f} s")
+                if state["dropped_after_s"] is not None and \
+                        elapsed > state["dropped_after_s"] + 3:
+                    await lg.call(lg.mover, "stop_churn")
+                await asyncio.sleep(0.5)
+            return {"samples": samples[-20:]}
+
+        stalled = await self.churn_phase(dep, n, movers, o.slow_seconds, f"{kind} stalled",
+                                         watch)
+        rss1 = max([dep.rss()] + [int(x["rss_mib"] * 2**20) for x in samples])
+        resumed = await lg.call(lg.mover, "resume", group="stall", wait=5.0)
+        # Bytes the server queued for the stalled client before the drop (events + headers).
+        queued = 0
+        if state["dropped_after_s"] is not None:
+            drop_ns = t_stall + int(state["dropped_after_s"] * 1e9)
+            for e in stalled["event_list"]:
+                if e.get("t_first") and t_stall <= e["t_first"] <= drop_ns:
+                    queued += e["bytes"]
+        b95, s95 = baseline["last_observer_ms"]["p95"], stalled["last_observer_ms"]["p95"]
+        result = {
+            "baseline": _brief(baseline), "stalled": _brief(stalled),
+            "dropped": state["dropped_after_s"] is not None,
+            "dropped_after_s": state["dropped_after_s"],
+            "event_bytes_before_drop": queued or None,
+            "rss_growth_mib": round((rss1 - rss0) / 2**20, 1),
+            "stalled_client_after_resume": resumed,
+            "others_p95_ratio": ratio(s95, b95),
+            "others_lost": stalled["lost"],
+        }
+        self.log(f"  {kind}: dropped={result['dropped']} after {result['dropped_after_s']} s; "
+                 f"others p95 {b95} -> {s95} ms; lost {stalled['lost']}; "
+                 f"RSS +{result['rss_growth_mib']} MiB")
+        return result
+
+    # -- the run --------------------------------------------------------------------------
+    async def run(self) -> dict[str, Any]:
+        o = self.opts
+        raise_nofile_limit()
+        results: dict[str, Any] = {
+            "meta": {
+                "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "label": o.label, "quick": o.quick, "argv": sys.argv[1:],
+                "commit": git_commit(), "machine": machine_info(),
+                "app": {"processes": o.app_processes, "broker": o.broker,
+                        "database": o.database, "extra_args": o.app_arg},
+                "generator": {"observer_processes": o.gen_processes or os.cpu_count(),
+                              "mover_processes": 1, "concurrency": o.concurrency},
+            },
+            "scenarios": {},
+        }
+        self.lg = await LoadGen(o.gen_processes, progress=self.on_progress).start()
+        try:
+            for name in o.scenarios:
+                self.log(f"scenario {name}")
+                t = time.monotonic()
+                try:
+                    results["scenarios"][name] = await getattr(self, "sc_" + name)()
+                except (RuntimeError, OSError) as exc:
+                    self.log(f"scenario {name} failed: {exc}")
+                    results["scenarios"][name] = {"error": str(exc)[:2000]}
+                results["scenarios"][name]["duration_s"] = round(time.monotonic() - t, 1)
+        finally:
+            await self.lg.stop()
+            if not o.keep_workdir:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            else:
+                self.log(f"server logs kept in {self.workdir}")
+        results["meta"]["duration_s"] = round(time.monotonic() - self.started, 1)
+        results["targets"] = evaluate_targets(results)
+        return results
+
+
+def _brief(r: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in r.items() if k != "event_list"}
+
+
+def _strip(obj: Any) -> Any:
+    """JSON-ready: per-event lists shortened."""
+    if isinstance(obj, dict):
+        return {k: (_strip(v) if k != "event_list" else v[:50]) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_strip(v) for v in obj]
+    return obj
+
+
+def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 5's targets, checked against this run's figures."""
+    sc = results["scenarios"]
+    targets: list[dict[str, Any]] = []
+
+    def add(name: str, value: Any, limit: str, met: bool | None, detail: str = "") -> None:
+        targets.append({"target": name, "value": value, "limit": limit, "met": met,
+                        "detail": detail})
+
+    fan = sc.get("fanout", {})
+    if "app" in fan and "reference" in fan:
+        size = str(max(fan["sizes"]))
+        a, r = fan["app"][size], fan["reference"][size]
+        p95 = ratio(a["last_observer_ms"]["p95"], r["last_observer_ms"]["p95"])
+        add(f"fan-out p95 at N={size} vs reference", p95, "<= 1.3 and nothing lost",
+            p95 is not None and p95 <= 1.3 and a["lost"] == 0,
+            f"{a['last_observer_ms']['p95']} ms vs {r['last_observer_ms']['p95']} ms; "
+            f"lost {a['lost']}")
+        dps = ratio(a["deliveries_per_s"], r["deliveries_per_s"])
+        add(f"deliveries/s at N={size} vs reference", dps, ">= 0.8",
+            dps is not None and dps >= 0.8,
+            f"{a['deliveries_per_s']} vs {r['deliveries_per_s']}")
+    con = sc.get("connect", {})
+    if "app" in con and "reference" in con:
+        rs = con.get("ratio_seconds")
+        add(f"connect {con['n']} sockets vs reference", rs, "<= 2 and no error",
+            rs is not None and rs <= 2 and con["app"]["errors"] == 0,
+            f"{con['app']['seconds']} s vs {con['reference']['seconds']} s; "
+            f"errors {con['app']['errors']}")
+    if "app" in con:
+        kib = con["app"]["kib_per_connection"]
+        add(f"idle memory per connection at N={con['n']}", kib, "<= 24 KiB", kib <= 24,
+            f"reference {con.get('reference', {}).get('kib_per_connection')} KiB")
+    cross = sc.get("crossproc", {}).get("runs", {})
+    if "2-redis" in cross and "1-memory" in cross:
+        rp = cross["2-redis"]["ratio_p95_vs_1_memory"]
+        add(f"2 processes via Redis, p95 vs 1 process at N={sc['crossproc']['n']}", rp,
+            "<= 1.3", rp is not None and rp <= 1.3,
+            f"{cross['2-redis']['last_observer_ms']['p95']} ms vs "
+            f"{cross['1-memory']['last_observer_ms']['p95']} ms")
+    slow = sc.get("slow", {})
+    if "app" in slow:
+        s = slow["app"]
+        ok = s["dropped"] and s["others_lost"] == 0 and (s["others_p95_ratio"] or 99) <= 1.3
+        add("stalled client dropped, others unaffected", s["dropped"],
+            "dropped; others' p95 within 1.3x, none lost", ok,
+            f"dropped after {s['dropped_after_s']} s; others' p95 x{s['others_p95_ratio']}; "
+            f"lost {s['others_lost']}; server RSS +{s['rss_growth_mib']} MiB")
+    login = sc.get("login", {})
+    if "app" in login:
+        add(f"logins/s at cost {login['rounds']} vs bare bcrypt", login["ratio_to_bare"],
+            "(no numeric target)", None,
+            f"{login['app']['logins_per_s']} vs {login['bare_checks_per_s']} checks/s")
+    return targets
+
+
+def _f(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        value = f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
+    elif isinstance(value, int) and not isinstance(value, bool):
+        value = f"{value:,}"
+    return f"{value}{unit}"
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    meta, sc = results["meta"], results["scenarios"]
+    m = meta["machine"]
+    lines = [f"# Benchmark run {meta['started']} {meta.get('label', '')}".rstrip(), "",
+             f"Machine: {m['cpu_model']}, {m['cpus']} CPUs, {m['ram_gib']} GiB RAM, Linux "
+             f"{m['kernel']}; Python {m['python']}, Tornado {m['tornado']}, websockets "
+             f"{m['websockets']}. Commit {meta['commit']}. App: {meta['app']['processes']} "
+             f"process(es), {meta['app']['broker']} broker, {meta['app']['database']}. "
+             f"Generator: {meta['generator']['observer_processes']} observer processes + 1 "
+             f"mover process on the same CPUs. `python -m bench.run {' '.join(meta['argv'])}`",
+             ""]
+    if results.get("targets"):
+        lines += ["## Targets (issue 5)", "", "| target | value | limit | met | detail |",
+                  "| --- | --- | --- | --- | --- |"]
+        for t in results["targets"]:
+            met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
+            lines.append(f"| {t['target']} | {_f(t['value'])} | {t['limit']} | {met} | "
+                         f"{t['detail']} |")
+        lines.append("")
+    con = sc.get("connect")
+    if con and "error" not in con:
+        lines += [f"## Connect storm and idle memory (N={con['n']}, {con['concurrency']} "
+                  "handshakes in flight)", "",
+                  "| | seconds to all connected | connects/s | errors | server CPU s | "
+                  "generator CPU s | KiB per idle connection | RSS idle MiB |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for kind in ("app", "reference"):
+            if kind in con:
+                c = con[kind]
+                lines.append(f"| {kind} | {_f(c['seconds'])} | {_f(c['connects_per_s'])} | "
+                             f"{c['errors']} | {_f(c['server_cpu_s'])} | "
+                             f"{_f(c['generator_cpu_s'])} | {_f(c['kib_per_connection'])} | "
+                             f"{_f(c['rss_idle_mib'])} |")
+        if "ratio_seconds" in con:
+            lines.append(f"| ratio | {_f(con['ratio_seconds'])} | | | | | "
+                         f"{_f(con['ratio_kib'])} | |")
+        lines.append("")
+    fan = sc.get("fanout")
+    if fan and "error" not in fan:
+        lines += [f"## Fan-out (one mover, {fan['k']} connect/disconnect cycles = "
+                  f"{2 * fan['k']} events per size, after a warm-up cycle)", "",
+                  "Time until the last observer has the event (kernel receive timestamps; "
+                  "user-space read time in brackets), per-delivery p99, deliveries/s, lost.",
+                  "", "| N | server | p50 ms | p95 ms | max ms | delivery p99 ms | "
+                  "deliveries/s | lost | server CPU ms/event | generator CPU ms/event |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for size in map(str, fan["sizes"]):
+            for kind in ("app", "reference"):
+                if kind not in fan:
+                    continue
+                r = fan[kind][size]
+                s, u = r["last_observer_ms"], r["last_observer_user_ms"]
+                lines.append(
+                    f"| {size} | {kind} | {_f(s['p50'])} ({_f(u['p50'])}) | {_f(s['p95'])} "
+                    f"({_f(u['p95'])}) | {_f(s['max'])} | {_f(r['per_delivery_ms']['p99'])} | "
+                    f"{_f(r['deliveries_per_s'])} | {r['lost']} | "
+                    f"{_f(r['server_cpu_ms_per_event'])} | {_f(r['generator_cpu_ms_per_event'])} |")
+            if "ratios" in fan:
+                q = fan["ratios"][size]
+                lines.append(f"| {size} | ratio | {_f(q['p50'])} | {_f(q['p95'])} | | | "
+                             f"{_f(q['deliveries_per_s'])} | | | |")
+        lines.append("")
+    churn = sc.get("churn")
+    if churn and "error" not in churn:
+        lines += [f"## Churn ({churn['movers']} movers at once for {churn['seconds']} s, "
+                  f"{churn['n']} observers)", "",
+                  "| server | events/s | deliveries/s | events | lost | last observer p50 / "
+                  "p95 ms | movers left online | server CPU s | generator CPU s |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for kind in ("app", "reference"):
+            if kind in churn:
+                c = churn[kind]
+                s = c["last_observer_ms"]
+                lines.append(f"| {kind} | {_f(c['events_per_s'])} | "
+                             f"{_f(c['deliveries_per_s_sustained'])} | {c['events']} | "
+                             f"{c['lost']} | {_f(s['p50'])} / {_f(s['p95'])} | "
+                             f"{c['movers_left_online']} | {_f(c['server_cpu_s'])} | "
+                             f"{_f(c['generator_cpu_s'])} |")
+        if "ratio_events_per_s" in churn:
+            lines.append(f"| ratio | {_f(churn['ratio_events_per_s'])} | | | | | | | |")
+        lines.append("")
+    cross = sc.get("crossproc")
+    if cross and cross.get("runs"):
+        lines += [f"## Cross-process (N={cross['n']} observers spread over the processes, "
+                  f"the mover on the first; {2 * cross['k']} events)", "",
+                  "| processes | broker | p50 ms | p95 ms | max ms | lost | p95 vs 1 process "
+                  "(memory) | added p50 ms | RSS MiB (all) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in cross["runs"].values():
+            s = r["last_observer_ms"]
+            lines.append(f"| {r['processes']} | {r['broker']} | {_f(s['p50'])} | "
+                         f"{_f(s['p95'])} | {_f(s['max'])} | {r['lost']} | "
+                         f"{_f(r['ratio_p95_vs_1_memory'])} | {_f(r.get('added_p50_ms'))} | "
+                         f"{_f(r['rss_mib'])} |")
+        lines.append("")
+    login = sc.get("login")
+    if login and "error" not in login:
+        lines += [f"## Login throughput (bcrypt cost {login['rounds']}, {login['cores']} cores, "
+                  f"{login['concurrency']} concurrent clients, {login['seconds']} s)", "",
+                  "| | per second | latency p50 / p95 ms |", "| --- | --- | --- |",
+                  f"| bare bcrypt.checkpw, one process per core | "
+                  f"{_f(login['bare_checks_per_s'])} | |"]
+        if "app" in login:
+            a = login["app"]
+            lines.append(f"| app POST /login | {_f(a['logins_per_s'])} | "
+                         f"{_f(a['latency_ms']['p50'])} / {_f(a['latency_ms']['p95'])} |")
+            lines.append(f"| ratio | {_f(login['ratio_to_bare'])} | |")
+        lines.append("")
+    slow = sc.get("slow")
+    if slow and "error" not in slow:
+        lines += [f"## Slow client ({slow['n']} observers, {slow['movers']} movers churning; "
+                  f"one more client stops reading; app send-buffer limit: "
+                  f"{slow['app_send_buffer_limit']})", "",
+                  "| server | dropped after s | others' p95 before / during ms | others lost | "
+                  "server RSS growth MiB | bytes the client read after resuming |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for kind in ("app", "reference"):
+            if kind in slow:
+                s = slow[kind]
+                lines.append(
+                    f"| {kind} | {_f(s['dropped_after_s']) if s['dropped'] else 'not dropped'}"
+                    f" | {_f(s['baseline']['last_observer_ms']['p95'])} / "
+                    f"{_f(s['stalled']['last_observer_ms']['p95'])} | {s['others_lost']} | "
+                    f"{_f(s['rss_growth_mib'])} | "
+                    f"{_f(s['stalled_client_after_resume']['bytes_read_after_resume'])} |")
+        lines.append("")
+    for name, data in sc.items():
+        if "error" in data:
+            lines += [f"## {name}: failed", "", "```", data["error"], "```", ""]
+    return "\n".join(lines)
+
+
+def write_results(results: dict[str, Any], out: Path | None, label: str) -> tuple[Path, Path]:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = f"{stamp}-{label}" if label else stamp
+    json_path = out or RESULTS / f"{name}.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(_strip(results), indent=1, default=str))
+    md_path = json_path.with_suffix(".md")
+    md_path.write_text(render_markdown(results) + "\n")
+    return json_path, md_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parse_args(argv)
+    runner = Runner(opts)
+    runner.log(f"scenarios: {', '.join(opts.scenarios)}; N={opts.n}; targets: "
+               f"{', '.join(opts.targets)}; workdir {runner.workdir}")
+    try:
+        results = asyncio.run(runner.run())
+    except KeyboardInterrupt:
+        print("interrupted: everything started was stopped", file=sys.stderr)
+        return 130
+    json_path, md_path = write_results(results, opts.out, opts.label)
+    print()
+    print(render_markdown(results))
+    print()
+    runner.log(f"wrote {json_path} and {md_path}")
+    failed = [name for name, data in results["scenarios"].items() if "error" in data]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
