@@ -244,3 +244,5 @@ def test_screenshot_of_live_list(server, new_context, artifacts):
     page.screenshot(path=path)
     if os.environ.get("PRESENCE_UPDATE_SCREENSHOT") == "1":
         shutil.copyfile(path, ROOT / "docs" / "screenshot.png")
+    page.emulate_media(color_scheme="dark")
+    page.screenshot(path=artifacts("list-dark"))
