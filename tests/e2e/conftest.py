@@ -16,14 +16,10 @@ import pytest
 from tests.conftest import unavailable
 
 from .helpers import (
-    ARTIFACTS, CHROMIUM, LAUNCH_ARGS, AppServer, Guard, artifact_name, redis_ping,
+    ARTIFACTS, CHROMIUM, LAUNCH_ARGS, AppServer, Guard, artifact_name, expect, redis_ping,
 )
 
-try:
-    from playwright.sync_api import Browser, BrowserContext, expect
-except ImportError:  # pragma: no cover - reported by the fixture below
-    Browser = BrowserContext = Any  # type: ignore[misc,assignment]
-    expect = None  # type: ignore[assignment]
+Browser = BrowserContext = Any  # playwright.sync_api types; Any keeps this importable without it
 
 if expect is not None:
     expect.set_options(timeout=10_000)

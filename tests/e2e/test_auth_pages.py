@@ -4,10 +4,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from playwright.sync_api import expect
 
 from .helpers import (
-    PASSWORD, expect_status, fill_login, fill_signup, login, logout, row, signup, wait_live,
+    PASSWORD, expect, expect_status, fill_login, fill_signup, login, logout, row, signup,
+    wait_live,
 )
 
 pytestmark = pytest.mark.e2e

@@ -7,13 +7,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect
 
 from tests.conftest import unavailable
 
 from .helpers import (
-    AppServer, Nginx, assert_not_reloaded, expect_status, mark_page, open_list, redis_drop,
-    signup, wait_until,
+    AppServer, Nginx, assert_not_reloaded, expect, expect_status, mark_page, open_list,
+    redis_drop, signup, wait_until,
 )
 
 pytestmark = pytest.mark.e2e

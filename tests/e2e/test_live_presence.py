@@ -5,10 +5,9 @@ import re
 import time
 
 import pytest
-from playwright.sync_api import expect
 
 from .helpers import (
-    assert_not_reloaded, expect_status, logout, mark_page, open_list, row, signup,
+    assert_not_reloaded, expect, expect_status, logout, mark_page, open_list, row, signup,
 )
 
 pytestmark = pytest.mark.e2e

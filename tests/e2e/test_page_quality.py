@@ -7,12 +7,10 @@ import re
 import shutil
 
 import pytest
-from playwright.sync_api import expect
 
 from .helpers import (
-    PASSWORD, ROOT, Guard, assert_not_reloaded, expect_status,
-    fill_signup, listed_names, login, mark_page, row, server_order, signup,
-    wait_live,
+    PASSWORD, ROOT, Guard, assert_not_reloaded, expect, expect_status, fill_signup,
+    listed_names, login, mark_page, row, server_order, signup, wait_live,
 )
 
 pytestmark = pytest.mark.e2e

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import pytest
-from playwright.sync_api import expect
 
-from .helpers import assert_not_reloaded, expect_status, mark_page, row, signup, wait_live
+from .helpers import (
+    assert_not_reloaded, expect, expect_status, login, mark_page, row, signup,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -39,11 +40,6 @@ def test_server_restart_shows_reconnecting_then_recovers(server, new_context, ar
     assert_not_reloaded(a_page)
 
     # And it is live again: bob comes back.
-    b_again = new_context(server.url).new_page()
-    b_again.goto("/login")
-    b_again.get_by_label("Username").fill("bob")
-    b_again.get_by_label("Password").fill("correct-horse-42")
-    b_again.get_by_role("button", name="Log in").click()
-    wait_live(b_again)
+    login(new_context(server.url).new_page(), "bob")
     expect_status(a_page, "bob", "Online")
     expect(row(a_page, "bob")).not_to_contain_text("last seen")
