@@ -9,7 +9,7 @@ import tornado.web
 from handlers.auth import LoginHandler, LogoutHandler, SignupHandler
 from handlers.base import NotFoundHandler
 from handlers.users import HealthHandler, UsersApiHandler, UsersPageHandler
-from handlers.ws import PresenceSocketHandler
+from handlers.ws import PresenceSocketHandler, text_frame
 from presence_app.services import Services
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def make_app(services: Services) -> tornado.web.Application:
     settings = services.settings
+    services.presence.encode = text_frame  # fan-out writes one pre-built frame per socket
     jinja_env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(ROOT / "templates")),
         autoescape=True, trim_blocks=True, lstrip_blocks=True, auto_reload=settings.debug)
@@ -44,5 +45,6 @@ def make_app(services: Services) -> tornado.web.Application:
         serve_traceback=False,
         websocket_ping_interval=settings.ping_interval,
         websocket_ping_timeout=settings.ping_interval,
-        websocket_max_message_size=settings.max_message_size,
+        # Hard cap only: PresenceSocketHandler.on_message enforces the limit with a clean 1009.
+        websocket_max_message_size=4 * settings.max_message_size,
     )

@@ -9,7 +9,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
-from typing import Protocol
+from typing import Any, Callable, Protocol
 
 from presence_app.accounts import AccountService
 from presence_app.broker import Broker
@@ -37,8 +37,9 @@ class Connection(Protocol):
     user_id: int
     session_id: str
 
-    def send(self, text: str) -> bool:
-        """Queue ``text``; False if the socket is gone or over its send-buffer limit."""
+    def send(self, payload: Any) -> bool:
+        """Queue ``payload`` (made by ``PresenceService.encode``); False if the socket is
+        gone or over its send-buffer limit."""
 
     def close(self, code: int, reason: str) -> None:
         ...
@@ -61,6 +62,9 @@ class PresenceService:
         self._reconciling: dict[str, asyncio.Task[None]] = {}
         self.needs_resync = False
         self.closing = False
+        # The web layer registers how to encode an event for its sockets (a WebSocket frame);
+        # it runs once per event, not once per socket.
+        self.encode: Callable[[str], Any] = lambda text: text
 
     # -- state the pages, the API and snapshots are rendered from ---------------------------
     async def load(self) -> None:
@@ -210,7 +214,8 @@ class PresenceService:
             self.ledger.mark(conn.user_id, len(conns))
 
     def broadcast(self, text: str) -> None:
-        dropped = [conn for conn in self._conns if not conn.send(text)]
+        payload = self.encode(text)
+        dropped = [conn for conn in self._conns if not conn.send(payload)]
         for conn in dropped:
             log.info("Dropping socket of %s: gone or too slow", conn.username)
             self.remove(conn)
