@@ -20,7 +20,6 @@ from presence_app.sync import PresenceSync
 log = logging.getLogger(__name__)
 
 
-@dataclass
 class StartupError(Exception):
     """A service could not be opened; the message is one line for the operator."""
 
@@ -99,7 +98,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         try:
             yield services
         finally:
-            await sync.stop()
+            try:  # SIGTERM must end the process within 5 s, whatever Redis is doing
+                await asyncio.wait_for(sync.stop(), timeout=3.5)
+            except asyncio.TimeoutError:
+                log.warning("Shutdown cleanup timed out; the heartbeat timeout will finish it")
     finally:
         for task in tasks:
             task.cancel()
