@@ -15,6 +15,7 @@ from presence_app.presence import PresenceService, iso, iso_now
 from presence_app.store import PresenceStore, UserState
 
 log = logging.getLogger(__name__)
+PURGE_INTERVAL = 3600.0
 
 
 class PresenceSync:
@@ -43,9 +44,23 @@ class PresenceSync:
         await self.presence.load()
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_purge = loop.time() + 60
         while True:
             await self.beat()
+            if loop.time() >= next_purge:
+                next_purge = loop.time() + PURGE_INTERVAL
+                await self.purge_sessions()
             await asyncio.sleep(self.interval)
+
+    async def purge_sessions(self) -> None:
+        """Delete expired sessions now and then (any process may; it is idempotent)."""
+        try:
+            count = await self.presence.accounts.purge_expired_sessions()
+            if count:
+                log.info("Deleted %d expired session(s)", count)
+        except Exception as exc:
+            log.warning("Could not delete expired sessions: %s", exc)
 
     async def beat(self) -> None:
         """One heartbeat: stay alive, resync if needed, reap dead processes."""
