@@ -48,7 +48,7 @@ def token_hash(token: str) -> str:
 
 
 def check_username(username: str) -> str:
-    if not USERNAME_RE.match(username):
+    if not USERNAME_RE.fullmatch(username):  # match() lets "name\n" through
         raise AccountError(400, "Usernames are 3-32 characters: letters, digits, _ . or -.")
     return username
 

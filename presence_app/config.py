@@ -81,6 +81,7 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("log-level", str, "DEBUG, INFO, WARNING or ERROR"),
 ]
 _FLAGS = ("debug", "xheaders")
+MAX_SECONDS_OR_DAYS = 36500  # inf or 1e9 days would overflow datetimes at runtime
 _NODE_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
 
 
@@ -140,8 +141,9 @@ def validate(s: Settings) -> Settings:
     if s.processes < 0 or s.bcrypt_threads < 0:
         raise ConfigError("--processes and --bcrypt-threads must not be negative")
     for name in ("heartbeat_timeout", "ping_interval", "session_days", "flush_interval"):
-        if getattr(s, name) <= 0:
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+        if not 0 < getattr(s, name) <= MAX_SECONDS_OR_DAYS:  # also rejects nan
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive and at most "
+                              f"{MAX_SECONDS_OR_DAYS}")
     if s.max_message_size < 128 or s.send_buffer_limit < 1024:
         raise ConfigError("--max-message-size must be >= 128 and --send-buffer-limit >= 1024")
     if s.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

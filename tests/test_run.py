@@ -1,0 +1,209 @@
+"""``python run.py`` as an operator runs it: zero configuration, signals, one-line errors."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import tornado.testing
+
+from presence_app.client import PresenceClient
+from tests.conftest import PASSWORD
+
+ROOT = Path(__file__).resolve().parent.parent
+URL_LINE = re.compile(r"Presence is running at (http://\S+/) \(pid (\d+)")
+STOP_SECONDS = 5.0
+
+
+def free_port() -> int:
+    sock, port = tornado.testing.bind_unused_port()
+    sock.close()
+    return port
+
+
+def clean_env() -> dict[str, str]:
+    """The environment without any PRESENCE_* setting: nothing but the flags configures it."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_")}
+
+
+class Server:
+    """``python run.py`` in a subprocess; stdout is read line by line on a thread."""
+
+    def __init__(self, data_dir: Path, port: int, *args: str) -> None:
+        self.port = port
+        self.stderr_path = data_dir.parent / f"stderr-{port}.log"
+        self._stderr = open(self.stderr_path, "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "run.py", "--port", str(port), "--data-dir", str(data_dir),
+             "--bcrypt-rounds", "4", *args],
+            cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE, stderr=self._stderr, text=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+
+    def wait_for_url(self, timeout: float = 30.0) -> tuple[str, int]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    pytest.fail(f"run.py exited with {self.proc.returncode}: {self.stderr()}")
+                continue
+            found = URL_LINE.search(line)
+            if found:
+                return found.group(1), int(found.group(2))
+        pytest.fail(f"no URL line within {timeout} s: {self.stderr()}")
+
+    def stderr(self) -> str:
+        self._stderr.flush()
+        return self.stderr_path.read_text()
+
+    def terminate(self) -> tuple[int, float]:
+        """SIGTERM; the exit code and how long the exit took."""
+        start = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"run.py did not exit within {STOP_SECONDS} s of SIGTERM")
+        return code, time.monotonic() - start
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self._stderr.close()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Any:
+    servers: list[Server] = []
+
+    def start(data_dir: Path | None = None, *args: str) -> Server:
+        server = Server(data_dir or tmp_path / "data", free_port(), *args)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.kill()
+
+
+def get_json(url: str) -> tuple[int, dict]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.status, json.loads(response.read())
+
+
+def test_runs_with_no_configuration(start_server, tmp_path):
+    server = start_server()
+    url, printed_pid = server.wait_for_url()
+    assert url == f"http://127.0.0.1:{server.port}/"
+    status, body = get_json(url + "healthz")
+    assert status == 200 and body["status"] == "ok" and body["node"]
+    data_dir = tmp_path / "data"
+    assert (data_dir / "presence.db").is_file()
+    secret = data_dir / "cookie_secret"
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert len(secret.read_text().strip()) >= 32
+    # No launcher in between: the process we started is the one listening.
+    assert printed_pid == server.proc.pid
+    process = psutil.Process(server.proc.pid)
+    listening = [c for c in process.net_connections(kind="tcp")
+                 if c.status == psutil.CONN_LISTEN]
+    assert [c.laddr.port for c in listening] == [server.port]
+    assert process.children(recursive=True) == []
+    code, took = server.terminate()
+    assert code == 0, server.stderr()
+    assert took < STOP_SECONDS
+    assert "Traceback" not in server.stderr()
+
+
+async def _sign_up_and_wait_for_shutdown(url: str, proc: subprocess.Popen) -> dict[str, str]:
+    client = PresenceClient(url)
+    await client.signup("alice", PASSWORD)
+    sock = await client.connect()
+    assert sock.online("alice") is True
+    proc.send_signal(signal.SIGTERM)
+    assert await sock.wait_closed(timeout=STOP_SECONDS) == 1001
+    return client.cookies
+
+
+async def _users_after_restart(url: str, cookies: dict[str, str]) -> list[dict]:
+    client = PresenceClient(url)
+    client.cookies = dict(cookies)
+    return await client.users()
+
+
+def test_sigterm_closes_sockets_1001_and_a_restart_keeps_sessions(start_server, tmp_path):
+    server = start_server()
+    url, _ = server.wait_for_url()
+    cookies = asyncio.run(_sign_up_and_wait_for_shutdown(url, server.proc))
+    assert server.proc.wait(timeout=STOP_SECONDS) == 0
+    assert "Traceback" not in server.stderr()
+    again = start_server(tmp_path / "data")
+    url, _ = again.wait_for_url()
+    users = asyncio.run(_users_after_restart(url, cookies))  # same secret file, same session
+    assert [(u["username"], u["online"]) for u in users] == [("alice", False)]
+    assert users[0]["last_seen"] is not None
+    assert again.terminate()[0] == 0
+
+
+def run_bad(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "run.py", "--data-dir", str(tmp_path / "data"), *args],
+        cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=60)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, mentions: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("run.py: error:")
+    assert mentions in lines[0]
+
+
+@pytest.mark.parametrize("args,mentions", [
+    (["--port", "abc"], "--port"),
+    (["--bcrypt-rounds", "2"], "--bcrypt-rounds"),
+    (["--processes", "2"], "--redis-url"),
+    (["--database-url", "mysql://x"], "--database-url"),
+    (["--session-days", "inf"], "--session-days"),
+    (["--database-url", "postgresql://nobody@127.0.0.1:1/nothing"], "database"),
+], ids=["port-abc", "bcrypt-2", "processes-without-redis", "mysql", "session-days-inf",
+        "unreachable-database"])
+def test_bad_configuration_is_one_stderr_line_and_exit_2(tmp_path, args, mentions):
+    assert_one_line_error(run_bad(tmp_path, "--port", str(free_port()), *args), mentions)
+
+
+def test_port_in_use_is_one_stderr_line_and_exit_2(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_bad(tmp_path, "--port", str(port))
+    assert_one_line_error(result, str(port))
+
+
+def test_unusable_data_dir_is_one_stderr_line_and_exit_2(tmp_path):
+    (tmp_path / "data").write_text("a file, not a directory")
+    assert_one_line_error(run_bad(tmp_path, "--port", str(free_port())), "data directory")
