@@ -28,10 +28,12 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, AsyncIterator
 
+import psutil
+
 from bench.loadgen import LoadGen, raise_nofile_limit
 from bench.metrics import analyse, bcrypt_checks, merge_events, ratio, summary_ms
-from bench.servers import (ROOT, AppDeployment, Deployment, ReferenceDeployment, established_to,
-                           send_queue)
+from bench.servers import (ROOT, AppDeployment, Deployment, Probe, ReferenceDeployment,
+                           busy_cpu, established_to, send_queue)
 
 SCENARIOS = ["connect", "fanout", "churn", "crossproc", "login", "slow"]
 RESULTS = ROOT / "bench" / "results"
@@ -54,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "event) after one warm-up cycle; quick: 3, else 10")
     p.add_argument("--movers", type=int, help="churn: movers at once; quick: 10, else 100")
     p.add_argument("--churn-n", type=int, help="churn: observers; quick: N, else 1000")
-    p.add_argument("--churn-seconds", type=float, help="churn duration; quick: 3, else 10")
+    p.add_argument("--churn-seconds", type=float, help="churn duration; quick: 2, else 10")
     p.add_argument("--cross", default=None,
                    help="crossproc: app process counts sharing Redis (default 2,4; quick: 2)")
     p.add_argument("--targets", default="app,reference",
@@ -74,15 +76,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=100,
                    help="handshakes in flight (all generator processes together); Tornado's "
                         "listen backlog is 128, beyond it SYNs are dropped and retried after 1 s")
-    p.add_argument("--login-seconds", type=float, help="login: duration; quick: 3, else 10")
+    p.add_argument("--login-seconds", type=float, help="login: duration; quick: 2, else 10")
     p.add_argument("--login-concurrency", type=int, default=4)
     p.add_argument("--login-rounds", type=int, default=12, help="login: app bcrypt cost")
     p.add_argument("--slow-n", type=int, help="slow: observers; quick: 100, else 200")
     p.add_argument("--slow-seconds", type=float,
-                   help="slow: longest stall phase; quick: 8, else 40")
+                   help="slow: longest stall phase (the baseline phase: half of it, at most "
+                        "5 s); quick: 4, else 40")
     p.add_argument("--slow-limit", type=int, default=None,
                    help="slow: app --send-buffer-limit in bytes (default: the app's own "
                         "default; quick: 65536)")
+    p.add_argument("--quiet-wait", type=float, default=None,
+                   help="before each scenario, wait up to this many seconds until other "
+                        "processes use less than --quiet-cores CPUs (default: 0 quick, else 600)")
+    p.add_argument("--quiet-cores", type=float, default=0.3)
     p.add_argument("--out", type=Path, help="JSON output path (default bench/results/...)")
     p.add_argument("--label", default="", help="label in file names and the report")
     p.add_argument("--keep-workdir", action="store_true", help="keep server logs")
@@ -103,12 +110,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.k = args.k or (3 if q else 10)
     args.movers = args.movers or (10 if q else 100)
     args.churn_n = args.churn_n or (args.n if q else min(args.n, 1000))
-    args.churn_seconds = args.churn_seconds or (3.0 if q else 10.0)
+    args.churn_seconds = args.churn_seconds or (2.0 if q else 10.0)
     args.cross = [int(x) for x in (args.cross or ("2" if q else "2,4")).split(",") if x]
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    args.login_seconds = args.login_seconds or (3.0 if q else 10.0)
+    args.login_seconds = args.login_seconds or (2.0 if q else 10.0)
     args.slow_n = args.slow_n or (min(args.n, 100) if q else 200)
-    args.slow_seconds = args.slow_seconds or (8.0 if q else 40.0)
+    args.slow_seconds = args.slow_seconds or (4.0 if q else 40.0)
+    if args.quiet_wait is None:
+        args.quiet_wait = 0.0 if q else 600.0
     if args.slow_limit is None and q:
         args.slow_limit = 65536
     if args.app_processes > 1 and args.broker != "redis":
@@ -191,6 +200,41 @@ class Runner:
             await dep.stop()
             self.log(f"stopped {kind}")
 
+    async def wait_quiet(self) -> dict[str, Any]:
+        """Wait until the rest of the machine is (nearly) idle: a benchmark on 2 shared
+        cores measures whoever else is running too."""
+        o = self.opts
+        deadline = time.monotonic() + o.quiet_wait
+        waited = time.monotonic()
+        announced = False
+        while True:
+            me = psutil.Process()
+            procs = [me] + [psutil.Process(p.pid) for p in (self.lg.procs if self.lg else [])]
+
+            def ours() -> float:
+                total = 0.0
+                for proc in procs:
+                    with contextlib.suppress(psutil.Error):
+                        t = proc.cpu_times()
+                        total += t.user + t.system
+                return total
+            window = 2.0 if o.quiet_wait else 0.5
+            b0, o0 = busy_cpu(), ours()
+            await asyncio.sleep(window)
+            other = max(busy_cpu() - b0 - (ours() - o0), 0.0) / window  # in CPUs
+            if other < o.quiet_cores or time.monotonic() >= deadline:
+                spent = time.monotonic() - waited - window
+                return {"other_cores": round(other, 2), "waited_s": round(spent, 1),
+                        "loadavg": os.getloadavg()}
+            if not announced:
+                self.log(f"  the machine is busy ({other:.2f} CPUs used by other processes); "
+                         f"waiting up to {o.quiet_wait:.0f} s for it to calm down")
+                announced = True
+
+    async def settle(self) -> None:
+        """A pause after opening sockets, before measuring."""
+        await asyncio.sleep(0.3 if self.opts.quick else 1.0)
+
     async def reset_generators(self) -> None:
         assert self.lg is not None
         await asyncio.gather(*(self.lg.call(i, "reset") for i in range(len(self.lg.pipes))))
@@ -221,13 +265,14 @@ class Runner:
         for kind in self.targets():
             async with self.deployment(kind) as dep:
                 await dep.observer_headers()
-                await asyncio.sleep(1.0)
-                rss0, cpu0, gcpu0 = dep.rss(), dep.cpu(), await self.gen_cpu()
-                r = await self.open_observers(dep, n)
-                cpu1, gcpu1 = dep.cpu(), await self.gen_cpu()
+                await asyncio.sleep(0.5 if self.opts.quick else 2.0)
+                rss0 = dep.rss()
+                async with Probe(dep, self.gen_cpu) as probe:
+                    r = await self.open_observers(dep, n)
                 seconds = (r["t_last_open"] - r["t_first_send"]) / 1e9
                 self.log(f"  {kind}: {r['open']}/{n} open in {seconds:.2f} s")
-                await asyncio.sleep(3.0)  # idle: let timers and batched writes settle
+                # Idle: let timers, batched writes and the allocator settle.
+                await asyncio.sleep(1.0 if self.opts.quick else 5.0)
                 rss1 = dep.rss()
                 server_count = await dep.sockets()
                 t = time.monotonic()
@@ -242,8 +287,9 @@ class Runner:
                     "connects_per_s": round(r["open"] / seconds) if seconds else None,
                     "handshake_ms_by_worker": r["handshake_ms_by_worker"],
                     "workers_with_handshake_over_1s": slow_handshakes,
-                    "server_cpu_s": round(cpu1 - cpu0, 3),
-                    "generator_cpu_s": round(gcpu1 - gcpu0, 3),
+                    "server_cpu_s": probe.result["server_cpu_s"],
+                    "generator_cpu_s": probe.result["generator_cpu_s"],
+                    "probe": probe.result,
                     "server_sockets_reported": server_count,
                     "rss_before_mib": round(rss0 / 2**20, 1),
                     "rss_idle_mib": round(rss1 / 2**20, 1),
@@ -270,11 +316,10 @@ class Runner:
         triggers: list[tuple[str, bool, int]] = []
         timeouts = 0
         measured_from = 0
-        cpu0 = gcpu0 = 0.0
-        t_wall = 0.0
+        probe = Probe(dep, self.gen_cpu)
         for cycle in range(k + 1):
             if cycle == 1:
-                cpu0, gcpu0, t_wall = dep.cpu(), await self.gen_cpu(), time.monotonic()
+                await probe.__aenter__()
             m = await lg.call(lg.mover, "open", group="mov", targets=dep.targets[:1], count=1,
                               headers=[mover], concurrency=1, timeout=30.0, record=False)
             if not m["open"]:
@@ -294,17 +339,17 @@ class Runner:
                                             timeout=30.0)
             timeouts += sum(1 for w in waits if not w["complete"])
             await asyncio.sleep(0.05)
-        wall = time.monotonic() - t_wall
-        cpu1, gcpu1 = dep.cpu(), await self.gen_cpu()
+        await probe.__aexit__(None, None, None)
         parts = await lg.call_observers("events", group="obs", reset=True)
         result = analyse(merge_events(parts), observers, triggers, {MOVER},
                          skip_before=measured_from)
         events = max(result["events"], 1)
         result.update({
             "n": observers, "k": k, "wait_timeouts": timeouts,
-            "server_cpu_ms_per_event": round((cpu1 - cpu0) * 1e3 / events, 2),
-            "generator_cpu_ms_per_event": round((gcpu1 - gcpu0) * 1e3 / events, 2),
-            "wall_s": round(wall, 2),
+            "server_cpu_ms_per_event": round(probe.result["server_cpu_s"] * 1e3 / events, 2),
+            "generator_cpu_ms_per_event": round(probe.result["generator_cpu_s"] * 1e3 / events,
+                                                2),
+            "probe": probe.result,
         })
         s = result["last_observer_ms"]
         self.log(f"  {label} N={observers}: last observer p50 {s['p50']} ms, p95 {s['p95']} "
@@ -321,7 +366,7 @@ class Runner:
             have += r["open"]
             if have < size:
                 self.log(f"  only {have} of {size} observers open")
-            await asyncio.sleep(1.0)
+            await self.settle()
             results[str(size)] = await self.fanout_cycles(dep, have, k, label)
         return results
 
@@ -349,7 +394,8 @@ class Runner:
         lg = self.lg
         headers = await dep.mover_headers(movers)
         labels = [f"mover-{i}" for i in range(movers)]
-        cpu0, gcpu0 = dep.cpu(), await self.gen_cpu()
+        probe = Probe(dep, self.gen_cpu)
+        await probe.__aenter__()
         task = asyncio.ensure_future(lg.call(lg.mover, "churn", group="churn",
                                              targets=dep.targets[:1], headers=headers,
                                              labels=labels, duration=seconds))
@@ -368,7 +414,7 @@ class Runner:
                 break
             last = total
             await asyncio.sleep(0.25)
-        cpu1, gcpu1 = dep.cpu(), await self.gen_cpu()
+        await probe.__aexit__(None, None, None)
         parts = await lg.call_observers("events", group="obs", reset=True)
         merged = merge_events(parts)
         result = analyse(merged, observers, r["triggers"], set(labels))
@@ -389,7 +435,8 @@ class Runner:
             "events_per_s": round(result["events"] / span, 1) if span else None,
             "deliveries_per_s_sustained": round(result["deliveries"] / span) if span else None,
             "movers_left_online": final_wrong, "span_s": round(span, 2),
-            "server_cpu_s": round(cpu1 - cpu0, 2), "generator_cpu_s": round(gcpu1 - gcpu0, 2),
+            "server_cpu_s": probe.result["server_cpu_s"],
+            "generator_cpu_s": probe.result["generator_cpu_s"], "probe": probe.result,
         })
         if watched is not None:
             result["watch"] = watched
@@ -405,7 +452,7 @@ class Runner:
         for kind in self.targets():
             async with self.deployment(kind) as dep:
                 await self.open_observers(dep, o.churn_n)
-                await asyncio.sleep(1.0)
+                await self.settle()
                 out[kind] = await self.churn_phase(dep, o.churn_n, o.movers, o.churn_seconds,
                                                    kind)
         if "app" in out and "reference" in out:
@@ -424,7 +471,7 @@ class Runner:
             key = f"{processes}-{broker}"
             async with self.deployment("app", processes=processes, broker=broker) as dep:
                 await self.open_observers(dep, n)
-                await asyncio.sleep(1.0)
+                await self.settle()
                 r = await self.fanout_cycles(dep, n, o.k, f"app {key}")
                 r.update({"processes": processes, "broker": broker,
                           "rss_mib": round(dep.rss() / 2**20, 1)})
@@ -448,10 +495,9 @@ class Runner:
         self.log(f"  bare bcrypt cost {o.login_rounds} on {cores} processes")
         loop = asyncio.get_running_loop()
         with ProcessPoolExecutor(cores, mp_context=multiprocessing.get_context("spawn")) as pool:
-            await asyncio.gather(*(loop.run_in_executor(pool, bcrypt_checks, hashed, 0.01)
-                                   for _ in range(cores)))  # start the processes first
+            start = time.time() + 2.0  # every process has started by then
             counts = await asyncio.gather(*(loop.run_in_executor(
-                pool, bcrypt_checks, hashed, o.login_seconds) for _ in range(cores)))
+                pool, bcrypt_checks, hashed, start, o.login_seconds) for _ in range(cores)))
         out["bare_checks_per_s"] = round(sum(counts) / o.login_seconds, 2)
         if "app" in o.targets:
             async with self.deployment("app", bcrypt_rounds=o.login_rounds) as dep:
@@ -509,8 +555,8 @@ class Runner:
         assert self.lg is not None
         lg, o = self.lg, self.opts
         await self.open_observers(dep, n)
-        await asyncio.sleep(1.0)
-        baseline = await self.churn_phase(dep, n, movers, min(5.0, o.slow_seconds),
+        await self.settle()
+        baseline = await self.churn_phase(dep, n, movers, min(5.0, o.slow_seconds / 2),
                                           f"{kind} baseline")
         s = await lg.call(lg.mover, "open", group="stall", targets=dep.targets[:1], count=1,
                           headers=[await dep.observer_headers()], concurrency=1, timeout=30.0,
@@ -547,7 +593,8 @@ class Runner:
         stalled = await self.churn_phase(dep, n, movers, o.slow_seconds, f"{kind} stalled",
                                          watch)
         rss1 = max([dep.rss()] + [int(x["rss_mib"] * 2**20) for x in samples])
-        resumed = await lg.call(lg.mover, "resume", group="stall", wait=5.0)
+        resumed = await lg.call(lg.mover, "resume", group="stall",
+                                wait=5.0 if state["dropped_after_s"] is not None else 1.0)
         # Bytes the server queued for the stalled client before the drop (events + headers).
         queued = 0
         if state["dropped_after_s"] is not None:
@@ -580,6 +627,7 @@ class Runner:
                 "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "label": o.label, "quick": o.quick, "argv": sys.argv[1:],
                 "commit": git_commit(), "machine": machine_info(),
+                "loadavg_at_start": os.getloadavg(),
                 "app": {"processes": o.app_processes, "broker": o.broker,
                         "database": o.database, "extra_args": o.app_arg},
                 "generator": {"observer_processes": o.gen_processes or os.cpu_count(),
@@ -590,6 +638,7 @@ class Runner:
         self.lg = await LoadGen(o.gen_processes, progress=self.on_progress).start()
         try:
             for name in o.scenarios:
+                quiet = await self.wait_quiet()
                 self.log(f"scenario {name}")
                 t = time.monotonic()
                 try:
@@ -598,6 +647,7 @@ class Runner:
                     self.log(f"scenario {name} failed: {exc}")
                     results["scenarios"][name] = {"error": str(exc)[:2000]}
                 results["scenarios"][name]["duration_s"] = round(time.monotonic() - t, 1)
+                results["scenarios"][name]["machine_before"] = quiet
         finally:
             await self.lg.stop()
             if not o.keep_workdir:
@@ -605,6 +655,7 @@ class Runner:
             else:
                 self.log(f"server logs kept in {self.workdir}")
         results["meta"]["duration_s"] = round(time.monotonic() - self.started, 1)
+        results["meta"]["loadavg_at_end"] = os.getloadavg()
         results["targets"] = evaluate_targets(results)
         return results
 
@@ -688,6 +739,11 @@ def _f(value: Any, unit: str = "") -> str:
     return f"{value}{unit}"
 
 
+def _net(probe: dict[str, Any]) -> str:
+    net = probe.get("net", {})
+    return f"{net.get('softnet_dropped', 0)}/{net.get('TCPTimeouts', 0)}"
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     meta, sc = results["meta"], results["scenarios"]
     m = meta["machine"]
@@ -697,8 +753,9 @@ def render_markdown(results: dict[str, Any]) -> str:
              f"{m['websockets']}. Commit {meta['commit']}. App: {meta['app']['processes']} "
              f"process(es), {meta['app']['broker']} broker, {meta['app']['database']}. "
              f"Generator: {meta['generator']['observer_processes']} observer processes + 1 "
-             f"mover process on the same CPUs. `python -m bench.run {' '.join(meta['argv'])}`",
-             ""]
+             f"mover process on the same CPUs. Load average at start "
+             f"{' '.join(f'{x:.2f}' for x in meta['loadavg_at_start'])}. "
+             f"`python -m bench.run {' '.join(meta['argv'])}`", ""]
     if results.get("targets"):
         lines += ["## Targets (issue 5)", "", "| target | value | limit | met | detail |",
                   "| --- | --- | --- | --- | --- |"]
@@ -731,9 +788,13 @@ def render_markdown(results: dict[str, Any]) -> str:
                   f"{2 * fan['k']} events per size, after a warm-up cycle)", "",
                   "Time until the last observer has the event (kernel receive timestamps; "
                   "user-space read time in brackets), per-delivery p99, deliveries/s, lost.",
+                  "Other CPU: what the rest of the machine used meanwhile (other processes, "
+                  "softirq). Drops/RTO: packets dropped from the loopback backlog and TCP "
+                  "retransmission timeouts during the phase (each costs >= 200 ms).",
                   "", "| N | server | p50 ms | p95 ms | max ms | delivery p99 ms | "
-                  "deliveries/s | lost | server CPU ms/event | generator CPU ms/event |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "deliveries/s | lost | server CPU ms/event | generator CPU ms/event | "
+                  "other CPU s | drops/RTO |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for size in map(str, fan["sizes"]):
             for kind in ("app", "reference"):
                 if kind not in fan:
@@ -744,11 +805,12 @@ def render_markdown(results: dict[str, Any]) -> str:
                     f"| {size} | {kind} | {_f(s['p50'])} ({_f(u['p50'])}) | {_f(s['p95'])} "
                     f"({_f(u['p95'])}) | {_f(s['max'])} | {_f(r['per_delivery_ms']['p99'])} | "
                     f"{_f(r['deliveries_per_s'])} | {r['lost']} | "
-                    f"{_f(r['server_cpu_ms_per_event'])} | {_f(r['generator_cpu_ms_per_event'])} |")
+                    f"{_f(r['server_cpu_ms_per_event'])} | {_f(r['generator_cpu_ms_per_event'])} "
+                    f"| {_f(r['probe']['other_cpu_s'])} | {_net(r['probe'])} |")
             if "ratios" in fan:
                 q = fan["ratios"][size]
                 lines.append(f"| {size} | ratio | {_f(q['p50'])} | {_f(q['p95'])} | | | "
-                             f"{_f(q['deliveries_per_s'])} | | | |")
+                             f"{_f(q['deliveries_per_s'])} | | | | | |")
         lines.append("")
     churn = sc.get("churn")
     if churn and "error" not in churn:

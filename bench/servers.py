@@ -332,3 +332,66 @@ def send_queue(port: int, client_port: int) -> int:
             except ValueError:
                 return 0
     return 0
+
+
+def kernel_counters() -> dict[str, int]:
+    """System-wide network counters that explain latency outliers on loopback: packets
+    dropped from the per-CPU backlog (net.core.netdev_max_backlog), retransmission timeouts,
+    listen queue overflows."""
+    out: dict[str, int] = {}
+    try:
+        with open("/proc/net/softnet_stat") as fh:
+            out["softnet_dropped"] = sum(int(line.split()[1], 16) for line in fh if line.strip())
+        for path, prefix, names in (
+                ("/proc/net/netstat", "TcpExt:", ("TCPTimeouts", "ListenOverflows",
+                                                  "TCPLossProbes")),
+                ("/proc/net/snmp", "Tcp:", ("RetransSegs",))):
+            with open(path) as fh:
+                rows = [line.split() for line in fh if line.startswith(prefix)]
+            for header, values in zip(rows[::2], rows[1::2]):
+                table = dict(zip(header[1:], values[1:]))
+                for name in names:
+                    if name in table:
+                        out[name] = int(table[name])
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def busy_cpu() -> float:
+    """CPU seconds the whole machine spent not idle (all CPUs together)."""
+    t = psutil.cpu_times()
+    return t.user + t.system + getattr(t, "nice", 0) + getattr(t, "irq", 0) + \
+        getattr(t, "softirq", 0) + getattr(t, "steal", 0)
+
+
+class Probe:
+    """CPU and kernel counters over one measured phase: the server's, the generator's, this
+    runner's, and what the rest of the machine used meanwhile (other people's work)."""
+
+    def __init__(self, dep: "Deployment", gen_cpu: Any) -> None:
+        self.dep = dep
+        self.gen_cpu = gen_cpu
+        self.start: dict[str, Any] = {}
+
+    async def _sample(self) -> dict[str, Any]:
+        me = psutil.Process().cpu_times()
+        return {"wall": time.monotonic(), "server": self.dep.cpu(), "gen": await self.gen_cpu(),
+                "runner": me.user + me.system, "busy": busy_cpu(), "net": kernel_counters()}
+
+    async def __aenter__(self) -> "Probe":
+        self.start = await self._sample()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        end = await self._sample()
+        s = self.start
+        ours = sum(end[k] - s[k] for k in ("server", "gen", "runner"))
+        self.result = {
+            "wall_s": round(end["wall"] - s["wall"], 2),
+            "server_cpu_s": round(end["server"] - s["server"], 3),
+            "generator_cpu_s": round(end["gen"] - s["gen"], 3),
+            "runner_cpu_s": round(end["runner"] - s["runner"], 3),
+            "other_cpu_s": round(max(end["busy"] - s["busy"] - ours, 0.0), 3),
+            "net": {k: end["net"].get(k, 0) - v for k, v in s["net"].items()},
+        }
