@@ -177,6 +177,8 @@ class PresenceService:
             state = UserState(bool(message["online"]), int(message["version"]),
                               message.get("last_seen"))
             if self._apply(message["username"], state):
+                log.debug("Presence %s online=%s v%s", message["username"], state.online,
+                          state.version)
                 self.broadcast(text)
         elif kind == "session_ended":
             self.close_session(message["session"])

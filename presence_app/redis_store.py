@@ -37,11 +37,12 @@ local function set_state(key, channel, user, online, seen, old)
 end
 """
 
-# KEYS: state, un:user, nu:node, nodes   ARGV: user, node, channel, now
+# KEYS: state, un:user, nu:node   ARGV: user, node, channel, now
+# The node is not added to p:nodes here: only heartbeats do that, so a heartbeat that has to
+# add it back learns that this node was reaped (and resynchronises).
 _ATTACH = _LIB + r"""
 redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[2])
-redis.call('SADD', KEYS[4], ARGV[2])
 local st = get_state(KEYS[1], ARGV[1])
 if st and st[1] then return false end
 return set_state(KEYS[1], ARGV[3], ARGV[1], true, ARGV[4], st)
@@ -104,8 +105,7 @@ class RedisStore(PresenceStore):
         self._epoch_candidate = secrets.token_hex(8)
 
     async def attach(self, node: str, username: str, now: str) -> str | None:
-        keys = [f"{self.p}:state", f"{self.p}:un:{username}", f"{self.p}:nu:{node}",
-                f"{self.p}:nodes"]
+        keys = [f"{self.p}:state", f"{self.p}:un:{username}", f"{self.p}:nu:{node}"]
         return await self._attach(keys=keys, args=[username, node, self.channel, now]) or None
 
     async def detach(self, node: str, username: str, now: str) -> str | None:
@@ -131,14 +131,14 @@ class RedisStore(PresenceStore):
     async def members(self, node: str) -> set[str]:
         return set(await self.redis.smembers(f"{self.p}:nu:{node}"))
 
-    async def heartbeat(self, node: str, timeout: float) -> str:
+    async def heartbeat(self, node: str, timeout: float) -> tuple[str, bool]:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(f"{self.p}:alive:{node}", "1", px=int(timeout * 1000))
             pipe.sadd(f"{self.p}:nodes", node)
             pipe.set(f"{self.p}:epoch", self._epoch_candidate, nx=True)
             pipe.get(f"{self.p}:epoch")
             result = await pipe.execute()
-        return str(result[-1])
+        return str(result[-1]), result[1] == 1
 
     async def reap(self, node: str, now: str, force: bool = False) -> list[str]:
         keys = [f"{self.p}:state", f"{self.p}:nu:{node}", f"{self.p}:alive:{node}",

@@ -61,8 +61,11 @@ class PresenceStore(ABC):
         """The users the store believes ``node`` holds."""
 
     @abstractmethod
-    async def heartbeat(self, node: str, timeout: float) -> str:
-        """Mark ``node`` alive for ``timeout`` seconds; returns the store's epoch."""
+    async def heartbeat(self, node: str, timeout: float) -> tuple[str, bool]:
+        """Mark ``node`` alive for ``timeout`` seconds.
+
+        Returns the store's epoch (a new one: the store was emptied) and whether ``node`` had
+        to be added back to the known nodes (it was reaped, or the store is new)."""
 
     @abstractmethod
     async def reap(self, node: str, now: str, force: bool = False) -> list[str]:
@@ -125,8 +128,8 @@ class MemoryStore(PresenceStore):
     async def members(self, node: str) -> set[str]:
         return {user for user, nodes in self._nodes.items() if node in nodes}
 
-    async def heartbeat(self, node: str, timeout: float) -> str:
-        return self.epoch
+    async def heartbeat(self, node: str, timeout: float) -> tuple[str, bool]:
+        return self.epoch, False
 
     async def reap(self, node: str, now: str, force: bool = False) -> list[str]:
         if not force:

@@ -30,12 +30,15 @@ class PresenceSync:
         self.problem: str | None = None
         self._epoch: str | None = None
         self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._settling: asyncio.Future[None] | None = None
+        self._to_settle: set[str] = set()
 
     async def start(self) -> None:
         """Clear what an earlier process with our node id left behind, then load the view."""
         try:
-            self._epoch = await self.store.heartbeat(self.node_id, self.timeout)
             self.ledger.record(await self.store.reap(self.node_id, iso_now(), force=True))
+            self._epoch, _ = await self.store.heartbeat(self.node_id, self.timeout)
         except Exception as exc:
             self.problem = f"presence store unreachable: {exc}"
             self.presence.needs_resync = True
@@ -44,35 +47,27 @@ class PresenceSync:
         await self.presence.load()
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_purge = loop.time() + 60
+        """Liveness and maintenance in two loops: a slow resync, reap or database write
+        must never delay the heartbeat (or others would reap this live process)."""
+        await asyncio.gather(self._liveness(), self._maintenance())
+
+    async def _liveness(self) -> None:
         while True:
             await self.beat()
-            if loop.time() >= next_purge:
-                next_purge = loop.time() + PURGE_INTERVAL
-                await self.purge_sessions()
             await asyncio.sleep(self.interval)
 
-    async def purge_sessions(self) -> None:
-        """Delete expired sessions now and then (any process may; it is idempotent)."""
-        try:
-            count = await self.presence.accounts.purge_expired_sessions()
-            if count:
-                log.info("Deleted %d expired session(s)", count)
-        except Exception as exc:
-            log.warning("Could not delete expired sessions: %s", exc)
-
     async def beat(self) -> None:
-        """One heartbeat: stay alive, resync if needed, reap dead processes."""
+        """Refresh our liveness key; flag a resync if the store was reset or reaped us."""
         try:
-            epoch = await self.store.heartbeat(self.node_id, self.timeout)
+            epoch, rejoined = await self.store.heartbeat(self.node_id, self.timeout)
             if epoch != self._epoch:
                 log.warning("Presence store was reset (epoch %s -> %s); resynchronising",
                             self._epoch, epoch)
-                await self.resync()
-            elif self.presence.needs_resync:
-                await self.resync()
-            await self.reap_dead()
+                self.presence.needs_resync = True
+            elif rejoined:
+                log.warning("This process had been reaped as dead; resynchronising")
+                self.presence.needs_resync = True
+            self._epoch = epoch
             if self.problem:
                 log.info("Presence store reachable again")
             self.problem = None
@@ -83,6 +78,37 @@ class PresenceSync:
                 log.warning("Presence store unreachable: %s", exc)
             self.problem = f"presence store unreachable: {exc}"
             self.presence.needs_resync = True
+        self._wake.set()
+
+    async def _maintenance(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_purge = loop.time() + 60
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self.problem:
+                continue
+            try:
+                if self.presence.needs_resync:
+                    await self.resync()
+                await self.reap_dead()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("Presence maintenance failed (%s); will retry", exc)
+                self.presence.needs_resync = True
+            if loop.time() >= next_purge:
+                next_purge = loop.time() + PURGE_INTERVAL
+                await self.purge_sessions()
+
+    async def purge_sessions(self) -> None:
+        """Delete expired sessions now and then (any process may; it is idempotent)."""
+        try:
+            count = await self.presence.accounts.purge_expired_sessions()
+            if count:
+                log.info("Deleted %d expired session(s)", count)
+        except Exception as exc:
+            log.warning("Could not delete expired sessions: %s", exc)
 
     async def reap_dead(self) -> None:
         for node in await self.store.dead_nodes(self.node_id):
@@ -97,7 +123,7 @@ class PresenceSync:
         async with self._lock:
             p = self.presence
             p.needs_resync = False
-            self._epoch = await self.store.heartbeat(self.node_id, self.timeout)
+            self._epoch, _ = await self.store.heartbeat(self.node_id, self.timeout)
             held = await self.store.members(self.node_id)
             p.registered.clear()
             p.registered.update(held)
@@ -109,20 +135,36 @@ class PresenceSync:
                 if not p.known(user.username):
                     p.apply_and_broadcast(user.username, UserState(False, 0, iso(user.last_seen)))
             states = await self.store.states()
-            for item in p.users():
-                if item["online"] and item["username"] not in states:
-                    # Online in our view, unknown to the emptied store: nobody holds them.
-                    event = await self.store.settle(item["username"], iso_now())
-                    self.ledger.record([event] if event else [])
             for username, state in states.items():
                 p.apply_and_broadcast(username, state)
+            # Online in our view but unknown to an emptied store: maybe nobody holds them any
+            # more, maybe their process has not re-registered yet. Settle them only after every
+            # live process has had time to (two heartbeats), or they would flicker offline.
+            missing = {u["username"] for u in p.users() if u["online"]} - set(states)
+            self._to_settle |= missing
+            if self._to_settle and (self._settling is None or self._settling.done()):
+                self._settling = asyncio.ensure_future(self._settle_later())
             log.info("Resynchronised presence: %d local user(s), %d known state(s)",
                      len(p.local_users()), len(states))
+
+    async def _settle_later(self) -> None:
+        await asyncio.sleep(2 * self.interval)
+        usernames, self._to_settle = self._to_settle, set()
+        try:
+            states = await self.store.states()
+            for username in sorted(usernames - set(states)):
+                event = await self.store.settle(username, iso_now())  # no-op if held again
+                self.ledger.record([event] if event else [])
+        except Exception as exc:
+            log.warning("Could not settle users missing after a reset (%s)", exc)
+            self.presence.needs_resync = True
 
     async def stop(self) -> None:
         """Shutdown: close sockets (1001), take our users offline at once, clear our rows."""
         p = self.presence
         p.closing = True
+        if self._settling is not None:
+            self._settling.cancel()
         p.close_all()
         await p.settled(timeout=2.0)
         try:

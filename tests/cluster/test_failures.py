@@ -164,3 +164,34 @@ def test_redis_outage_and_empty_restart_resynchronise(
     asyncio.run(scenario())
     assert a.proc is not None and a.proc.poll() is None
     assert b.proc is not None and b.proc.poll() is None
+
+
+def test_live_process_wrongly_reaped_rejoins(start_app: Any, sqlite_url: str,
+                                             prefix: str) -> None:
+    """If a live process is reaped (its event loop stalled past the timeout, say), its next
+    heartbeat notices and re-registers its users: nobody stays wrongly offline."""
+    from presence_app.broker import RedisBroker
+    from presence_app.redis_store import RedisStore
+
+    a = start_app("node-a", sqlite_url, REDIS_URL, prefix)
+    b = start_app("node-b", sqlite_url, REDIS_URL, prefix)
+
+    async def scenario() -> None:
+        watcher = await (await signed_up(a.url, "alice")).connect()
+        bob = await signed_up(b.url, "bob")
+        await bob.connect()
+        await watcher.wait_status("bob", True, timeout=5)
+        broker = RedisBroker(REDIS_URL, prefix)
+        try:
+            events = await RedisStore(broker, prefix).reap("node-b", "2026-01-01T00:00:00Z",
+                                                           force=True)
+        finally:
+            await broker.close()
+        assert len(events) == 1
+        await watcher.wait_status("bob", False, timeout=5)
+        rejoined = time.monotonic()
+        await watcher.wait_status("bob", True, timeout=5)
+        assert time.monotonic() - rejoined < 2.0  # within a heartbeat or two (0.5 s each)
+        await watcher.close()
+
+    asyncio.run(scenario())
