@@ -84,7 +84,9 @@ def run_server(settings: Settings, sockets: list[socket.socket], announce: bool)
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        settings = ensure_cookie_secret(load_settings(argv))
+        settings = load_settings(argv)
+        setup_logging(settings)  # first, so that generating the cookie secret is logged
+        settings = ensure_cookie_secret(settings)
         if settings.database_url.startswith("sqlite") and ":memory:" not in settings.database_url:
             db_path = settings.database_url.split(":///", 1)[1]
             os.makedirs(os.path.dirname(os.path.abspath(db_path)), exist_ok=True)
@@ -96,7 +98,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run.py: error: cannot listen on {settings.address}:{settings.port}: "
               f"{exc.strerror}", file=sys.stderr)
         return 2
-    setup_logging(settings)
     if settings.processes == 1:
         return run_server(settings, sockets, announce=True)
     count = settings.processes or os.cpu_count() or 1

@@ -16,8 +16,8 @@ class SignupHandler(BaseHandler):
 
     async def post(self) -> None:
         username = self.get_body_argument("username", "").strip()
-        password = self.get_body_argument("password", "")
-        confirm = self.get_body_argument("confirm", "")
+        password = self.get_body_argument("password", "", strip=False)
+        confirm = self.get_body_argument("confirm", "", strip=False)
         try:
             if max(len(username), len(password), len(confirm)) > MAX_FIELD:
                 raise AccountError(400, "A field is far too long.")
@@ -44,7 +44,7 @@ class LoginHandler(BaseHandler):
 
     async def post(self) -> None:
         username = self.get_body_argument("username", "").strip()
-        password = self.get_body_argument("password", "")
+        password = self.get_body_argument("password", "", strip=False)
         target = safe_next(self.get_body_argument("next", ""))
         user = None
         if len(username) <= MAX_FIELD and len(password) <= MAX_FIELD:
