@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -82,7 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--slow-n", type=int, help="slow: observers; quick: 100, else 200")
     p.add_argument("--slow-seconds", type=float,
                    help="slow: longest stall phase (the baseline phase: half of it, at most "
-                        "5 s); quick: 4, else 40")
+                        "5 s); quick: 4, else 90")
     p.add_argument("--slow-limit", type=int, default=None,
                    help="slow: app --send-buffer-limit in bytes (default: the app's own "
                         "default; quick: 65536)")
@@ -90,6 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="before each scenario, wait up to this many seconds until other "
                         "processes use less than --quiet-cores CPUs (default: 0 quick, else 600)")
     p.add_argument("--quiet-cores", type=float, default=0.3)
+    p.add_argument("--profile", type=Path, default=None,
+                   help="directory: record every app process with py-spy (collapsed stacks)")
     p.add_argument("--out", type=Path, help="JSON output path (default bench/results/...)")
     p.add_argument("--label", default="", help="label in file names and the report")
     p.add_argument("--keep-workdir", action="store_true", help="keep server logs")
@@ -115,7 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     args.login_seconds = args.login_seconds or (2.0 if q else 10.0)
     args.slow_n = args.slow_n or (min(args.n, 100) if q else 200)
-    args.slow_seconds = args.slow_seconds or (4.0 if q else 40.0)
+    args.slow_seconds = args.slow_seconds or (4.0 if q else 90.0)
     if args.quiet_wait is None:
         args.quiet_wait = 0.0 if q else 600.0
     if args.slow_limit is None and q:
@@ -189,10 +192,18 @@ class Runner:
         else:
             dep = ReferenceDeployment(self.workdir, extra_args=kwargs.get("extra_args"))
         self.log(f"starting {kind} ({dep.label})")  # type: ignore[attr-defined]
+        spies: list[subprocess.Popen[bytes]] = []
         try:
             await dep.start()  # type: ignore[attr-defined]
+            if o.profile and kind == "app":
+                spies = self.start_profilers(dep)
             yield dep
         finally:
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)
+            for spy in spies:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    spy.wait(30)
             self._progress = {}
             if self.lg is not None:
                 with contextlib.suppress(Exception):
@@ -230,6 +241,22 @@ class Runner:
                 self.log(f"  the machine is busy ({other:.2f} CPUs used by other processes); "
                          f"waiting up to {o.quiet_wait:.0f} s for it to calm down")
                 announced = True
+
+    def start_profilers(self, dep: Deployment) -> list[subprocess.Popen[bytes]]:
+        spy = shutil.which("py-spy")
+        if not spy:
+            self.log("  --profile: py-spy is not installed (pip install py-spy)")
+            return []
+        self.opts.profile.mkdir(parents=True, exist_ok=True)
+        self._profiles = getattr(self, "_profiles", 0) + 1
+        procs = []
+        for server in dep.servers:
+            out = self.opts.profile / f"{self._profiles:02d}-{server.name}-{server.pid}.txt"
+            procs.append(subprocess.Popen(
+                [spy, "record", "-p", str(server.pid), "-o", str(out), "--format", "raw",
+                 "-r", "250"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            self.log(f"  profiling {server.name} into {out}")
+        return procs
 
     async def settle(self) -> None:
         """A pause after opening sockets, before measuring."""
@@ -543,15 +570,20 @@ class Runner:
         n, movers = o.slow_n, max(o.movers // 2, 5)
         out: dict[str, Any] = {"n": n, "movers": movers, "stall_max_s": o.slow_seconds,
                                "app_send_buffer_limit": o.slow_limit or "app default"}
+        stall = o.slow_seconds
         for kind in self.targets():
             extra = ["--ping-interval", "300"]  # no ping timeout during the test
             if kind == "app" and o.slow_limit:
                 extra += ["--send-buffer-limit", str(o.slow_limit)]
             async with self.deployment(kind, extra_args=extra) as dep:
-                out[kind] = await self.slow_one(dep, n, movers, kind)
+                out[kind] = await self.slow_one(dep, n, movers, kind, stall)
+            if kind == "app" and out[kind]["dropped"]:
+                # The reference never drops a slow client: stall it as long as the app took.
+                stall = min(stall, out[kind]["dropped_after_s"] + 5.0)
         return out
 
-    async def slow_one(self, dep: Deployment, n: int, movers: int, kind: str) -> dict[str, Any]:
+    async def slow_one(self, dep: Deployment, n: int, movers: int, kind: str,
+                       stall: float) -> dict[str, Any]:
         assert self.lg is not None
         lg, o = self.lg, self.opts
         await self.open_observers(dep, n)
@@ -590,8 +622,7 @@ class Runner:
                 await asyncio.sleep(0.5)
             return {"samples": samples[-20:]}
 
-        stalled = await self.churn_phase(dep, n, movers, o.slow_seconds, f"{kind} stalled",
-                                         watch)
+        stalled = await self.churn_phase(dep, n, movers, stall, f"{kind} stalled", watch)
         rss1 = max([dep.rss()] + [int(x["rss_mib"] * 2**20) for x in samples])
         resumed = await lg.call(lg.mover, "resume", group="stall",
                                 wait=5.0 if state["dropped_after_s"] is not None else 1.0)
@@ -604,7 +635,7 @@ class Runner:
                     queued += e["bytes"]
         b95, s95 = baseline["last_observer_ms"]["p95"], stalled["last_observer_ms"]["p95"]
         result = {
-            "baseline": _brief(baseline), "stalled": _brief(stalled),
+            "baseline": _brief(baseline), "stalled": _brief(stalled), "stall_phase_s": stall,
             "dropped": state["dropped_after_s"] is not None,
             "dropped_after_s": state["dropped_after_s"],
             "event_bytes_before_drop": queued or None,
