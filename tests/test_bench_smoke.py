@@ -49,6 +49,7 @@ def test_quick_run_writes_complete_results(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "sockets open" in run.stdout or "opening" in run.stdout  # progress is printed
 
+    print(run.stdout[-6000:])  # shown by pytest if an assertion below fails
     results = json.loads(out.read_text())
     sc = results["scenarios"]
     assert sorted(sc) == sorted(scenarios)
