@@ -57,12 +57,13 @@ def wait_until(predicate: Any, timeout: float, what: str) -> Any:
     while True:
         try:
             value = predicate()
-        except (OSError, ValueError):
-            value = None
-        if value:
+        except (OSError, ValueError) as exc:
+            value = exc
+        if value and not isinstance(value, Exception):
             return value
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what} "
+                               f"(last: {value!r})")
         time.sleep(0.05)
 
 

@@ -69,7 +69,7 @@ def test_two_processes_behind_nginx_see_each_other(cluster, new_context, artifac
     b_page = signup(b_context.new_page(), "bob")
     # least_conn puts bob's socket on the other process.
     wait_until(lambda: sorted(sockets_per_node(apps).values()) == [1, 1], 5,
-               "one socket on each node")
+               f"one socket on each node ({sockets_per_node(apps)})")
     b_node = next(n for n, c in sockets_per_node(apps).items() if n != a_node and c == 1)
     assert a_node != b_node
 
