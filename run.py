@@ -73,31 +73,38 @@ async def serve(settings: Settings, sockets: list[socket.socket], announce: bool
     log.info("Stopped")
 
 
+def fail(message: str) -> int:
+    print(f"run.py: error: {message}", file=sys.stderr)
+    return 2
+
+
 def run_server(settings: Settings, sockets: list[socket.socket], announce: bool) -> int:
     try:
         asyncio.run(serve(settings, sockets, announce))
     except StartupError as exc:
-        print(f"run.py: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(argv)
-        setup_logging(settings)  # first, so that generating the cookie secret is logged
+    except ConfigError as exc:
+        return fail(str(exc))
+    setup_logging(settings)  # before the cookie secret, so that generating it is logged
+    try:  # bind first: a port in use is reported before anything is created
+        sockets = tornado.netutil.bind_sockets(settings.port, settings.address)
+    except OSError as exc:
+        return fail(f"cannot listen on {settings.address}:{settings.port}: {exc.strerror}")
+    try:
         settings = ensure_cookie_secret(settings)
         if settings.database_url.startswith("sqlite") and ":memory:" not in settings.database_url:
             db_path = settings.database_url.split(":///", 1)[1]
             os.makedirs(os.path.dirname(os.path.abspath(db_path)), exist_ok=True)
-        sockets = tornado.netutil.bind_sockets(settings.port, settings.address)
     except ConfigError as exc:
-        print(f"run.py: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc))
     except OSError as exc:
-        print(f"run.py: error: cannot listen on {settings.address}:{settings.port}: "
-              f"{exc.strerror}", file=sys.stderr)
-        return 2
+        return fail(f"cannot create the database directory: {exc.strerror}")
     if settings.processes == 1:
         return run_server(settings, sockets, announce=True)
     count = settings.processes or os.cpu_count() or 1
