@@ -29,7 +29,6 @@ def make_app(services: Services) -> tornado.web.Application:
         (r"/ws", PresenceSocketHandler),
         (r"/api/users", UsersApiHandler),
         (r"/healthz", HealthHandler),
-        (r"/favicon.ico", tornado.web.RedirectHandler, {"url": "/static/favicon.svg"}),
     ]
     return tornado.web.Application(
         routes,
