@@ -32,20 +32,25 @@ def http_json(url: str, timeout: float = 3.0) -> tuple[int, Any]:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
+        try:
+            return exc.code, json.loads(exc.read() or b"null")
+        except ValueError:  # e.g. nginx's own HTML error page
+            return exc.code, None
 
 
 def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it is truthy; the timeout error says what it last saw."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             value = predicate()
-            if value:
-                return value
-        except (OSError, ValueError):
-            pass
+        except (OSError, ValueError) as exc:
+            value = exc
+        if value and not isinstance(value, Exception):
+            return value
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what} "
+                               f"(last: {value!r})")
         time.sleep(interval)
 
 

@@ -5,16 +5,12 @@ the buttons. Waits are Playwright's own (``expect``, ``wait_for_url``), never sl
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,6 +19,8 @@ try:
     from playwright.sync_api import expect
 except ImportError:  # the ``browser`` fixture skips (or, under CI=true, fails) first
     expect = None  # type: ignore[assignment]
+
+from tests.cluster.harness import free_port, http_json, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -34,37 +32,8 @@ PASSWORD = "correct-horse-42"
 LOCAL_HOSTS = {"127.0.0.1"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def artifact_name(test_name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", test_name)
-
-
-def http_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, None
-
-
-def wait_until(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = predicate()
-        except (OSError, ValueError) as exc:
-            value = exc
-        if value and not isinstance(value, Exception):
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what} "
-                               f"(last: {value!r})")
-        time.sleep(0.05)
 
 
 def redis_ping(url: str) -> bool:
