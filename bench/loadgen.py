@@ -533,6 +533,7 @@ class Worker:
         new: list[Conn] = []
         started = time_ns()
         last_report = time.monotonic()
+        base = g.open_count
 
         async def one(j: int) -> None:
             target = tuple(targets[(offset + j) % len(targets)])
@@ -554,7 +555,8 @@ class Worker:
             if progress and time.monotonic() - last_report >= 1.0:
                 last_report = time.monotonic()
                 self.reply(None, True, {"progress": "open", "worker": self.index,
-                                        "group": group, "open": g.open_count, "of": count})
+                                        "group": group, "open": g.open_count,
+                                        "of": base + count})
         ok = [c for c in new if c.state == OPEN]
         g.conns.extend(c for c in new if c.state != CLOSED)
         errors = Counter(c.error for c in new if c.error)
