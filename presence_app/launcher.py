@@ -53,8 +53,8 @@ def fork_workers(count: int, run_worker: Callable[[int], int]) -> int:
             break
         except InterruptedError:
             continue
-        worker = children.pop(pid, None)
-        if worker is None or stopping:
+        worker = children.pop(pid, -1)
+        if worker < 0 or stopping:
             continue
         code = os.waitstatus_to_exitcode(status)
         log.warning("Worker %d (pid %d) exited with %d; restarting it", worker, pid, code)

@@ -62,10 +62,10 @@ class OnlineLedger:
                 self.problem = None
             except Exception as exc:
                 # Keep what was not written (newer marks win) and try again next time.
-                for key, value in counts.items():
-                    self._counts.setdefault(key, value)
-                for key, when in seen.items():
-                    self._seen.setdefault(key, when)
+                for user_id, value in counts.items():
+                    self._counts.setdefault(user_id, value)
+                for username, when in seen.items():
+                    self._seen.setdefault(username, when)
                 self.problem = f"database write failed: {exc.__class__.__name__}"
                 raise
 

@@ -23,12 +23,15 @@ CLOSE_SESSION_ENDED = 4001
 
 
 def iso_now() -> str:
-    return iso(dt.datetime.now(dt.timezone.utc))
+    return _iso(dt.datetime.now(dt.timezone.utc))
 
 
 def iso(value: dt.datetime | None) -> str | None:
-    if value is None:
-        return None
+    return None if value is None else _iso(value)
+
+
+def _iso(value: dt.datetime) -> str:
+    """ISO 8601 in UTC with milliseconds and a Z: 2026-11-24T14:03:12.123Z."""
     return value.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 

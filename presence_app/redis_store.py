@@ -121,7 +121,9 @@ class RedisStore(PresenceStore):
                                     args=[username, self.channel]) or None
 
     async def states(self) -> dict[str, UserState]:
-        raw = await self.redis.hgetall(f"{self.p}:state")
+        # The client decodes responses (decode_responses=True): keys and values are str.
+        raw: dict[str, str] = await self.redis.hgetall(  # type: ignore[assignment]
+            f"{self.p}:state")
         out = {}
         for user, value in raw.items():
             online, version, seen = value.split("|", 2)
@@ -129,7 +131,7 @@ class RedisStore(PresenceStore):
         return out
 
     async def members(self, node: str) -> set[str]:
-        return set(await self.redis.smembers(f"{self.p}:nu:{node}"))
+        return {str(user) for user in await self.redis.smembers(f"{self.p}:nu:{node}")}
 
     async def heartbeat(self, node: str, timeout: float) -> tuple[str, bool]:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -147,7 +149,8 @@ class RedisStore(PresenceStore):
         return list(await self._reap(keys=keys, args=args))
 
     async def dead_nodes(self, me: str) -> list[str]:
-        nodes = sorted(n for n in await self.redis.smembers(f"{self.p}:nodes") if n != me)
+        nodes = sorted(str(n) for n in await self.redis.smembers(f"{self.p}:nodes")
+                       if str(n) != me)
         if not nodes:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:

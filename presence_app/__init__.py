@@ -1,0 +1,1 @@
+"""Presence: domain and infrastructure (config, accounts, presence, brokers, storage)."""
