@@ -42,6 +42,8 @@ class Settings:
     session_days: float = 30.0
     xheaders: bool = False
     flush_interval: float = 0.5
+    login_max_failures: int = 10
+    login_failure_window: float = 300.0
     log_level: str = "INFO"
 
     @property
@@ -78,6 +80,8 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("send-buffer-limit", int, "bytes queued to one socket before it is dropped"),
     ("session-days", float, "session lifetime in days"),
     ("flush-interval", float, "seconds between batched writes of the online-users table"),
+    ("login-max-failures", int, "failed logins per name and address before a wait (0: off)"),
+    ("login-failure-window", float, "seconds over which failed logins are counted"),
     ("log-level", str, "DEBUG, INFO, WARNING or ERROR"),
 ]
 _FLAGS = ("debug", "xheaders")
@@ -140,7 +144,10 @@ def validate(s: Settings) -> Settings:
         raise ConfigError(f"--bcrypt-rounds must be 4..31, got {s.bcrypt_rounds}")
     if s.processes < 0 or s.bcrypt_threads < 0:
         raise ConfigError("--processes and --bcrypt-threads must not be negative")
-    for name in ("heartbeat_timeout", "ping_interval", "session_days", "flush_interval"):
+    if s.login_max_failures < 0:
+        raise ConfigError("--login-max-failures must not be negative")
+    for name in ("heartbeat_timeout", "ping_interval", "session_days", "flush_interval",
+                 "login_failure_window"):
         if not 0 < getattr(s, name) <= MAX_SECONDS_OR_DAYS:  # also rejects nan
             raise ConfigError(f"--{name.replace('_', '-')} must be positive and at most "
                               f"{MAX_SECONDS_OR_DAYS}")

@@ -16,6 +16,7 @@ from presence_app.passwords import PasswordHasher
 from presence_app.presence import PresenceService
 from presence_app.store import MemoryStore, PresenceStore
 from presence_app.sync import PresenceSync
+from presence_app.throttle import LoginThrottle
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class Services:
     presence: PresenceService
     sync: PresenceSync
     ledger: OnlineLedger
+    throttle: LoginThrottle
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def health(self) -> tuple[bool, dict[str, object]]:
@@ -92,7 +94,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         await sync.start()
         tasks.append(asyncio.create_task(sync.run()))
         tasks.append(asyncio.create_task(ledger.run(settings.flush_interval)))
-        services = Services(settings, db, accounts, broker, presence, sync, ledger, tasks)
+        throttle = LoginThrottle(settings.login_max_failures, settings.login_failure_window)
+        services = Services(settings, db, accounts, broker, presence, sync, ledger, throttle,
+                            tasks)
         log.info("Services ready: node %s, database %s, broker %s", settings.node_id,
                  db.engine.url.render_as_string(hide_password=True), broker.name)
         try:
