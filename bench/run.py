@@ -91,6 +91,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="before each scenario, wait up to this many seconds until other "
                         "processes use less than --quiet-cores CPUs (default: 0 quick, else 600)")
     p.add_argument("--quiet-cores", type=float, default=0.3)
+    p.add_argument("--retries", type=int, default=None,
+                   help="run a scenario again (up to this many times) when other processes used "
+                        "more than --quiet-cores CPUs on average during one of its measured "
+                        "phases (default: 0 quick, else 2)")
     p.add_argument("--profile", type=Path, default=None,
                    help="directory: record every app process with py-spy (collapsed stacks)")
     p.add_argument("--out", type=Path, help="JSON output path (default bench/results/...)")
@@ -121,6 +125,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.slow_seconds = args.slow_seconds or (4.0 if q else 90.0)
     if args.quiet_wait is None:
         args.quiet_wait = 0.0 if q else 600.0
+    if args.retries is None:
+        args.retries = 0 if q else 2
     if args.slow_limit is None and q:
         args.slow_limit = 65536
     if args.app_processes > 1 and args.broker != "redis":
@@ -689,16 +695,27 @@ class Runner:
         self.lg = await LoadGen(o.gen_processes, progress=self.on_progress).start()
         try:
             for name in o.scenarios:
-                quiet = await self.wait_quiet()
-                self.log(f"scenario {name}")
-                t = time.monotonic()
-                try:
-                    results["scenarios"][name] = await getattr(self, "sc_" + name)()
-                except (RuntimeError, OSError) as exc:
-                    self.log(f"scenario {name} failed: {exc}")
-                    results["scenarios"][name] = {"error": str(exc)[:2000]}
-                results["scenarios"][name]["duration_s"] = round(time.monotonic() - t, 1)
-                results["scenarios"][name]["machine_before"] = quiet
+                attempts = []
+                for attempt in range(o.retries + 1):
+                    quiet = await self.wait_quiet()
+                    self.log(f"scenario {name}" + (f" (attempt {attempt + 1})" if attempt else ""))
+                    t = time.monotonic()
+                    try:
+                        data = await getattr(self, "sc_" + name)()
+                    except (RuntimeError, OSError) as exc:
+                        self.log(f"scenario {name} failed: {exc}")
+                        data = {"error": str(exc)[:2000]}
+                    data["duration_s"] = round(time.monotonic() - t, 1)
+                    data["machine_before"] = quiet
+                    data["disturbance_cores"] = disturbance(data)
+                    attempts.append(data)
+                    if "error" in data or data["disturbance_cores"] <= o.quiet_cores:
+                        break
+                    self.log(f"  other processes used {data['disturbance_cores']} CPUs during a "
+                             f"measured phase of {name}")
+                best = min(attempts, key=lambda d: d.get("disturbance_cores", 0))
+                best["attempts"] = len(attempts)
+                results["scenarios"][name] = best
         finally:
             await self.lg.stop()
             if not o.keep_workdir:
@@ -709,6 +726,21 @@ class Runner:
         results["meta"]["loadavg_at_end"] = os.getloadavg()
         results["targets"] = evaluate_targets(results)
         return results
+
+
+def disturbance(data: Any) -> float:
+    """The most CPUs (on average) other processes used during one measured phase."""
+    worst = 0.0
+    if isinstance(data, dict):
+        probe = data.get("probe")
+        if isinstance(probe, dict) and probe.get("wall_s"):
+            worst = probe["other_cpu_s"] / probe["wall_s"]
+        for value in data.values():
+            worst = max(worst, disturbance(value))
+    elif isinstance(data, list):
+        for value in data:
+            worst = max(worst, disturbance(value))
+    return round(worst, 2)
 
 
 def _brief(r: dict[str, Any]) -> dict[str, Any]:
