@@ -692,6 +692,9 @@ class Runner:
             },
             "scenarios": {},
         }
+        main_task = asyncio.current_task()
+        if main_task is not None:  # SIGTERM: stop like Ctrl+C, cleaning up on the way out
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
         self.lg = await LoadGen(o.gen_processes, progress=self.on_progress).start()
         try:
             for name in o.scenarios:
@@ -990,7 +993,7 @@ def main(argv: list[str] | None = None) -> int:
                f"{', '.join(opts.targets)}; workdir {runner.workdir}")
     try:
         results = asyncio.run(runner.run())
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         print("interrupted: everything started was stopped", file=sys.stderr)
         return 130
     json_path, md_path = write_results(results, opts.out, opts.label)
