@@ -95,6 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run a scenario again (up to this many times) when other processes used "
                         "more than --quiet-cores CPUs on average during one of its measured "
                         "phases (default: 0 quick, else 2)")
+    p.add_argument("--no-gc-stats", dest="gc_stats", action="store_false",
+                   help="run the app without timing its garbage-collector passes "
+                        "(bench.gcprobe wraps run.py by default)")
     p.add_argument("--profile", type=Path, default=None,
                    help="directory: record every app process with py-spy (collapsed stacks)")
     p.add_argument("--out", type=Path, help="JSON output path (default bench/results/...)")
@@ -192,6 +195,7 @@ class Runner:
         if kind == "app":
             settings = {"processes": o.app_processes, "broker": o.broker,
                         "database": o.database, "redis_url": o.redis_url, "pg_dsn": o.pg_dsn,
+                        "gc_stats": o.gc_stats,
                         "extra_args": list(o.app_arg) + list(kwargs.pop("extra_args", []))}
             settings.update(kwargs)
             dep = AppDeployment(self.workdir, **settings)
@@ -827,6 +831,14 @@ def _f(value: Any, unit: str = "") -> str:
     return f"{value}{unit}"
 
 
+def _gc(probe: dict[str, Any]) -> str:
+    g = probe.get("server_gc")
+    if not g:
+        return "-"
+    total = g["gen0_ms"] + g["gen1_ms"] + g["gen2_ms"]
+    return f"{total:,.0f} ({g['gen2_passes']}, longest {g['longest_ms']:,.0f})"
+
+
 def _net(probe: dict[str, Any]) -> str:
     net = probe.get("net", {})
     return f"{net.get('softnet_dropped', 0)}/{net.get('TCPTimeouts', 0)}"
@@ -857,17 +869,18 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += [f"## Connect storm and idle memory (N={con['n']}, {con['concurrency']} "
                   "handshakes in flight)", "",
                   "| | seconds to all connected | connects/s | errors | server CPU s | "
-                  "generator CPU s | KiB per idle connection | RSS idle MiB |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "generator CPU s | server GC ms (full passes) | KiB per idle connection | "
+                  "RSS idle MiB |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for kind in ("app", "reference"):
             if kind in con:
                 c = con[kind]
                 lines.append(f"| {kind} | {_f(c['seconds'])} | {_f(c['connects_per_s'])} | "
                              f"{c['errors']} | {_f(c['server_cpu_s'])} | "
-                             f"{_f(c['generator_cpu_s'])} | {_f(c['kib_per_connection'])} | "
-                             f"{_f(c['rss_idle_mib'])} |")
+                             f"{_f(c['generator_cpu_s'])} | {_gc(c['probe'])} | "
+                             f"{_f(c['kib_per_connection'])} | {_f(c['rss_idle_mib'])} |")
         if "ratio_seconds" in con:
-            lines.append(f"| ratio | {_f(con['ratio_seconds'])} | | | | | "
+            lines.append(f"| ratio | {_f(con['ratio_seconds'])} | | | | | | "
                          f"{_f(con['ratio_kib'])} | |")
         lines.append("")
     fan = sc.get("fanout")
@@ -876,13 +889,14 @@ def render_markdown(results: dict[str, Any]) -> str:
                   f"{2 * fan['k']} events per size, after a warm-up cycle)", "",
                   "Time until the last observer has the event (kernel receive timestamps; "
                   "user-space read time in brackets), per-delivery p99, deliveries/s, lost.",
-                  "Other CPU: what the rest of the machine used meanwhile (other processes, "
-                  "softirq). Drops/RTO: packets dropped from the loopback backlog and TCP "
-                  "retransmission timeouts during the phase (each costs >= 200 ms).",
+                  "Other CPU: what other processes used meanwhile. Drops/RTO: packets dropped "
+                  "from the loopback backlog and TCP retransmission timeouts during the phase "
+                  "(each costs >= 200 ms). Server GC: time in the app's cyclic garbage "
+                  "collector (bench.gcprobe).",
                   "", "| N | server | p50 ms | p95 ms | max ms | delivery p99 ms | "
                   "deliveries/s | lost | server CPU ms/event | generator CPU ms/event | "
-                  "other CPU s | drops/RTO |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "other CPU s | drops/RTO | server GC ms (full passes, longest) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for size in map(str, fan["sizes"]):
             for kind in ("app", "reference"):
                 if kind not in fan:
@@ -894,11 +908,11 @@ def render_markdown(results: dict[str, Any]) -> str:
                     f"({_f(u['p95'])}) | {_f(s['max'])} | {_f(r['per_delivery_ms']['p99'])} | "
                     f"{_f(r['deliveries_per_s'])} | {r['lost']} | "
                     f"{_f(r['server_cpu_ms_per_event'])} | {_f(r['generator_cpu_ms_per_event'])} "
-                    f"| {_f(r['probe']['other_cpu_s'])} | {_net(r['probe'])} |")
+                    f"| {_f(r['probe']['other_cpu_s'])} | {_net(r['probe'])} | {_gc(r['probe'])} |")
             if "ratios" in fan:
                 q = fan["ratios"][size]
                 lines.append(f"| {size} | ratio | {_f(q['p50'])} | {_f(q['p95'])} | | | "
-                             f"{_f(q['deliveries_per_s'])} | | | | | |")
+                             f"{_f(q['deliveries_per_s'])} | | | | | | |")
         lines.append("")
     churn = sc.get("churn")
     if churn and "error" not in churn:

@@ -22,6 +22,8 @@ from typing import Any
 
 import psutil
 
+from bench import gcprobe
+
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(rb"(Presence is running|Reference server running) at (http://\S+?)/? ")
 
@@ -115,6 +117,14 @@ class Deployment:
 
     kind = ""
     servers: list[ServerProcess]
+    workdir: Path
+    gc_stats = False
+
+    def gc_snapshot(self) -> list[dict[str, Any] | None]:
+        """Each server's garbage-collector statistics (see bench.gcprobe), if recorded."""
+        if not self.gc_stats:
+            return []
+        return [gcprobe.read(str(self.workdir / f"gc-{s.port}.json")) for s in self.servers]
 
     @property
     def targets(self) -> list[tuple[str, int]]:
@@ -185,7 +195,7 @@ class AppDeployment(Deployment):
                  broker: str = "memory", bcrypt_rounds: int = 4,
                  redis_url: str = "redis://127.0.0.1:6379/0",
                  pg_dsn: str = "postgresql://postgres@127.0.0.1:5432",
-                 extra_args: list[str] | None = None) -> None:
+                 extra_args: list[str] | None = None, gc_stats: bool = True) -> None:
         if processes > 1 and broker != "redis":
             raise ValueError("several app processes need the Redis broker")
         self.workdir = workdir
@@ -196,6 +206,7 @@ class AppDeployment(Deployment):
         self.redis_url = redis_url
         self.pg_dsn = pg_dsn.rstrip("/")
         self.extra_args = extra_args or []
+        self.gc_stats = gc_stats
         self.servers = []
         self.prefix = f"bench-{uuid.uuid4().hex[:10]}"
         self.pg_name = ""
@@ -223,7 +234,10 @@ class AppDeployment(Deployment):
             database_url = f"sqlite+aiosqlite:///{self.data_dir / 'presence.db'}"
         for i in range(self.processes):
             port = free_port()
-            args = [sys.executable, str(ROOT / "run.py"), "--port", str(port),
+            stats = str(self.workdir / f"gc-{port}.json")
+            wrapper = [sys.executable, "-m", "bench.gcprobe", stats] if self.gc_stats \
+                else [sys.executable]
+            args = [*wrapper, str(ROOT / "run.py"), "--port", str(port),
                     "--data-dir", str(self.data_dir), "--database-url", database_url,
                     "--bcrypt-rounds", str(self.bcrypt_rounds), "--cookie-secret", self.secret,
                     "--node-id", f"bench-{i}"]
@@ -381,7 +395,10 @@ class Probe:
 
     async def _sample(self) -> dict[str, Any]:
         me = psutil.Process().cpu_times()
-        return {"wall": time.monotonic(), "server": self.dep.cpu(), "gen": await self.gen_cpu(),
+        if self.dep.gc_stats:
+            await asyncio.sleep(gcprobe.DUMP_INTERVAL_S * 1.5)  # a fresh dump of GC statistics
+        return {"wall": time.monotonic(), "time": time.time(), "gc": self.dep.gc_snapshot(),
+                "server": self.dep.cpu(), "gen": await self.gen_cpu(),
                 "runner": me.user + me.system, "busy": busy_cpu(), "irq": irq_cpu(),
                 "net": kernel_counters()}
 
@@ -402,3 +419,9 @@ class Probe:
             "irq_cpu_s": round(end["irq"] - s["irq"], 3),
             "net": {k: end["net"].get(k, 0) - v for k, v in s["net"].items()},
         }
+        gcs = [gcprobe.delta(a, b, s["time"], end["time"]) for a, b in zip(s["gc"], end["gc"])]
+        gcs = [g for g in gcs if g]
+        if gcs:
+            self.result["server_gc"] = {
+                key: (max(g[key] for g in gcs) if key == "longest_ms"
+                      else round(sum(g[key] for g in gcs), 2)) for key in gcs[0]}

@@ -79,6 +79,7 @@ def test_quick_run_writes_complete_results(tmp_path: Path) -> None:
         assert slow["others_lost"] == 0
         assert slow["stalled_client_after_resume"]["sockets"] == 1
     assert sc["fanout"]["ratios"]["200"]["p95"] is not None
+    assert "gen2_passes" in sc["fanout"]["app"]["200"]["probe"]["server_gc"]  # bench.gcprobe
     assert sc["login"]["app"]["logins"] > 0 and sc["login"]["bare_checks_per_s"] > 0
     if "crossproc" in sc:
         runs = sc["crossproc"]["runs"]
