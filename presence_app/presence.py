@@ -13,6 +13,7 @@ from typing import Any, Callable, Protocol
 
 from presence_app.accounts import AccountService
 from presence_app.broker import Broker
+from presence_app.gcpolicy import GcPolicy
 from presence_app.ledger import OnlineLedger
 from presence_app.store import PresenceStore, UserState, presence_event
 
@@ -68,6 +69,7 @@ class PresenceService:
         # The web layer registers how to encode an event for its sockets (a WebSocket frame);
         # it runs once per event, not once per socket.
         self.encode: Callable[[str], Any] = lambda text: text
+        self.gc = GcPolicy()
 
     # -- state the pages, the API and snapshots are rendered from ---------------------------
     async def load(self) -> None:
@@ -118,6 +120,7 @@ class PresenceService:
     def add(self, conn: Connection) -> str:
         """Register an open socket; returns the snapshot to send it first."""
         self._conns[conn] = None
+        self.gc.opened()
         self._by_session.setdefault(conn.session_id, set()).add(conn)
         mine = self._by_user.setdefault(conn.username, set())
         mine.add(conn)
@@ -130,6 +133,7 @@ class PresenceService:
         if conn not in self._conns:
             return  # already removed (closed after a drop, a logout or a shutdown)
         del self._conns[conn]
+        self.gc.closed(len(self._conns))
         _discard(self._by_session, conn.session_id, conn)
         left = _discard(self._by_user, conn.username, conn)
         self.ledger.mark(conn.user_id, left)
