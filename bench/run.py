@@ -96,8 +96,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "more than --quiet-cores CPUs on average during one of its measured "
                         "phases (default: 0 quick, else 2)")
     p.add_argument("--no-gc-stats", dest="gc_stats", action="store_false",
-                   help="run the app without timing its garbage-collector passes "
-                        "(bench.gcprobe wraps run.py by default)")
+                   help="run the servers without timing their garbage-collector passes "
+                        "(bench.gcprobe wraps run.py and the reference server by default)")
     p.add_argument("--profile", type=Path, default=None,
                    help="directory: record every app process with py-spy (collapsed stacks)")
     p.add_argument("--out", type=Path, help="JSON output path (default bench/results/...)")
@@ -200,7 +200,8 @@ class Runner:
             settings.update(kwargs)
             dep = AppDeployment(self.workdir, **settings)
         else:
-            dep = ReferenceDeployment(self.workdir, extra_args=kwargs.get("extra_args"))
+            dep = ReferenceDeployment(self.workdir, extra_args=kwargs.get("extra_args"),
+                                      gc_stats=o.gc_stats)
         self.log(f"starting {kind} ({dep.label})")  # type: ignore[attr-defined]
         spies: list[subprocess.Popen[bytes]] = []
         try:
@@ -870,18 +871,19 @@ def render_markdown(results: dict[str, Any]) -> str:
                   "handshakes in flight)", "",
                   "| | seconds to all connected | connects/s | errors | server CPU s | "
                   "generator CPU s | server GC ms (full passes) | KiB per idle connection | "
-                  "RSS idle MiB |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "RSS idle MiB | seconds to close all |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for kind in ("app", "reference"):
             if kind in con:
                 c = con[kind]
                 lines.append(f"| {kind} | {_f(c['seconds'])} | {_f(c['connects_per_s'])} | "
                              f"{c['errors']} | {_f(c['server_cpu_s'])} | "
                              f"{_f(c['generator_cpu_s'])} | {_gc(c['probe'])} | "
-                             f"{_f(c['kib_per_connection'])} | {_f(c['rss_idle_mib'])} |")
+                             f"{_f(c['kib_per_connection'])} | {_f(c['rss_idle_mib'])} | "
+                             f"{_f(c['close_seconds'])} |")
         if "ratio_seconds" in con:
             lines.append(f"| ratio | {_f(con['ratio_seconds'])} | | | | | | "
-                         f"{_f(con['ratio_kib'])} | |")
+                         f"{_f(con['ratio_kib'])} | | |")
         lines.append("")
     fan = sc.get("fanout")
     if fan and "error" not in fan:
@@ -891,7 +893,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                   "user-space read time in brackets), per-delivery p99, deliveries/s, lost.",
                   "Other CPU: what other processes used meanwhile. Drops/RTO: packets dropped "
                   "from the loopback backlog and TCP retransmission timeouts during the phase "
-                  "(each costs >= 200 ms). Server GC: time in the app's cyclic garbage "
+                  "(each costs >= 200 ms). Server GC: time in the server's cyclic garbage "
                   "collector (bench.gcprobe).",
                   "", "| N | server | p50 ms | p95 ms | max ms | delivery p99 ms | "
                   "deliveries/s | lost | server CPU ms/event | generator CPU ms/event | "

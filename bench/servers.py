@@ -160,9 +160,11 @@ class Deployment:
 class ReferenceDeployment(Deployment):
     kind = "reference"
 
-    def __init__(self, workdir: Path, extra_args: list[str] | None = None) -> None:
+    def __init__(self, workdir: Path, extra_args: list[str] | None = None,
+                 gc_stats: bool = True) -> None:
         self.workdir = workdir
         self.extra_args = extra_args or []
+        self.gc_stats = gc_stats
         self.servers = []
 
     @property
@@ -171,8 +173,12 @@ class ReferenceDeployment(Deployment):
 
     async def start(self) -> "ReferenceDeployment":
         port = free_port()
-        server = ServerProcess("reference", [sys.executable, "-m", "bench.reference_server",
-                                             "--port", str(port), *self.extra_args],
+        if self.gc_stats:
+            command = [sys.executable, "-m", "bench.gcprobe", str(self.workdir / f"gc-{port}.json"),
+                       str(ROOT / "bench" / "reference_server.py")]
+        else:
+            command = [sys.executable, "-m", "bench.reference_server"]
+        server = ServerProcess("reference", [*command, "--port", str(port), *self.extra_args],
                                self.workdir / f"reference-{port}.log")
         server.port = port
         self.servers = [server]
