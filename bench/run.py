@@ -157,6 +157,16 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def git_dirty() -> list[str]:
+    """Modified tracked files outside bench/: the code that ran may differ from the commit."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line[3:] for line in out.splitlines() if not line[3:].startswith("bench/")]
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
@@ -448,7 +458,7 @@ class Runner:
             counts = await lg.call_observers("counts", group="obs")
             total = sum(c["deliveries"] for c in counts)
             still = still + 1 if total == last else 0
-            if still >= 4:
+            if still >= (2 if self.opts.quick else 4):
                 break
             last = total
             await asyncio.sleep(0.25)
@@ -601,7 +611,7 @@ class Runner:
         drops it (or ``stall`` s pass)."""
         assert self.lg is not None
         lg, o = self.lg, self.opts
-        k = max(min(o.k, 10), 3)
+        k = o.k if o.quick else max(min(o.k, 10), 3)
         await self.open_observers(dep, n)
         await self.settle()
         baseline = await self.fanout_cycles(dep, n, k, f"{kind} probe before the stall")
@@ -688,7 +698,7 @@ class Runner:
             "meta": {
                 "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "label": o.label, "quick": o.quick, "argv": sys.argv[1:],
-                "commit": git_commit(), "machine": machine_info(),
+                "commit": git_commit(), "uncommitted": git_dirty(), "machine": machine_info(),
                 "loadavg_at_start": os.getloadavg(),
                 "app": {"processes": o.app_processes, "broker": o.broker,
                         "database": o.database, "extra_args": o.app_arg},
@@ -848,10 +858,13 @@ def _net(probe: dict[str, Any]) -> str:
 def render_markdown(results: dict[str, Any]) -> str:
     meta, sc = results["meta"], results["scenarios"]
     m = meta["machine"]
+    dirty = (" with uncommitted changes to " + ", ".join(meta["uncommitted"])
+             if meta.get("uncommitted") else "")
     lines = [f"# Benchmark run {meta['started']} {meta.get('label', '')}".rstrip(), "",
              f"Machine: {m['cpu_model']}, {m['cpus']} CPUs, {m['ram_gib']} GiB RAM, Linux "
              f"{m['kernel']}; Python {m['python']}, Tornado {m['tornado']}, websockets "
-             f"{m['websockets']}. Commit {meta['commit']}. App: {meta['app']['processes']} "
+             f"{m['websockets']}. Commit {meta['commit']}{dirty}. "
+             f"App: {meta['app']['processes']} "
              f"process(es), {meta['app']['broker']} broker, {meta['app']['database']}. "
              f"Generator: {meta['generator']['observer_processes']} observer processes + 1 "
              f"mover process on the same CPUs. Load average at start "
