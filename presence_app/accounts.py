@@ -1,6 +1,7 @@
 """Accounts and server-side sessions: sign-up, login, opaque revocable session tokens."""
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import re
@@ -74,6 +75,8 @@ class AccountService:
         self.session_lifetime = dt.timedelta(days=session_days)
         # token hash -> (user, monotonic expiry): 10,000 sockets of one session cost one query.
         self._cache: dict[str, tuple[SessionUser, float]] = {}
+        self._inflight: dict[str, asyncio.Future[SessionUser | None]] = {}
+        self._revoked: dict[str, float] = {}  # token hash -> until when lookups must not cache
 
     async def signup(self, username: str, password: str, confirm: str) -> UserRecord:
         check_username(username)
@@ -124,6 +127,16 @@ class AccountService:
         cached = self._cache.get(key)
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
+        # One query per token however many handshakes miss the cache at once (a storm of
+        # 10,000 sockets of one session would otherwise query 100 times in parallel).
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._load_session(key))
+            self._inflight[key] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _load_session(self, key: str) -> SessionUser | None:
         async with self.db.read() as session:
             row = (await session.execute(
                 select(User.id, User.username, Session.expires_at)
@@ -132,6 +145,8 @@ class AccountService:
         if row is None or (aware(row.expires_at) or utcnow()) <= utcnow():
             self._cache.pop(key, None)
             return None
+        if self._revoked.get(key, 0.0) > time.monotonic():
+            return None  # logged out while this lookup was running
         found = SessionUser(row.id, row.username, key)
         if len(self._cache) > 10_000:
             self._cache.clear()
@@ -149,6 +164,10 @@ class AccountService:
     def forget(self, session_id: str) -> None:
         """Drop a cached session (called for logouts in any process)."""
         self._cache.pop(session_id, None)
+        now = time.monotonic()
+        if len(self._revoked) > 10_000:
+            self._revoked = {k: t for k, t in self._revoked.items() if t > now}
+        self._revoked[session_id] = now + SESSION_CACHE_SECONDS
 
     async def purge_expired_sessions(self) -> int:
         async with self.db.write() as session:

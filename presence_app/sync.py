@@ -166,6 +166,7 @@ class PresenceSync:
         if self._settling is not None:
             self._settling.cancel()
         p.close_all()
+        p.gc.cancel()
         await p.settled(timeout=2.0)
         try:
             self.ledger.record(await self.store.reap(self.node_id, iso_now(), force=True))

@@ -18,7 +18,7 @@ def test_freezes_then_reclaims_after_enough_closes() -> None:
     gc.collect()
     gc.unfreeze()
     try:
-        policy = GcPolicy(freeze_every=10, collect_after=5)
+        policy = GcPolicy(freeze_every=10, collect_after=5, defer=0)
         refs = []
         for _ in range(10):
             cycle = Cycle()
@@ -40,7 +40,7 @@ def test_freezes_then_reclaims_after_enough_closes() -> None:
 def test_collects_less_often_with_many_open_sockets() -> None:
     gc.unfreeze()
     try:
-        policy = GcPolicy(freeze_every=10, collect_after=5)
+        policy = GcPolicy(freeze_every=10, collect_after=5, defer=0)
         refs = []
         for _ in range(3):
             cycle = Cycle()
@@ -53,5 +53,29 @@ def test_collects_less_often_with_many_open_sockets() -> None:
         for _ in range(5):
             policy.closed(open_sockets=100)
         assert all(ref() is None for ref in refs)
+    finally:
+        gc.unfreeze()
+
+
+def test_mass_disconnect_costs_one_deferred_collection() -> None:
+    import asyncio
+
+    async def scenario() -> int:
+        policy = GcPolicy(freeze_every=10, collect_after=5, defer=0.05)
+        runs = 0
+        original = policy.collect
+
+        def counting() -> None:
+            nonlocal runs
+            runs += 1
+            original()
+        policy.collect = counting  # type: ignore[method-assign]
+        for _ in range(50):  # ten thresholds' worth of closes at once
+            policy.closed(open_sockets=0)
+        await asyncio.sleep(0.2)
+        return runs
+
+    try:
+        assert asyncio.run(scenario()) == 1
     finally:
         gc.unfreeze()

@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+import asyncio
+
+import tornado.web
+from sqlalchemy import event, func, select, update
 
 from presence_app.db import Session
 
@@ -48,3 +51,32 @@ def test_generating_the_cookie_secret_is_logged(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Generated a new cookie secret" in result.stderr
     assert (tmp_path / "cookie_secret").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.gen_test
+async def test_concurrent_lookups_of_one_session_share_one_query(services: Any,
+                                                                 user_factory: Any) -> None:
+    alice = await user_factory("alice")
+    token = tornado.web.decode_signed_value(
+        services.settings.cookie_secret, "presence_session",
+        alice.cookies["presence_session"]).decode()
+    services.accounts._cache.clear()
+    queries = 0
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        nonlocal queries
+        queries += "sessions" in statement
+
+    event.listen(services.db.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        found = await asyncio.gather(*(services.accounts.session_user(token)
+                                       for _ in range(50)))
+    finally:
+        event.remove(services.db.engine.sync_engine, "before_cursor_execute", count)
+    assert {user.username for user in found} == {"alice"}
+    assert queries == 1
+    # A logout while a lookup runs is not undone by that lookup's result.
+    services.accounts._cache.clear()
+    pending = asyncio.ensure_future(services.accounts.session_user(token))
+    services.accounts.forget(found[0].session_id)
+    assert await pending is None
