@@ -32,6 +32,7 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
     username = ""
     user_id = 0
     session_id = ""
+    send_limit = 0
 
     async def prepare(self) -> None:
         user = await self.load_user()
@@ -40,6 +41,7 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
         if self.presence.closing:
             raise tornado.web.HTTPError(503, "shutting down")
         self.username, self.user_id, self.session_id = user.username, user.user_id, user.session_id
+        self.send_limit = self.services.settings.send_buffer_limit  # read per event: keep it near
 
     def get_compression_options(self) -> None:
         return None  # per-message deflate costs CPU and ~300 KiB of zlib state per socket
@@ -100,10 +102,6 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
         except (OSError, tornado.iostream.StreamClosedError):
             return False
         return True
-
-    @property
-    def send_limit(self) -> int:
-        return self.services.settings.send_buffer_limit
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         # Before the upgrade this is plain HTTP: answer with a short JSON error.

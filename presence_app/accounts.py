@@ -179,9 +179,3 @@ class AccountService:
             rows = (await session.execute(
                 select(User.username, User.last_seen).order_by(func.lower(User.username)))).all()
         return [UserRecord(r.username, aware(r.last_seen)) for r in rows]
-
-    async def user_ids(self, usernames: list[str]) -> dict[str, int]:
-        async with self.db.read() as session:
-            rows = (await session.execute(
-                select(User.username, User.id).where(User.username.in_(usernames)))).all()
-        return {r.username: r.id for r in rows}

@@ -43,10 +43,6 @@ class OnlineLedger:
             if event.get("last_seen"):
                 self._seen[event["username"]] = parse_time(event["last_seen"])
 
-    @property
-    def pending(self) -> bool:
-        return bool(self._counts or self._seen)
-
     async def flush(self) -> None:
         async with self._lock:
             counts, self._counts = self._counts, {}

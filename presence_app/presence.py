@@ -206,9 +206,6 @@ class PresenceService:
     def known(self, username: str) -> bool:
         return username in self._view
 
-    def view_of(self, username: str) -> UserState | None:
-        return self._view.get(username)
-
     def local_users(self) -> set[str]:
         return set(self._by_user)
 
