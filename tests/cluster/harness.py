@@ -38,6 +38,21 @@ def http_json(url: str, timeout: float = 3.0) -> tuple[int, Any]:
             return exc.code, None
 
 
+def stop_process(proc: "subprocess.Popen[bytes] | None", sig: int = signal.SIGTERM,
+                 timeout: float = 5.0) -> bool:
+    """Signal ``proc`` and wait; kill it after ``timeout``. True if it stopped by itself."""
+    if proc is None or proc.poll() is not None:
+        return True
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+        return False
+
+
 def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
     """Poll ``predicate`` until it is truthy; the timeout error says what it last saw."""
     deadline = time.monotonic() + timeout
@@ -203,13 +218,7 @@ class Nginx:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, signal.SIGQUIT)
 
 
 def env_flag() -> bool:

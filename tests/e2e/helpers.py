@@ -20,7 +20,7 @@ try:
 except ImportError:  # the ``browser`` fixture skips (or, under CI=true, fails) first
     expect = None  # type: ignore[assignment]
 
-from tests.cluster.harness import free_port, http_json, wait_until
+from tests.cluster.harness import free_port, http_json, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -193,13 +193,7 @@ class Nginx:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, signal.SIGQUIT)
 
     def log(self) -> str:
         text = ""
