@@ -36,6 +36,7 @@ class Settings:
     processes: int = 1
     node_id: str = ""
     heartbeat_timeout: float = 10.0
+    offline_grace: float = 0.0
     ping_interval: float = 20.0
     max_message_size: int = 64 * 1024
     send_buffer_limit: int = 1024 * 1024
@@ -75,6 +76,8 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("processes", int, "forked worker processes sharing the port (needs --redis-url)"),
     ("node-id", str, "this process's id in logs, /healthz and the online-users table"),
     ("heartbeat-timeout", float, "seconds after which a silent process's users go offline"),
+    ("offline-grace", float, "seconds a user whose last socket closed stays listed online, "
+     "waiting for a reconnect on any process (0: offline at once)"),
     ("ping-interval", float, "seconds between WebSocket protocol pings"),
     ("max-message-size", int, "largest accepted WebSocket frame in bytes"),
     ("send-buffer-limit", int, "bytes queued to one socket before it is dropped"),
@@ -86,6 +89,8 @@ _OPTIONS: list[tuple[str, type, str]] = [
 ]
 _FLAGS = ("debug", "xheaders")
 MAX_SECONDS_OR_DAYS = 36500  # inf or 1e9 days would overflow datetimes at runtime
+# Longer than this, "online" would no longer mean anything: a grace bridges reloads and deploys.
+MAX_OFFLINE_GRACE = 600.0
 _NODE_ID = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
 
 
@@ -151,6 +156,9 @@ def validate(s: Settings) -> Settings:
         if not 0 < getattr(s, name) <= MAX_SECONDS_OR_DAYS:  # also rejects nan
             raise ConfigError(f"--{name.replace('_', '-')} must be positive and at most "
                               f"{MAX_SECONDS_OR_DAYS}")
+    if not 0 <= s.offline_grace <= MAX_OFFLINE_GRACE:  # also rejects nan
+        raise ConfigError(f"--offline-grace must be 0..{MAX_OFFLINE_GRACE:.0f} seconds, "
+                          f"got {s.offline_grace}")
     if s.max_message_size < 128 or s.send_buffer_limit < 1024:
         raise ConfigError("--max-message-size must be >= 128 and --send-buffer-limit >= 1024")
     if s.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:

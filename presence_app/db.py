@@ -61,6 +61,16 @@ class OnlineUser(Base):
         DateTime(timezone=True), default=utcnow, server_default=func.now())
 
 
+class PendingOffline(Base):
+    """A user handed over by a stopping single process with an offline grace (the in-process
+    store forgets everything on exit): the next start lists them online until ``deadline``."""
+    __tablename__ = "pending_offline"
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    last_seen: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    deadline: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
 def aware(value: dt.datetime | None) -> dt.datetime | None:
     """SQLite hands back naive datetimes; everything stored is UTC."""
     if value is not None and value.tzinfo is None:

@@ -11,17 +11,28 @@ import datetime as dt
 import json
 import logging
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from presence_app.db import Database, OnlineUser, User, utcnow
+from presence_app.db import Database, OnlineUser, PendingOffline, User, utcnow
+from presence_app.store import Pending
 
 log = logging.getLogger(__name__)
 
 
 def parse_time(value: str) -> dt.datetime:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    """SQLite hands back naive datetimes; everything stored is UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
+
+
+def _iso(value: dt.datetime) -> str:
+    """The store's time format (presence.iso, which this module cannot import: a cycle)."""
+    return value.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 class OnlineLedger:
@@ -84,6 +95,36 @@ class OnlineLedger:
         """Forget every row of a process (dead, restarted or stopping)."""
         async with self.db.write() as session:
             await session.execute(delete(OnlineUser).where(OnlineUser.node_id == node_id))
+
+    async def save_pending(self, entries: list[Pending]) -> None:
+        """Keep the handed-over users of a stopping in-process store for the next start, and
+        their close time as ``last_seen`` (right even if that start never finalises them)."""
+        by_key = {e.username.lower(): e for e in entries}
+        async with self.db.write() as session:
+            await session.execute(delete(PendingOffline))
+            keys = list(by_key)
+            for i in range(0, len(keys), 500):
+                chunk = keys[i:i + 500]
+                users = (await session.execute(select(User.id, User.username_key).where(
+                    User.username_key.in_(chunk)))).all()
+                rows = [{"user_id": uid, "last_seen": parse_time(by_key[key].last_seen),
+                         "deadline": dt.datetime.fromtimestamp(by_key[key].deadline,
+                                                               dt.timezone.utc)}
+                        for uid, key in users]
+                if rows:
+                    await session.execute(insert(PendingOffline), rows)
+                    await session.execute(update(User), [  # bulk UPDATE by primary key
+                        {"id": row["user_id"], "last_seen": row["last_seen"]} for row in rows])
+
+    async def take_pending(self) -> list[Pending]:
+        """Read and delete what ``save_pending`` kept (at most one start restores it)."""
+        async with self.db.write() as session:
+            rows = (await session.execute(
+                select(User.username, PendingOffline.deadline, PendingOffline.last_seen).join(
+                    User, User.id == PendingOffline.user_id))).all()
+            await session.execute(delete(PendingOffline))
+        return [Pending(name, _utc(deadline).timestamp(), _iso(_utc(seen)))
+                for name, deadline, seen in rows]
 
     async def run(self, interval: float) -> None:
         while True:

@@ -59,12 +59,12 @@ class Services:
         return not problems, body
 
 
-def make_store(broker: Broker, prefix: str) -> PresenceStore:
+def make_store(broker: Broker, prefix: str, grace: float = 0.0) -> PresenceStore:
     if isinstance(broker, LocalBroker):
-        return MemoryStore(broker)
+        return MemoryStore(broker, grace)
     from presence_app.redis_store import RedisStore
     assert isinstance(broker, RedisBroker)
-    return RedisStore(broker, prefix)
+    return RedisStore(broker, prefix, grace)
 
 
 @asynccontextmanager
@@ -83,7 +83,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                                ) from exc
         accounts = AccountService(db, hasher, settings.session_days)
         await broker.connect()
-        store = make_store(broker, settings.redis_prefix)
+        store = make_store(broker, settings.redis_prefix, settings.offline_grace)
         ledger = OnlineLedger(db, settings.node_id)
         presence = PresenceService(settings.node_id, broker, store, ledger, accounts)
         sync = PresenceSync(presence, store, ledger, settings.node_id,

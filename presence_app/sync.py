@@ -4,6 +4,10 @@ A process that dies without cleaning up stops refreshing its liveness key; any o
 notices within the heartbeat timeout and detaches the dead process's users (one atomic script,
 so only one of them publishes). After a Redis outage or restart, every process re-registers
 what it holds locally and corrects its clients from the rebuilt state.
+
+With an offline grace, every process also sweeps the store's expired pending-offline deadlines
+(one atomic step per sweep, so only one process announces a user), and a stopping process
+hands its users over instead of announcing them offline.
 """
 from __future__ import annotations
 
@@ -16,6 +20,9 @@ from presence_app.store import PresenceStore, UserState
 
 log = logging.getLogger(__name__)
 PURGE_INTERVAL = 3600.0
+# Deadlines this close together are finalised by one sweep (fewer round trips in a storm);
+# it is also how late after its deadline a user may be announced at most, beyond that.
+GRACE_SLACK = 0.05
 
 
 class PresenceSync:
@@ -37,19 +44,30 @@ class PresenceSync:
     async def start(self) -> None:
         """Clear what an earlier process with our node id left behind, then load the view."""
         try:
-            self.ledger.record(await self.store.reap(self.node_id, iso_now(), force=True))
+            # With a grace, our earlier life's users (killed and restarted at once, say) get
+            # their grace too: their clients are probably reconnecting to us right now.
+            self.ledger.record(await self.store.handover(self.node_id, iso_now()))
             self._epoch, _ = await self.store.heartbeat(self.node_id, self.timeout)
         except Exception as exc:
             self.problem = f"presence store unreachable: {exc}"
             self.presence.needs_resync = True
             log.warning("Presence store unreachable at start: %s", exc)
         await self.ledger.clear_node(self.node_id)
+        if not self.store.survives_restart:
+            saved = await self.ledger.take_pending()
+            if self.store.grace > 0 and saved:
+                await self.store.restore(saved)
+                log.info("%d user(s) handed over by the previous run stay online until they "
+                         "come back or their grace ends", len(await self.store.pending()))
         await self.presence.load()
 
     async def run(self) -> None:
-        """Liveness and maintenance in two loops: a slow resync, reap or database write
+        """Liveness and maintenance in separate loops: a slow resync, reap or database write
         must never delay the heartbeat (or others would reap this live process)."""
-        await asyncio.gather(self._liveness(), self._maintenance())
+        loops = [self._liveness(), self._maintenance()]
+        if self.store.grace > 0:
+            loops.append(self._sweeper())
+        await asyncio.gather(*loops)
 
     async def _liveness(self) -> None:
         while True:
@@ -100,6 +118,42 @@ class PresenceSync:
             if loop.time() >= next_purge:
                 next_purge = loop.time() + PURGE_INTERVAL
                 await self.purge_sessions()
+
+    async def _sweeper(self) -> None:
+        """Announce the users whose offline grace ended, at their deadline.
+
+        Sleeps until the next deadline the store reports, at most a heartbeat interval (so a
+        deadline another process recorded is seen in time), and wakes early when this process
+        records one that is due sooner."""
+        loop = asyncio.get_running_loop()
+        added, grace = self.store.pending_added, self.store.grace
+        while True:
+            added.clear()  # before the sweep: a deadline recorded meanwhile still wakes us
+            delay = self.interval
+            if self.problem is None:
+                try:
+                    events, wait = await self.store.sweep()
+                    if events:
+                        self.ledger.record(events)
+                        log.info("%d user(s) went offline after the %.1f s grace",
+                                 len(events), grace)
+                    if wait is not None:
+                        delay = min(delay, max(wait, 0.0) + GRACE_SLACK)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("Could not finalise offline graces (%s); will retry", exc)
+            wake_at = loop.time() + delay
+            while (left := wake_at - loop.time()) > 0:
+                if left <= grace + GRACE_SLACK:  # nothing recorded from now on is due sooner
+                    await asyncio.sleep(left)
+                    break
+                try:
+                    await asyncio.wait_for(added.wait(), left)
+                except asyncio.TimeoutError:
+                    break
+                added.clear()
+                wake_at = min(wake_at, loop.time() + grace + GRACE_SLACK)
 
     async def purge_sessions(self) -> None:
         """Delete expired sessions now and then (any process may; it is idempotent)."""
@@ -160,7 +214,11 @@ class PresenceSync:
             self.presence.needs_resync = True
 
     async def stop(self) -> None:
-        """Shutdown: close sockets (1001), take our users offline at once, clear our rows."""
+        """Shutdown: close sockets (1001), let our users go, clear our rows.
+
+        Without a grace they go offline at once (unless held elsewhere). With one they are
+        handed over: pending deadlines in the store, which any process (or, with the
+        in-process store, our next start, through the database) finalises."""
         p = self.presence
         p.closing = True
         if self._settling is not None:
@@ -169,7 +227,7 @@ class PresenceSync:
         p.gc.cancel()
         await p.settled(timeout=2.0)
         try:
-            self.ledger.record(await self.store.reap(self.node_id, iso_now(), force=True))
+            self.ledger.record(await self.store.handover(self.node_id, iso_now()))
         except Exception as exc:
             log.warning("Could not clear this process from the presence store: %s", exc)
         try:
@@ -177,3 +235,12 @@ class PresenceSync:
             await self.ledger.clear_node(self.node_id)
         except Exception as exc:
             log.warning("Could not clear this process's online-users rows: %s", exc)
+        if self.store.grace > 0 and not self.store.survives_restart:
+            try:
+                saved = await self.store.pending()
+                await self.ledger.save_pending(saved)
+                log.info("Handed over %d user(s) for the next start (grace %.1f s)",
+                         len(saved), self.store.grace)
+            except Exception as exc:
+                log.warning("Could not save the users handed over (%s); a restart will list "
+                            "them offline", exc)

@@ -63,7 +63,8 @@ async def _reset_pg(url: str) -> None:
     import asyncpg
     conn = await asyncpg.connect(url, timeout=5)
     try:
-        await conn.execute("DROP TABLE IF EXISTS online_users, sessions, users CASCADE")
+        await conn.execute(
+            "DROP TABLE IF EXISTS pending_offline, online_users, sessions, users CASCADE")
     finally:
         await conn.close()
 
