@@ -9,7 +9,7 @@ import tornado.web
 from handlers.auth import LoginHandler, LogoutHandler, SignupHandler
 from handlers.base import NotFoundHandler
 from handlers.users import HealthHandler, UsersApiHandler, UsersPageHandler
-from handlers.ws import PresenceSocketHandler, text_frame
+from handlers.ws import PresenceSocketHandler
 from presence_app.services import Services
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,7 +17,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def make_app(services: Services) -> tornado.web.Application:
     settings = services.settings
-    services.presence.encode = text_frame  # fan-out writes one pre-built frame per socket
     jinja_env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(ROOT / "templates")),
         autoescape=True, trim_blocks=True, lstrip_blocks=True, auto_reload=settings.debug)

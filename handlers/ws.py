@@ -3,27 +3,47 @@ from __future__ import annotations
 
 import json
 import logging
-import struct
-from typing import Any
+from typing import Any, Sequence
 
 import tornado.iostream
 import tornado.web
 import tornado.websocket
 
 from handlers.base import SessionMixin
+from presence_app.frames import text_frame
+
+__all__ = ["PresenceSocketHandler", "deflate_offer", "text_frame"]
 
 log = logging.getLogger(__name__)
 
+EXTENSIONS = "Sec-WebSocket-Extensions"
+#: What the server answers to an acceptable permessage-deflate offer. No context takeover on
+#: either side: Tornado then keeps no zlib state per socket (it would be ~300 KiB each), the
+#: shared snapshot is a self-contained segment, and client frames (tiny pings) decode alone.
+DEFLATE_AGREED = "permessage-deflate; client_no_context_takeover; server_no_context_takeover"
+_AGREED_PARAMS = {"client_no_context_takeover": None, "server_no_context_takeover": None}
+_DEFLATE_PARAMS = {"server_no_context_takeover", "client_no_context_takeover",
+                   "server_max_window_bits", "client_max_window_bits"}
 
-def text_frame(text: str) -> bytes:
-    """One unmasked, final WebSocket text frame (RFC 6455 5.2), built once per event."""
-    data = text.encode("utf-8")
-    size = len(data)
-    if size < 126:
-        return struct.pack("!BB", 0x81, size) + data
-    if size <= 0xFFFF:
-        return struct.pack("!BBH", 0x81, 126, size) + data
-    return struct.pack("!BBQ", 0x81, 127, size) + data
+
+def deflate_offer(header: str) -> bool:
+    """Whether a ``Sec-WebSocket-Extensions`` request header offers permessage-deflate in a
+    form we accept: known parameters only, and no server window below the full 32 KiB (our
+    shared snapshots are compressed once, with the full window). Browsers offer
+    ``permessage-deflate; client_max_window_bits``."""
+    for offer in header.split(","):
+        name, *params = [part.strip() for part in offer.split(";")]
+        if name.lower() != "permessage-deflate":
+            continue
+        keys = {p.partition("=")[0].strip().lower(): p.partition("=")[2].strip().strip('"')
+                for p in params if p}
+        if not set(keys) <= _DEFLATE_PARAMS:
+            continue
+        wbits = keys.get("server_max_window_bits")
+        if wbits is not None and wbits != "15":
+            continue
+        return True
+    return False
 
 
 class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
@@ -33,6 +53,7 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
     user_id = 0
     session_id = ""
     send_limit = 0
+    deflate = False
 
     async def prepare(self) -> None:
         user = await self.load_user()
@@ -42,12 +63,30 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
             raise tornado.web.HTTPError(503, "shutting down")
         self.username, self.user_id, self.session_id = user.username, user.user_id, user.session_id
         self.send_limit = self.services.settings.send_buffer_limit  # read per event: keep it near
+        # permessage-deflate is negotiated here, not by Tornado: Tornado would echo the
+        # client's offer (keeping ~300 KiB of zlib state per socket) and its header parser
+        # drops valueless parameters such as server_no_context_takeover. RFC 7692 lets a
+        # server add both no_context_takeover parameters to its answer.
+        headers = self.request.headers
+        self.deflate = deflate_offer(headers.get(EXTENSIONS, ""))
+        if EXTENSIONS in headers:
+            del headers[EXTENSIONS]
 
-    def get_compression_options(self) -> None:
-        return None  # per-message deflate costs CPU and ~300 KiB of zlib state per socket
+    def get_websocket_protocol(self) -> tornado.websocket.WebSocketProtocol | None:
+        # Called once every check (Origin, version) has passed, just before the 101.
+        if self.deflate:
+            self.set_header(EXTENSIONS, DEFLATE_AGREED)
+        return super().get_websocket_protocol()
 
     def open(self, *args: Any, **kwargs: Any) -> None:
-        self.write_message(self.presence.add(self))
+        if self.deflate:
+            # Below Tornado's public API (6.6): a decompressor for the client's compressed
+            # frames, and a compressor that is never used (we send only pre-built frames:
+            # snapshots compressed once, presence_app/frames.py; events, pongs and errors
+            # plain, which permessage-deflate allows). Neither keeps state between messages.
+            self.ws_connection._create_compressors(  # type: ignore[union-attr]
+                "server", dict(_AGREED_PARAMS))
+        self.presence.add(self)
 
     def on_message(self, message: str | bytes) -> None:
         size = len(message) if isinstance(message, bytes) else len(message.encode("utf-8"))
@@ -61,26 +100,29 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
                 raise ValueError("binary frame")
             data = json.loads(message)
         except (ValueError, UnicodeDecodeError):
-            self.write_message('{"type":"error","error":"frames must be JSON text"}')
+            self.presence.reply(self, '{"type":"error","error":"frames must be JSON text"}')
             return
         if isinstance(data, dict) and data.get("type") == "ping":
-            self.write_message('{"type":"pong"}')
+            self.presence.reply(self, '{"type":"pong"}')
             return
         kind = data.get("type") if isinstance(data, dict) else None
-        self.write_message(json.dumps({"type": "error",
-                                       "error": f"unknown message type: {kind!r}"[:200]}))
+        self.presence.reply(self, json.dumps({"type": "error",
+                                              "error": f"unknown message type: {kind!r}"[:200]}))
 
     def on_close(self) -> None:
         self.presence.remove(self)
 
-    def send(self, frame: bytes) -> bool:
-        """Write a pre-built frame (see ``text_frame``): no Future, no Task, one syscall.
+    def send(self, parts: Sequence[bytes]) -> bool:
+        """Write pre-built frames (or pieces of one) as one write: no Future, no Task, one
+        ``sendmsg`` when the socket can take it all, the shared pieces never copied.
 
-        This is below Tornado's public API (``write_message`` builds a frame, a Future and a
-        Task per call, which dominates fan-out to thousands of sockets). It relies on
-        ``IOStream._write_buffer`` of Tornado 6.6 (pinned in requirements.txt; covered by
-        tests/test_fanout.py). Ordering with ``write_message`` is kept: a frame goes straight
-        to the socket only when Tornado has nothing queued for it.
+        The one place where bytes meet this socket (presence_app/fanout.py calls it for
+        events, snapshots and replies). This is below Tornado's public API (``write_message``
+        builds a frame, a Future and a Task per call, which dominates fan-out to thousands of
+        sockets). It relies on ``IOStream._write_buffer`` of Tornado 6.6 (pinned in
+        requirements.txt; covered by tests/test_fanout.py). Ordering with Tornado's own
+        writes (close and ping frames) is kept: bytes go straight to the socket only when
+        Tornado has nothing queued for it.
         """
         conn = self.ws_connection
         stream = getattr(conn, "stream", None)
@@ -89,16 +131,16 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
         queued = len(stream._write_buffer)
         if queued > self.send_limit:
             return False
+        rest: Sequence[bytes | memoryview] = parts
         try:
             if queued == 0 and type(stream) is tornado.iostream.IOStream:
                 try:
-                    sent = stream.socket.send(frame)
-                except BlockingIOError:
+                    sent = stream.socket.sendmsg(parts)
+                except (BlockingIOError, InterruptedError):
                     sent = 0
-                if sent == len(frame):
-                    return True
-                frame = frame[sent:]
-            stream.write(frame)
+                rest = _unsent(parts, sent)
+            for part in rest:
+                stream.write(part)
         except (OSError, tornado.iostream.StreamClosedError):
             return False
         return True
@@ -112,3 +154,12 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
             exc = kwargs.get("exc_info", (None, None, None))[1]
             reason = exc.log_message if isinstance(exc, tornado.web.HTTPError) else "error"
             self.finish(json.dumps({"error": reason, "status": status_code}))
+
+
+def _unsent(parts: Sequence[bytes], sent: int) -> Sequence[bytes | memoryview]:
+    """What is left of ``parts`` after the kernel took ``sent`` bytes (views, not copies)."""
+    for index, part in enumerate(parts):
+        if sent < len(part):
+            return [memoryview(part)[sent:], *parts[index + 1:]]
+        sent -= len(part)
+    return ()

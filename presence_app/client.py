@@ -116,9 +116,12 @@ class PresenceClient:
                       **kwargs: Any) -> "PresenceSocket":
         """Open /ws with this client's cookies and read the snapshot (ClientError on refusal)."""
         headers = {"Cookie": self.cookie_header()} if self.cookies else {}
+        # permessage-deflate offered like a browser does (snapshots then arrive compressed);
+        # pass compression=None to turn it off.
+        kwargs.setdefault("compression", "deflate")
         try:
             ws = await connect(self.ws_url(), additional_headers=headers,
-                               origin=origin or self.origin, compression=None,  # type: ignore
+                               origin=origin or self.origin,  # type: ignore[arg-type]
                                open_timeout=timeout, proxy=None, **kwargs)
         except InvalidStatus as exc:
             status = exc.response.status_code

@@ -1,7 +1,8 @@
 """Presence: the sockets of this process, the view of everyone's status, and fan-out.
 
 Sockets reach this module only through the small ``Connection`` protocol that the web layer
-implements; presence never imports Tornado's web or websocket modules.
+implements; presence never imports Tornado's web or websocket modules. Every write to a socket
+goes through ``presence_app.fanout.Fanout`` (coalesced events, shared snapshots, replies).
 """
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import asyncio
 import datetime as dt
 import json
 import logging
-from typing import Any, Callable, Protocol
 
 from presence_app.accounts import AccountService
 from presence_app.broker import Broker
+from presence_app.fanout import Connection, Fanout
+from presence_app.frames import SharedSnapshot, text_frame
 from presence_app.gcpolicy import GcPolicy
 from presence_app.ledger import OnlineLedger
 from presence_app.store import PresenceStore, UserState, presence_event
@@ -36,17 +38,13 @@ def _iso(value: dt.datetime) -> str:
     return value.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
-class Connection(Protocol):
-    username: str
-    user_id: int
-    session_id: str
+__all__ = ["Connection", "PresenceService", "iso", "iso_now"]
 
-    def send(self, payload: Any) -> bool:
-        """Queue ``payload`` (made by ``PresenceService.encode``); False if the socket is
-        gone or over its send-buffer limit."""
 
-    def close(self, code: int, reason: str) -> None:
-        ...
+def _row(username: str, state: UserState) -> bytes:
+    return json.dumps({"username": username, "online": state.online,
+                       "last_seen": state.last_seen, "version": state.version},
+                      separators=(",", ":")).encode("utf-8")
 
 
 class PresenceService:
@@ -61,15 +59,14 @@ class PresenceService:
         self._by_user: dict[str, set[Connection]] = {}
         self._by_session: dict[str, set[Connection]] = {}
         self._view: dict[str, UserState] = {}          # everyone's status as our clients know it
-        self._view_json: str | None = None             # cached encoded users list
+        self._rows: dict[str, bytes] = {}              # encoded snapshot row per user
+        self._snapshot: SharedSnapshot | None = None   # built at most once per flush
         self._registered: set[str] = set()             # users the store believes we hold
         self._reconciling: dict[str, asyncio.Task[None]] = {}
         self.needs_resync = False
         self.closing = False
-        # The web layer registers how to encode an event for its sockets (a WebSocket frame);
-        # it runs once per event, not once per socket.
-        self.encode: Callable[[str], Any] = lambda text: text
         self.gc = GcPolicy()
+        self.fanout = Fanout(self.shared_snapshot, self.remove)
 
     # -- state the pages, the API and snapshots are rendered from ---------------------------
     async def load(self) -> None:
@@ -87,7 +84,8 @@ class PresenceService:
                 state = UserState(state.online, state.version, old.last_seen)
             view[username] = state
         self._view = view
-        self._view_json = None
+        self._rows.clear()
+        self._snapshot = None
 
     def users(self) -> list[dict]:
         """Every user, online first, then by name: what the page and /api/users show."""
@@ -98,27 +96,33 @@ class PresenceService:
     def online_count(self) -> int:
         return sum(1 for s in self._view.values() if s.online)
 
-    def snapshot(self, me: str) -> str:
-        state = self._view.get(me)
-        if state is not None and state.online:
-            if self._view_json is None:
-                self._view_json = json.dumps(self.users(), separators=(",", ":"))
-            users_json = self._view_json
-        else:  # our own online event is still on its way: list ourselves online already
-            users = self.users()
-            for item in users:
-                if item["username"] == me:
-                    item["online"], item["last_seen"] = True, item["last_seen"] or iso_now()
-            users_json = json.dumps(users, separators=(",", ":"))
-        return '{"type":"snapshot","me":%s,"users":%s}' % (json.dumps(me), users_json)
+    def shared_snapshot(self) -> SharedSnapshot:
+        """The snapshot every socket joining now receives, encoded at most once per change.
+
+        Rows are cached per user and joined in view order (clients order the list). A user
+        with a socket here whose own online event is still on its way (the store round trip)
+        is listed online already: that socket is open, so it is the truth, and the event that
+        follows carries a newer version.
+        """
+        if self._snapshot is None:
+            rows, cache, local = [], self._rows, self._by_user
+            for name, state in self._view.items():
+                row = cache.get(name)
+                if row is None:
+                    row = cache[name] = _row(name, state)
+                if not state.online and name in local:
+                    row = _row(name, UserState(True, state.version, state.last_seen or iso_now()))
+                rows.append(row)
+            self._snapshot = SharedSnapshot(b"[" + b",".join(rows) + b"]")
+        return self._snapshot
 
     @property
     def socket_count(self) -> int:
         return len(self._conns)
 
     # -- local sockets --------------------------------------------------------------------
-    def add(self, conn: Connection) -> str:
-        """Register an open socket; returns the snapshot to send it first."""
+    def add(self, conn: Connection) -> None:
+        """Register an open socket: its snapshot goes out with the next flush, then events."""
         self._conns[conn] = None
         self.gc.opened()
         self._by_session.setdefault(conn.session_id, set()).add(conn)
@@ -126,18 +130,32 @@ class PresenceService:
         mine.add(conn)
         self.ledger.mark(conn.user_id, len(mine))
         if len(mine) == 1:
+            self._overlay_changed(conn.username)
             self.changed(conn.username)
-        return self.snapshot(conn.username)
+        self.fanout.join(conn)
+
+    def _overlay_changed(self, username: str) -> None:
+        """``username`` got its first or lost its last socket here: a snapshot that lists
+        them online because of a socket here (see ``shared_snapshot``) must be rebuilt."""
+        state = self._view.get(username)
+        if state is None or not state.online:
+            self._snapshot = None
+
+    def reply(self, conn: Connection, text: str) -> None:
+        """Answer one socket (pong, error), after its snapshot."""
+        self.fanout.reply(conn, text_frame(text))
 
     def remove(self, conn: Connection) -> None:
         if conn not in self._conns:
             return  # already removed (closed after a drop, a logout or a shutdown)
         del self._conns[conn]
+        self.fanout.leave(conn)
         self.gc.closed(len(self._conns))
         _discard(self._by_session, conn.session_id, conn)
         left = _discard(self._by_user, conn.username, conn)
         self.ledger.mark(conn.user_id, left)
         if left == 0:
+            self._overlay_changed(conn.username)
             self.changed(conn.username)
 
     def changed(self, username: str) -> None:
@@ -196,7 +214,8 @@ class PresenceService:
         if current is not None and current.version >= state.version:
             return False
         self._view[username] = state
-        self._view_json = None
+        self._rows.pop(username, None)
+        self._snapshot = None
         return True
 
     def apply_and_broadcast(self, username: str, state: UserState) -> None:
@@ -220,12 +239,9 @@ class PresenceService:
             self.ledger.mark(conn.user_id, len(conns))
 
     def broadcast(self, text: str) -> None:
-        payload = self.encode(text)
-        dropped = [conn for conn in self._conns if not conn.send(payload)]
-        for conn in dropped:
-            log.info("Dropping socket of %s: gone or too slow", conn.username)
-            self.remove(conn)
-            conn.close(CLOSE_GOING_AWAY, "send buffer full")
+        """Send ``text`` (one JSON message) to every socket of this process, with the next
+        flush; encoded once, however many sockets."""
+        self.fanout.publish(text_frame(text))
 
     # -- sessions ---------------------------------------------------------------------------
     async def end_session(self, session_id: str) -> None:
@@ -252,6 +268,8 @@ class PresenceService:
 
     # -- shutdown ---------------------------------------------------------------------------
     def close_all(self) -> None:
+        self.fanout.flush()  # what was already applied still reaches the clients
+        self.fanout.cancel()
         for conn in list(self._conns):
             self.remove(conn)
             conn.close(CLOSE_GOING_AWAY, "server shutting down")
