@@ -8,6 +8,7 @@ import tornado.web
 
 from handlers.auth import LoginHandler, LogoutHandler, SignupHandler
 from handlers.base import NotFoundHandler
+from handlers.static import StaticHandler
 from handlers.users import HealthHandler, UsersApiHandler, UsersPageHandler
 from handlers.ws import PresenceSocketHandler
 from presence_app.services import Services
@@ -38,6 +39,7 @@ def make_app(services: Services) -> tornado.web.Application:
         xsrf_cookie_kwargs={"httponly": True, "samesite": "Lax"},
         login_url="/login",
         static_path=str(ROOT / "static"),
+        static_handler_class=StaticHandler,
         default_handler_class=NotFoundHandler,
         debug=settings.debug,
         serve_traceback=False,

@@ -35,7 +35,7 @@ def test_signup_and_login_through_forms(server, new_context, artifacts):
     page.screenshot(path=artifacts("signup-error"))
 
     signup(page, "alice")
-    expect(page).to_have_title("Who's online · Presence")
+    expect(page).to_have_title("1 online · 1 user · Who's online · Presence")
     expect(page.locator(".account__name")).to_have_text("alice")
     expect_status(page, "alice", "Online")
     expect(row(page, "alice")).to_contain_text("(you)")

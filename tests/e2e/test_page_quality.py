@@ -150,7 +150,7 @@ def test_accessibility_basics(server, new_context, artifacts):
     page.keyboard.press("Enter")
     page.wait_for_url(re.compile(r"/$"))
     wait_live(page)
-    expect(page).to_have_title("Who's online · Presence")
+    expect(page).to_have_title("2 online · 2 users · Who's online · Presence")
 
     # The list: labelled, status in words, changes announced politely.
     expect(page.get_by_role("list", name="Users")).to_be_visible()

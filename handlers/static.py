@@ -1,0 +1,15 @@
+"""Static files: versioned URLs are cached for good, unversioned ones are revalidated."""
+from __future__ import annotations
+
+import tornado.web
+
+
+class StaticHandler(tornado.web.StaticFileHandler):
+    """``static_url()`` adds ``?v=<hash>`` and Tornado caches those for ten years. The ES
+    modules that static/js/main.js imports are fetched by their plain URL, which Tornado
+    sends without Cache-Control, so a browser may reuse an old copy heuristically next to a
+    new main.js after a deploy; ``no-cache`` makes it ask (a cheap 304 when unchanged)."""
+
+    def set_extra_headers(self, path: str) -> None:
+        if "v" not in self.request.arguments:
+            self.set_header("Cache-Control", "no-cache")

@@ -1,0 +1,235 @@
+/* What the page knows about every user: status, per-user versions, the order and counts.
+ *
+ * Pure (no DOM), so `node --test tests/js/` can import it. Every incoming change is
+ * applied here at once; the DOM follows once per animation frame (render.js).
+ */
+
+export function parseVersion(value) {
+  if (typeof value === 'number') {
+    return Number.isFinite(value) ? value : null;
+  }
+  if (typeof value === 'string' && value.trim() !== '') {
+    const n = Number(value);
+    return Number.isFinite(n) ? n : null;
+  }
+  return null;
+}
+
+/** A user as received (snapshot item, presence event or server-rendered row). */
+export function normalize(raw) {
+  return {
+    online: raw.online === true || raw.online === 'true',
+    version: parseVersion(raw.version),
+    last_seen: (typeof raw.last_seen === 'string' && raw.last_seen !== '') ? raw.last_seen : null,
+  };
+}
+
+/** A stale event (version not greater than the known one) is never applied. */
+export function isNewer(incoming, known) {
+  if (incoming === null || known === null) {
+    return true;  // nothing to compare with: the event is the best we know
+  }
+  return incoming > known;
+}
+
+/**
+ * The server's order (presence_app/presence.py: ``(name.lower(), name)``): case-folded
+ * names in code-unit order, ties broken by the exact name. Not localeCompare: the list
+ * must not reshuffle when the first live event re-sorts the server-rendered rows.
+ * (Usernames are ASCII, so JS toLowerCase equals Python's str.lower here.)
+ */
+export function compareNames(a, b) {
+  const la = a.toLowerCase();
+  const lb = b.toLowerCase();
+  if (la !== lb) {
+    return la < lb ? -1 : 1;
+  }
+  return a < b ? -1 : (a > b ? 1 : 0);
+}
+
+/** What the search box matches: trimmed, case-folded. */
+export function normalizeQuery(query) {
+  return String(query === undefined || query === null ? '' : query).trim().toLowerCase();
+}
+
+/** Online first, then the server's name order (see compareNames; ``key`` is lower()). */
+function compareEntries(a, ea, b, eb) {
+  if (ea.online !== eb.online) {
+    return ea.online ? -1 : 1;
+  }
+  if (ea.key !== eb.key) {
+    return ea.key < eb.key ? -1 : 1;
+  }
+  return a < b ? -1 : (a > b ? 1 : 0);
+}
+
+function validName(name) {
+  return typeof name === 'string' && name !== '';
+}
+
+/**
+ * username -> {online, version, last_seen, key}, plus ``order``: every name, online first,
+ * then by name. The order is kept sorted incrementally (binary search, one splice per
+ * status change), never re-sorted per event, and never depends on the order the server
+ * sent (a snapshot may list users in any order).
+ */
+export class PresenceState {
+  constructor() {
+    this.users = new Map();
+    this.order = [];
+    this.onlineCount = 0;
+    this.revision = 0;       // bumped whenever ``order`` changes
+    this._match = null;      // {revision, query, names}: the last search result
+  }
+
+  get size() {
+    return this.users.size;
+  }
+
+  get(name) {
+    return this.users.get(name);
+  }
+
+  has(name) {
+    return this.users.has(name);
+  }
+
+  /** Index of the first name in ``order`` not before (name, entry). */
+  _lowerBound(name, entry) {
+    let lo = 0;
+    let hi = this.order.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      const other = this.order[mid];
+      if (compareEntries(other, this.users.get(other), name, entry) < 0) {
+        lo = mid + 1;
+      } else {
+        hi = mid;
+      }
+    }
+    return lo;
+  }
+
+  _insert(name, entry) {
+    this.order.splice(this._lowerBound(name, entry), 0, name);
+    this.revision += 1;
+  }
+
+  _remove(name, entry) {
+    let at = this._lowerBound(name, entry);
+    if (this.order[at] !== name) {
+      at = this.order.indexOf(name);  // cannot happen while the order is sorted
+    }
+    if (at !== -1) {
+      this.order.splice(at, 1);
+      this.revision += 1;
+    }
+  }
+
+  _entry(raw, name) {
+    const user = normalize(raw);
+    user.key = name.toLowerCase();
+    return user;
+  }
+
+  _sortAll() {
+    const users = this.users;
+    this.order = Array.from(users.keys());
+    this.order.sort((a, b) => compareEntries(a, users.get(a), b, users.get(b)));
+    this.revision += 1;
+  }
+
+  /** Users the server rendered into the page (only names not known yet). */
+  seed(items) {
+    let added = 0;
+    for (const raw of items) {
+      if (!raw || !validName(raw.username) || this.users.has(raw.username)) {
+        continue;
+      }
+      const entry = this._entry(raw, raw.username);
+      this.users.set(raw.username, entry);
+      if (entry.online) {
+        this.onlineCount += 1;
+      }
+      added += 1;
+    }
+    if (added) {
+      this._sortAll();
+    }
+    return added;
+  }
+
+  /** A snapshot: the whole truth, replacing everything (users it omits are gone). */
+  replace(items) {
+    this.users = new Map();
+    this.onlineCount = 0;
+    for (const raw of Array.isArray(items) ? items : []) {
+      if (!raw || !validName(raw.username)) {
+        continue;
+      }
+      const entry = this._entry(raw, raw.username);
+      const old = this.users.get(raw.username);
+      if (old && old.online) {
+        this.onlineCount -= 1;  // listed twice: the later item wins
+      }
+      this.users.set(raw.username, entry);
+      if (entry.online) {
+        this.onlineCount += 1;
+      }
+    }
+    this._sortAll();
+  }
+
+  /**
+   * A presence event. Returns ``{username, previous, current}`` when applied (``previous``
+   * undefined for a name not seen before), ``null`` when ignored (malformed or stale).
+   */
+  apply(raw) {
+    if (!raw || !validName(raw.username)) {
+      return null;
+    }
+    const username = raw.username;
+    const previous = this.users.get(username);
+    const current = this._entry(raw, username);
+    if (previous && !isNewer(current.version, previous.version)) {
+      return null;
+    }
+    if (previous && previous.online === current.online) {
+      this.users.set(username, current);  // same place in the order
+    } else {
+      if (previous) {
+        this._remove(username, previous);
+        if (previous.online) {
+          this.onlineCount -= 1;
+        }
+      }
+      this.users.set(username, current);
+      this._insert(username, current);
+      if (current.online) {
+        this.onlineCount += 1;
+      }
+    }
+    return { username, previous, current };
+  }
+
+  /** Names matching ``query`` (see normalizeQuery), in list order; cached per revision. */
+  matching(query) {
+    const q = normalizeQuery(query);
+    if (q === '') {
+      return this.order;
+    }
+    const cached = this._match;
+    if (cached && cached.revision === this.revision && cached.query === q) {
+      return cached.names;
+    }
+    const names = [];
+    const users = this.users;
+    for (const name of this.order) {
+      if (users.get(name).key.includes(q)) {
+        names.push(name);
+      }
+    }
+    this._match = { revision: this.revision, query: q, names };
+    return names;
+  }
+}
