@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import gc
+import importlib
 import multiprocessing
 import os
 import resource
@@ -490,6 +491,10 @@ class Worker:
 
     def stop(self) -> None:
         for group in self.groups.values():
+            stop = getattr(group, "stop", None)
+            if stop is not None:
+                stop()
+                continue
             for conn in group.conns:
                 conn.abort()
         if self.done is not None and not self.done.done():
@@ -503,7 +508,12 @@ class Worker:
 
     async def handle(self, req_id: int, cmd: str, kwargs: dict[str, Any]) -> None:
         try:
-            result = await getattr(self, "cmd_" + cmd)(**kwargs)
+            if ":" in cmd:  # "views:open" -> bench.views.cmd_open(worker, ...)
+                module, _, name = cmd.partition(":")
+                handler = getattr(importlib.import_module(f"bench.{module}"), "cmd_" + name)
+                result = await handler(self, **kwargs)
+            else:
+                result = await getattr(self, "cmd_" + cmd)(**kwargs)
         except Exception:
             self.reply(req_id, False, traceback.format_exc())
         else:
@@ -717,6 +727,11 @@ class Worker:
         """Abort every socket of every group (RST) and forget all state."""
         aborted = 0
         for group in self.groups.values():
+            stop = getattr(group, "stop", None)
+            if stop is not None:  # bench.views: also cancels pending reconnects
+                aborted += sum(1 for conn in group.conns if conn.state != CLOSED)
+                stop()
+                continue
             for conn in group.conns:
                 if conn.state != CLOSED:
                     conn.abort()

@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import psutil
 
@@ -26,6 +26,7 @@ from bench import gcprobe
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(rb"(Presence is running|Reference server running) at (http://\S+?)/? ")
+REFERENCE_SERVERS = {"reference": "reference_server.py", "picows": "picows_server.py"}
 
 
 def free_port() -> int:
@@ -64,6 +65,8 @@ class ServerProcess:
         self.port = 0
 
     async def start(self, timeout: float = 30.0) -> "ServerProcess":
+        # A restart appends to the same log: look for the banner after what is there already.
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
                                          cwd=ROOT, preexec_fn=_die_with_parent)
@@ -72,7 +75,7 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n"
                                    f"{self.log_tail()}")
-            if READY.search(self.log_path.read_bytes()):
+            if READY.search(self.log_path.read_bytes()[offset:]):
                 status, _ = await asyncio.to_thread(http_json, self.url + "/healthz", 2.0)
                 if status == 200:
                     return self
@@ -100,6 +103,16 @@ class ServerProcess:
     def cpu(self) -> float:
         times = psutil.Process(self.pid).cpu_times()
         return times.user + times.system
+
+    def wait_exit(self, timeout: float) -> None:
+        """Wait for a signalled process to exit (SIGKILL after ``timeout``)."""
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -158,28 +171,31 @@ class Deployment:
 
 
 class ReferenceDeployment(Deployment):
-    kind = "reference"
+    """A reference server: ``reference`` (``websockets``) or ``picows``; same protocol."""
 
     def __init__(self, workdir: Path, extra_args: list[str] | None = None,
-                 gc_stats: bool = True) -> None:
+                 gc_stats: bool = True, kind: str = "reference") -> None:
         self.workdir = workdir
         self.extra_args = extra_args or []
         self.gc_stats = gc_stats
+        self.kind = kind
         self.servers = []
 
     @property
     def label(self) -> str:
-        return "websockets.broadcast() reference"
+        return {"reference": "websockets.broadcast() reference",
+                "picows": "picows reference"}[self.kind]
 
     async def start(self) -> "ReferenceDeployment":
         port = free_port()
+        script = REFERENCE_SERVERS[self.kind]
         if self.gc_stats:
             command = [sys.executable, "-m", "bench.gcprobe", str(self.workdir / f"gc-{port}.json"),
-                       str(ROOT / "bench" / "reference_server.py")]
+                       str(ROOT / "bench" / script)]
         else:
-            command = [sys.executable, "-m", "bench.reference_server"]
-        server = ServerProcess("reference", [*command, "--port", str(port), *self.extra_args],
-                               self.workdir / f"reference-{port}.log")
+            command = [sys.executable, str(ROOT / "bench" / script)]
+        server = ServerProcess(self.kind, [*command, "--port", str(port), *self.extra_args],
+                               self.workdir / f"{self.kind}-{port}.log")
         server.port = port
         self.servers = [server]
         await server.start()
@@ -201,7 +217,8 @@ class AppDeployment(Deployment):
                  broker: str = "memory", bcrypt_rounds: int = 4,
                  redis_url: str = "redis://127.0.0.1:6379/0",
                  pg_dsn: str = "postgresql://postgres@127.0.0.1:5432",
-                 extra_args: list[str] | None = None, gc_stats: bool = True) -> None:
+                 extra_args: list[str] | None = None, gc_stats: bool = True,
+                 seed: Callable[[str, str], Awaitable[None]] | None = None) -> None:
         if processes > 1 and broker != "redis":
             raise ValueError("several app processes need the Redis broker")
         self.workdir = workdir
@@ -220,6 +237,10 @@ class AppDeployment(Deployment):
         self.secret = "bench-cookie-secret-" + uuid.uuid4().hex
         self._observer_headers: dict[str, str] | None = None
         self._movers: list[dict[str, str]] = []
+        # Called with (database URL, cookie secret) once the database exists and before any
+        # app process starts, so the app loads what was seeded (bench.users).
+        self.seed = seed
+        self.seed_seconds: float | None = None
 
     @property
     def label(self) -> str:
@@ -238,6 +259,11 @@ class AppDeployment(Deployment):
                 "/" + self.pg_name
         else:
             database_url = f"sqlite+aiosqlite:///{self.data_dir / 'presence.db'}"
+        self.database_url = database_url
+        if self.seed is not None:
+            t = time.monotonic()
+            await self.seed(database_url, self.secret)
+            self.seed_seconds = round(time.monotonic() - t, 2)
         for i in range(self.processes):
             port = free_port()
             stats = str(self.workdir / f"gc-{port}.json")
@@ -256,6 +282,19 @@ class AppDeployment(Deployment):
             # One at a time: the first one creates the schema.
             await server.start()
         return self
+
+    async def restart(self, timeout: float = 60.0) -> dict[str, int]:
+        """SIGTERM every app process at once, wait for them to exit, start them again on the
+        same ports, database and cookie secret. Times are ``time.time_ns()``."""
+        t_term = time.time_ns()
+        for server in self.servers:
+            if server.proc is not None and server.proc.poll() is None:
+                server.proc.send_signal(signal.SIGTERM)
+        for server in self.servers:
+            await asyncio.to_thread(server.wait_exit, timeout)
+        t_exit = time.time_ns()
+        await asyncio.gather(*(server.start(timeout) for server in self.servers))
+        return {"t_term": t_term, "t_exit": t_exit, "t_ready": time.time_ns()}
 
     async def _signup(self, username: str, password: str = "bench-password") -> dict[str, str]:
         from presence_app.client import PresenceClient

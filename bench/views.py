@@ -1,0 +1,878 @@
+"""Page-like WebSocket clients that keep up with N^2 presence deliveries.
+
+N distinct users connecting means N^2/2 presence frames (50 million at N=10,000, about
+6 GB on loopback), far more than a Python loop can look at one by one. A coalescing server
+writes many frames per ``send``, so a read holds many frames, and a ``View`` counts the
+presence frames of a read with C-speed byte scans instead of walking them:
+
+- ``recvmsg_into`` one shared buffer (no allocation per read), with the kernel's receive
+  timestamp (``SO_TIMESTAMPNS``);
+- the *fast path*: a read that starts on a frame boundary and holds none of the bytes that
+  only other frames contain (close/ping/pong/binary/continuation/compressed headers,
+  extended lengths: ``memchr`` each) is a run of small text frames, all JSON, and the number
+  of presence frames in it is ``count(b'"type":"presence"')``; the last frame start is
+  ``rfind(0x81)`` (0x81 cannot occur inside ASCII JSON or a 7-bit length), which tells
+  whether the read ends inside a frame (kept for the next read);
+- anything else (the handshake, the snapshot, pings, a close, compressed frames, frames
+  split over reads) goes through a frame walk, which is always correct.
+
+The marker is learnt from the first presence event that is parsed (JSON key order may
+change), and the fast path is used only once it is known.
+
+Clients offer ``permessage-deflate; client_max_window_bits`` like browsers; a compressed
+message (RSV1) is inflated with ``zlib.decompressobj(-15)`` and the 4 bytes 00 00 ff ff
+(RFC 7692), with a context per socket unless the server promised
+``server_no_context_takeover``.
+
+Verification: "full" views (a sample) keep their snapshot and every event and are checked
+exactly afterwards (snapshot decoded, events applied by version). The others keep their
+snapshot payload while a memory budget lasts; afterwards its users and online rows are
+counted (a fast byte count, checked against a JSON decode) and compared with the presence
+frames they received. ``views:`` commands run in the load generator's worker processes
+(``Worker.handle`` resolves ``module:function``).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import socket
+import time
+import zlib
+from array import array
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from bench.loadgen import (ANC_SIZE, CLOSED, SO_TIMESTAMPNS, _TS, _percentiles_ms,
+                           client_frame, upgrade_request)
+
+RECV_SIZE = 256 * 1024
+BUF = bytearray(RECV_SIZE)
+BUFS = [BUF]
+# Bytes that only frame headers other than "final text, 7-bit length" contain (JSON text
+# and 7-bit lengths are ASCII without control characters, 0x7E or 0x7F).
+SUSPECT = (0x00, 0x01, 0x7E, 0x7F, 0x80, 0x82, 0x88, 0x89, 0x8A, 0xC1)
+DEFLATE_TAIL = b"\x00\x00\xff\xff"
+EXTENSIONS = "permessage-deflate; client_max_window_bits"
+CONNECTING, HANDSHAKE, SNAPSHOT, OPEN, CLOSING = -1, 0, 1, 2, 3
+time_ns = time.time_ns
+HIST_EDGES = np.concatenate([[-1e12], np.logspace(-2, 5.5, 751), [1e12]])  # ms
+
+
+def _frame_total(head: bytes | bytearray) -> int:
+    """Length of the (unmasked) frame starting at ``head[0]``; -1 if the header is cut."""
+    if len(head) < 2:
+        return -1
+    n = head[1] & 0x7F
+    if n < 126:
+        return 2 + n
+    if n == 126:
+        return 4 + int.from_bytes(head[2:4], "big") if len(head) >= 4 else -1
+    return 10 + int.from_bytes(head[2:10], "big") if len(head) >= 10 else -1
+
+
+class ViewGroup:
+    """The views of one role in one worker, with what they share."""
+
+    def __init__(self, name: str, options: dict[str, Any]) -> None:
+        self.name = name
+        self.conns: list[View] = []  # "conns": Worker.cmd_reset/stop abort these
+        self.compress = bool(options.get("compress", True))
+        self.reconnect = options.get("reconnect")  # None or the backoff policy
+        self.budget = int(options.get("snapshot_budget", 0))
+        self.marker: bytes | None = None
+        self.meta: dict[bytes, dict[str, Any]] = {}
+        self.intern: dict[bytes, bytes] = {}
+        self.open_count = 0
+        self.errors: Counter[str] = Counter()
+        self.close_codes: Counter[int] = Counter()
+        self.track = False
+        self.stopped = False
+
+    def stop(self) -> None:
+        """No more reconnects; every socket reset (Worker.cmd_reset calls this)."""
+        self.stopped = True
+        for view in self.conns:
+            view.abort()
+
+    def parsed(self, payload: bytes) -> dict[str, Any]:
+        meta = self.meta.get(payload)
+        if meta is None:
+            try:
+                meta = json.loads(payload)
+                if not isinstance(meta, dict):
+                    meta = {"type": "?"}
+            except ValueError:
+                meta = {"type": "?"}
+            if len(payload) < 4096:
+                self.meta[payload] = meta
+        return meta
+
+    def learn_marker(self, payload: bytes) -> None:
+        """The bytes that mark a presence event, as this server writes them."""
+        for sep in (b'":"', b'": "'):
+            marker = b'"type' + sep + b'presence"'
+            if payload.count(marker) == 1:
+                self.marker = marker
+                return
+
+
+class View:
+    """One page-like client: one user's socket, reconnecting like the page if asked to."""
+
+    __slots__ = ("group", "loop", "target", "request", "label", "full", "sock", "fd",
+                 "state", "pending", "pending_total", "frag", "frag_rsv1", "deflate",
+                 "inflater", "t_send", "t_open", "t_first_send", "t_last", "t_last_presence",
+                 "opened", "closed", "bytes_in", "frames", "presence", "conn_presence",
+                 "snap_wire", "snap_raw", "snap_frames", "snap_compressed", "snap_payload",
+                 "snaps", "events", "track_t", "track_c", "mark_presence", "mark_bytes",
+                 "mark_frames", "close_code", "error", "attempt", "attempts", "refused",
+                 "dead", "retry", "t_conn_open", "connections")
+
+    def __init__(self, group: ViewGroup, loop: asyncio.AbstractEventLoop,
+                 target: tuple[str, int], headers: dict[str, str], label: str,
+                 full: bool) -> None:
+        self.group, self.loop, self.target, self.label, self.full = group, loop, target, label, full
+        hdrs = dict(headers)
+        hdrs.setdefault("Origin", f"http://{target[0]}:{target[1]}")
+        if group.compress:
+            hdrs["Sec-WebSocket-Extensions"] = EXTENSIONS
+        self.request = upgrade_request(target[0], target[1], "/ws", hdrs)
+        self.sock: socket.socket | None = None
+        self.fd = -1
+        self.state = CLOSED
+        self.pending: bytearray | None = None
+        self.pending_total = -1
+        self.frag: list[bytes] | None = None
+        self.frag_rsv1 = False
+        self.deflate = False
+        self.inflater: Any = None
+        self.t_send = self.t_open = self.t_first_send = self.t_last = self.t_last_presence = 0
+        self.t_conn_open = 0
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.bytes_in = self.frames = self.presence = self.conn_presence = 0
+        self.snap_wire = self.snap_raw = self.snap_frames = 0
+        self.snap_compressed = False
+        self.snap_payload: bytes | None = None
+        self.snaps = 0
+        self.events: list[tuple[bytes, int]] | None = [] if full else None
+        self.track_t: array | None = None
+        self.track_c: array | None = None
+        self.mark_presence = self.mark_bytes = self.mark_frames = 0
+        self.close_code: int | None = None
+        self.error = ""
+        self.attempt = self.attempts = self.refused = self.connections = 0
+        self.dead = False
+        self.retry: asyncio.TimerHandle | None = None
+
+    # -- connecting -----------------------------------------------------------------------
+    async def connect(self, timeout: float) -> bool:
+        """One connection attempt, until the snapshot (True) or a failure (False)."""
+        if self.dead or self.group.stopped:
+            return False
+        self.attempts += 1
+        if self.opened.done():
+            self.opened = self.loop.create_future()
+        if self.closed.done():
+            self.closed = self.loop.create_future()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock, self.fd, self.state = sock, sock.fileno(), CONNECTING
+        self.pending, self.pending_total, self.frag, self.inflater = None, -1, None, None
+        self.deflate = False
+        self.t_send = time_ns()
+        if not self.t_first_send:
+            self.t_first_send = self.t_send
+        deadline = time.monotonic() + timeout
+        try:
+            await asyncio.wait_for(self.loop.sock_connect(sock, self.target), timeout)
+            sock.send(self.request)
+            self.state = HANDSHAKE
+            self.loop.add_reader(self.fd, self.on_readable)
+            await asyncio.wait_for(asyncio.shield(self.opened),
+                                   max(deadline - time.monotonic(), 0.001))
+            return True
+        except asyncio.TimeoutError:
+            self.fail("timeout")
+        except ConnectionRefusedError:
+            self.refused += 1
+            self.fail("connection refused")
+        except OSError as exc:
+            self.fail(f"connect: {exc.strerror or exc.__class__.__name__}")
+        except _Failed:
+            pass
+        return False
+
+    def fail(self, why: str) -> None:
+        """The attempt failed before the snapshot."""
+        self.error = why
+        if not self.opened.done():
+            self.opened.set_exception(_Failed(why))
+            self.opened.exception()
+        self._release(rst=True)
+        self._gone(None)
+
+    # -- reading --------------------------------------------------------------------------
+    def on_readable(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        try:
+            n, anc, _flags, _addr = sock.recvmsg_into(BUFS, ANC_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.lost(f"recv: {exc.strerror or exc.__class__.__name__}")
+            return
+        if not n:
+            self.lost("eof")
+            return
+        if anc:
+            sec, nsec = _TS.unpack_from(anc[0][2])
+            kts = sec * 1_000_000_000 + nsec
+        else:
+            kts = time_ns()
+        self.bytes_in += n
+        self.t_last = kts
+        before = self.presence
+        if self.state == OPEN and self.pending is None and not self.full and \
+                self.group.marker is not None and self._fast(0, n):
+            pass
+        else:
+            self._consume(0, n, kts)
+        if self.presence != before:
+            self.t_last_presence = kts
+        if self.track_t is not None and self.state != CLOSED:
+            self.track_t.append(kts)
+            self.track_c.append(self.presence - self.mark_presence)  # type: ignore[union-attr]
+
+    def _fast(self, pos: int, n: int) -> bool:
+        buf = BUF
+        if buf[pos] != 0x81:
+            return False
+        for byte in SUSPECT:
+            if buf.find(byte, pos, n) >= 0:
+                return False
+        last = buf.rfind(0x81, pos, n)
+        if last + 1 >= n:
+            end = last
+        else:
+            end = last + 2 + buf[last + 1]
+            if end > n:
+                end = last
+            elif end < n:
+                return False
+        count = buf.count(self.group.marker, pos, end)  # type: ignore[arg-type]
+        self.presence += count
+        self.conn_presence += count
+        self.frames += count
+        if end < n:
+            self.pending = bytearray(buf[end:n])
+            self.pending_total = _frame_total(self.pending)
+        return True
+
+    def _consume(self, pos: int, n: int, kts: int) -> None:
+        if self.state == HANDSHAKE:
+            data = bytes(self.pending or b"") + bytes(BUF[pos:n])
+            self.pending = None
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                if len(data) > 65536:
+                    self.fail("oversized HTTP response")
+                else:
+                    self.pending = bytearray(data)
+                return
+            head = data[:end].decode("latin-1", "replace")
+            if not head.startswith("HTTP/1.1 101"):
+                self.fail(f"HTTP {head[9:12]}")
+                return
+            for line in head.split("\r\n")[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "sec-websocket-extensions" and \
+                        "permessage-deflate" in value:
+                    self.deflate = True
+                    if "server_no_context_takeover" not in value:
+                        self.inflater = zlib.decompressobj(-15)
+            self.state = SNAPSHOT
+            self._walk(data, end + 4, len(data), kts)
+            return
+        if self.pending is not None:
+            pos = self._complete_pending(pos, n, kts)
+            if pos >= n or self.state == CLOSED:
+                return
+        if not (self.state == OPEN and not self.full and self.group.marker is not None
+                and self._fast(pos, n)):
+            self._walk(BUF, pos, n, kts)
+
+    def _complete_pending(self, pos: int, n: int, kts: int) -> int:
+        """Bytes of this read that finish the frame cut at the end of an earlier one."""
+        p = self.pending
+        assert p is not None
+        total = self.pending_total
+        if total < 0:
+            take = min(n - pos, 10)
+            p += BUF[pos:pos + take]
+            pos += take
+            total = _frame_total(p)
+            if total < 0:
+                return n
+            if len(p) > total:
+                pos -= len(p) - total
+                del p[total:]
+        if len(p) < total:
+            take = min(n - pos, total - len(p))
+            p += BUF[pos:pos + take]
+            pos += take
+            if len(p) < total:
+                self.pending_total = total
+                return n
+        self.pending, self.pending_total = None, -1
+        self._walk(bytes(p), 0, total, kts)
+        return pos
+
+    def _walk(self, data: bytes | bytearray, pos: int, size: int, kts: int) -> None:
+        """Every complete frame from ``pos``; a cut one is kept for the next read."""
+        while size - pos >= 2:
+            b0 = data[pos]
+            length = data[pos + 1] & 0x7F
+            start = pos + 2
+            if length == 126:
+                if size - pos < 4:
+                    break
+                length = (data[pos + 2] << 8) | data[pos + 3]
+                start = pos + 4
+            elif length == 127:
+                if size - pos < 10:
+                    break
+                length = int.from_bytes(data[pos + 2:pos + 10], "big")
+                start = pos + 10
+            end = start + length
+            if end > size:
+                break
+            self._frame(b0, bytes(data[start:end]), kts)
+            if self.state == CLOSED:
+                return
+            pos = end
+        if pos < size:
+            self.pending = bytearray(data[pos:size])
+            self.pending_total = _frame_total(self.pending)
+
+    def _frame(self, b0: int, payload: bytes, kts: int) -> None:
+        opcode = b0 & 0x0F
+        if opcode == 0x9:
+            self.send(client_frame(0xA, payload))
+        elif opcode == 0x8:
+            code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+            self.close_code = code
+            if self.state != CLOSING:
+                self.group.close_codes[code] += 1
+                self.send(client_frame(0x8, payload[:2]))
+            self.finish(code)
+        elif opcode == 0xA:
+            pass
+        elif opcode == 0x0:
+            if self.frag is not None:
+                self.frag.append(payload)
+                if b0 & 0x80:
+                    parts, self.frag = self.frag, None
+                    self._message(b"".join(parts), self.frag_rsv1, kts, len(parts))
+        elif b0 & 0x80:
+            self._message(payload, bool(b0 & 0x40), kts, 1)
+        else:
+            self.frag, self.frag_rsv1 = [payload], bool(b0 & 0x40)
+
+    def _inflate(self, payload: bytes) -> bytes:
+        inflater = self.inflater or zlib.decompressobj(-15)
+        return inflater.decompress(payload + DEFLATE_TAIL)
+
+    def _message(self, payload: bytes, compressed: bool, kts: int, frames: int) -> None:
+        group = self.group
+        self.frames += frames
+        if self.state == SNAPSHOT:
+            self._snapshot(payload, compressed, kts, frames)
+            return
+        wire = payload
+        if compressed:
+            payload = self._inflate(payload)
+        meta = group.parsed(payload)
+        kind = meta.get("type")
+        if kind == "presence":
+            self.presence += 1
+            self.conn_presence += 1
+            if group.marker is None:
+                group.learn_marker(payload)
+            if self.events is not None:
+                self.events.append((group.intern.setdefault(payload, payload), kts))
+        elif kind == "snapshot":  # sent again (a resync): the view starts over
+            self._keep_snapshot(wire, payload if compressed else None, compressed, frames)
+            self.conn_presence = 0
+            if self.events is not None:
+                self.events.append((payload, kts))
+
+    def _snapshot(self, payload: bytes, compressed: bool, kts: int, frames: int) -> None:
+        raw = None
+        if compressed and self.inflater is not None:  # context takeover: inflate it all
+            raw = self._inflate(payload)
+            head = raw[:512]
+        elif compressed:  # only the start: the type is near it (checked in full below)
+            head = zlib.decompressobj(-15).decompress(payload, 512)
+        else:
+            head = payload[:512]
+        if b'"snapshot"' not in head:  # key order changed: decode it all to be sure
+            raw = self._inflate(payload) if compressed else payload
+            if self.group.parsed(raw).get("type") != "snapshot":
+                self.fail("first message was not a snapshot")
+                return
+        self.state = OPEN
+        self.t_open = self.t_conn_open = kts
+        self.connections += 1
+        self.conn_presence = 0
+        self.snaps += 1
+        self.attempt = 0
+        self._keep_snapshot(payload, raw, compressed, frames)
+        self.group.open_count += 1
+        if not self.opened.done():
+            self.opened.set_result(None)
+
+    def _keep_snapshot(self, wire: bytes, raw: bytes | None, compressed: bool,
+                       frames: int) -> None:
+        self.snap_wire, self.snap_frames, self.snap_compressed = len(wire), frames, compressed
+        self.snap_raw = len(raw) if raw is not None else (0 if compressed else len(wire))
+        group = self.group
+        if self.snap_payload is not None:
+            group.budget += len(self.snap_payload)
+            self.snap_payload = None
+        if self.full or group.budget >= len(wire):
+            self.snap_payload = wire
+            if not self.full:
+                group.budget -= len(wire)
+
+    # -- writing, closing, reconnecting ---------------------------------------------------
+    def send(self, frame: bytes) -> None:
+        if self.sock is None:
+            return
+        try:
+            self.sock.send(frame)  # control frames only: tiny, a full buffer just drops them
+        except OSError:
+            pass
+
+    def close(self, code: int = 1000) -> int:
+        """Start the closing handshake (no reconnect); returns when the close was sent."""
+        self.dead = True
+        if self.retry is not None:
+            self.retry.cancel()
+        t = time_ns()
+        if self.state == OPEN or self.state == SNAPSHOT:
+            if self.state == OPEN:
+                self.group.open_count -= 1
+            self.state = CLOSING
+            self.send(client_frame(0x8, code.to_bytes(2, "big")))
+        elif self.state != CLOSING:
+            self.finish(None)
+        return t
+
+    def lost(self, why: str) -> None:
+        if self.state in (CONNECTING, HANDSHAKE, SNAPSHOT):
+            self.fail(why)
+            return
+        if self.state == OPEN:
+            self.group.close_codes[-1] += 1
+        self.finish(None)
+
+    def _release(self, rst: bool = False) -> None:
+        if self.state == OPEN:
+            self.group.open_count -= 1
+        self.state = CLOSED
+        if self.sock is not None:
+            if rst:
+                try:
+                    self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                         b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                except OSError:
+                    pass
+            try:
+                self.loop.remove_reader(self.fd)
+            except (ValueError, OSError):
+                pass
+            self.sock.close()
+            self.sock = None
+
+    def finish(self, code: int | None) -> None:
+        """The connection is over (closed by either side, or lost)."""
+        was_open = self.state in (OPEN, CLOSING)
+        self._release()
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if was_open:
+            self._gone(code)
+
+    def abort(self) -> None:
+        self.dead = True
+        if self.retry is not None:
+            self.retry.cancel()
+        self._release(rst=True)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def _gone(self, code: int | None) -> None:
+        """Schedule the next attempt like static/presence.js: after a 1001 the first retry
+        waits a random 0..first s (full jitter), later ones random 0..min(cap, base * 2^k);
+        4001/4401 end the session (the page goes to /login)."""
+        policy = self.group.reconnect
+        if policy is None or self.dead or self.group.stopped or code in (4001, 4401):
+            return
+        if self.t_conn_open and time_ns() - self.t_conn_open >= policy["stable_s"] * 1e9:
+            self.attempt = 0
+        if code == 1001 and self.attempt == 0:
+            ceiling = policy["first_s"]
+        else:
+            ceiling = min(policy["cap_s"], policy["base_s"] * 2 ** self.attempt)
+        self.attempt += 1
+        self.t_conn_open = 0
+        self.retry = self.loop.call_later(random.random() * ceiling, self._reconnect)
+
+    def _reconnect(self) -> None:
+        self.retry = None
+        timeout = self.group.reconnect["timeout_s"]  # type: ignore[index]
+        task = self.loop.create_task(self.connect(timeout))
+        task.add_done_callback(lambda t: t.exception())
+
+    # -- results --------------------------------------------------------------------------
+    def check(self, expect: dict[str, bool], users_total: int,
+              fast_ok: bool | None) -> tuple[str, dict[str, Any]]:
+        """("ok" | "lost" | "unverified" | "closed", details) for this view's final state."""
+        if self.state != OPEN:
+            return "closed", {}
+        if self.full:
+            return self._check_full(expect)
+        if self.snap_payload is None:
+            return "unverified", {}
+        raw = self._raw_snapshot()
+        if fast_ok:
+            online = raw.count(b'"online":true')
+        else:
+            users = self.group.parsed(raw).get("users") or []
+            online = sum(1 for u in users if isinstance(u, dict) and u.get("online"))
+        missing = users_total - online - self.conn_presence
+        return ("lost" if missing > 0 else "ok"), {"redundant": max(-missing, 0),
+                                                   "raw": len(raw)}
+
+    def _raw_snapshot(self) -> bytes:
+        assert self.snap_payload is not None
+        if self.snap_compressed:
+            return zlib.decompressobj(-15).decompress(self.snap_payload + DEFLATE_TAIL)
+        return self.snap_payload
+
+    def _check_full(self, expect: dict[str, bool]) -> tuple[str, dict[str, Any]]:
+        raw = self._raw_snapshot()
+        snap = json.loads(raw)
+        view: dict[str, tuple[bool, int]] = {}
+        for user in snap.get("users") or []:
+            view[user["username"]] = (bool(user.get("online")), int(user.get("version") or 0))
+        me_ok = snap.get("me") == self.label and view.get(self.label, (False, 0))[0]
+        order: list[bytes] = []
+        for payload, _kts in self.events or []:
+            event = self.group.parsed(payload)
+            if event.get("type") == "snapshot":
+                continue
+            if event.get("type") != "presence":
+                continue
+            order.append(payload)
+            name, version = event["username"], int(event.get("version") or 0)
+            old = view.get(name)
+            if old is None or not version or version > old[1]:
+                view[name] = (bool(event.get("online")), version)
+        wrong = [name for name, online in expect.items()
+                 if view.get(name, (None, 0))[0] is not online]
+        details = {"raw": len(raw), "users": len(snap.get("users") or []),
+                   "online_in_snapshot": sum(1 for v in snap.get("users") or []
+                                             if v.get("online")),
+                   "me_ok": bool(me_ok), "wrong": wrong[:5], "wrong_count": len(wrong),
+                   "fast_count_matches": raw.count(b'"online":true') ==
+                   sum(1 for v in snap.get("users") or [] if v.get("online"))}
+        return ("lost" if wrong or not me_ok else "ok"), details
+
+
+class _Failed(Exception):
+    pass
+
+
+# -- worker commands (LoadGen.call(i, "views:<name>", ...)) --------------------------------
+def _group(worker: Any, name: str, options: dict[str, Any] | None = None) -> ViewGroup:
+    group = worker.groups.get(name)
+    if group is None or not isinstance(group, ViewGroup):
+        group = worker.groups[name] = ViewGroup(name, options or {})
+    return group
+
+
+async def cmd_open(worker: Any, group: str, targets: list[tuple[str, int]],
+                   headers: list[dict[str, str]], labels: list[str], full: list[bool],
+                   concurrency: int, timeout: float, options: dict[str, Any],
+                   offset: int = 0, progress: bool = False) -> dict[str, Any]:
+    """Open one view per ``headers`` entry (view j to ``targets[(offset + j) % len]``),
+    ``concurrency`` handshakes in flight, each until its snapshot."""
+    g = _group(worker, group, options)
+    loop = asyncio.get_running_loop()
+    sem = asyncio.Semaphore(max(concurrency, 1))
+    new = [View(g, loop, tuple(targets[(offset + j) % len(targets)]),  # type: ignore[arg-type]
+                headers[j], labels[j], full[j]) for j in range(len(headers))]
+    g.conns.extend(new)
+    last = time.monotonic()
+
+    async def one(view: View) -> None:
+        async with sem:
+            ok = await view.connect(timeout)
+        if not ok:
+            g.errors[view.error] += 1
+
+    pending = {loop.create_task(one(v)) for v in new}
+    while pending:
+        _done, pending = await asyncio.wait(pending, timeout=1.0)
+        if progress and time.monotonic() - last >= 1.0:
+            last = time.monotonic()
+            worker.reply(None, True, {"progress": "open", "worker": worker.index,
+                                      "group": group, "open": g.open_count, "of": len(g.conns)})
+    ok = [v for v in new if v.snaps]
+    return {"requested": len(new), "open": len(ok),
+            "errors": dict(Counter(v.error for v in new if v.error and not v.snaps)),
+            "t_first_send": min((v.t_first_send for v in new), default=0),
+            "t_last_open": max((v.t_open for v in ok), default=0),
+            "handshake_ms": _percentiles_ms([(v.t_open - v.t_send) / 1e6 for v in ok]),
+            "deflate": sum(1 for v in ok if v.deflate)}
+
+
+async def cmd_counts(worker: Any, group: str, since: int = 0) -> dict[str, Any]:
+    """Progress: open views, presence frames so far, fresh snapshots since ``since`` ns."""
+    g = _group(worker, group)
+    fresh = [v for v in g.conns if v.state == OPEN and v.t_send >= since] if since else []
+    return {"open": g.open_count, "views": len(g.conns),
+            "presence": sum(v.presence for v in g.conns),
+            "bytes": sum(v.bytes_in for v in g.conns),
+            "fresh": len(fresh), "t_last_fresh": max((v.t_open for v in fresh), default=0),
+            "t_last_presence": max((v.t_last_presence for v in g.conns), default=0),
+            "attempts": sum(v.attempts for v in g.conns)}
+
+
+def _dist(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"n": 0}
+    arr = np.asarray(values, dtype=float)
+    return {"n": int(arr.size), "mean": round(float(arr.mean()), 1),
+            "min": round(float(arr.min()), 1), "p50": round(float(np.percentile(arr, 50)), 1),
+            "max": round(float(arr.max()), 1), "sum": round(float(arr.sum()), 1)}
+
+
+async def cmd_report(worker: Any, group: str, expect_online: list[str],
+                     expect_offline: list[str] | None = None,
+                     check_counts: bool = True) -> dict[str, Any]:
+    """Per-view figures and the final-view check (see ``View.check``)."""
+    g = _group(worker, group)
+    expect = {name: True for name in expect_online}
+    expect.update({name: False for name in expect_offline or []})
+    results: Counter[str] = Counter()
+    redundant = 0
+    wrong_examples: list[Any] = []
+    full_details: list[dict[str, Any]] = []
+    fast_ok: bool | None = None
+    for view in [v for v in g.conns if v.full and v.state == OPEN]:
+        status, details = view.check(expect, len(expect_online), None)
+        results[status] += 1
+        full_details.append(details)
+        fast_ok = details["fast_count_matches"] if fast_ok is None else \
+            fast_ok and details["fast_count_matches"]
+        if status == "lost":
+            wrong_examples.append({"view": view.label, **details})
+    raws = [d["raw"] for d in full_details]
+    for view in g.conns:
+        if view.full and view.state == OPEN:
+            continue
+        if not check_counts:
+            results["closed" if view.state != OPEN else "uncounted"] += 1
+            continue
+        status, details = view.check(expect, len(expect_online), fast_ok)
+        results[status] += 1
+        redundant += details.get("redundant", 0)
+        if details.get("raw"):
+            raws.append(details["raw"])
+        if status == "lost" and len(wrong_examples) < 5:
+            wrong_examples.append({"view": view.label, "presence": view.conn_presence})
+    views = [v for v in g.conns if v.snaps]
+    return {
+        "views": len(g.conns), "full": sum(1 for v in g.conns if v.full),
+        "results": dict(results), "redundant_deliveries": redundant,
+        "wrong_examples": wrong_examples[:5],
+        "me_wrong": sum(1 for d in full_details if not d["me_ok"]),
+        "snapshot_wire_bytes": _dist([v.snap_wire for v in views]),
+        "snapshot_raw_bytes": _dist(raws),
+        "snapshot_frames": _dist([v.snap_frames for v in views]),
+        "snapshot_users": _dist([d["users"] for d in full_details]),
+        "compressed": sum(1 for v in views if v.snap_compressed),
+        "bytes_per_view": _dist([v.bytes_in for v in views]),
+        "frames_per_view": _dist([v.frames for v in views]),
+        "presence_per_view": _dist([v.presence for v in views]),
+        "attempts_per_view": _dist([v.attempts for v in g.conns]),
+        "refused": sum(v.refused for v in g.conns),
+        "close_codes": {str(k): v for k, v in g.close_codes.items()},
+        "errors": dict(g.errors),
+    }
+
+
+async def cmd_mark(worker: Any, group: str) -> dict[str, Any]:
+    """Start of a measured phase: count from here, and note every read's time and count."""
+    g = _group(worker, group)
+    for view in g.conns:
+        view.mark_presence, view.mark_bytes, view.mark_frames = \
+            view.presence, view.bytes_in, view.frames
+        view.track_t, view.track_c = array("q"), array("q")
+        if view.events is not None:
+            view.events = []
+    return {"views": len(g.conns)}
+
+
+async def cmd_stream(worker: Any, group: str) -> dict[str, Any]:
+    """The presence events the full views received since the mark, in order: the stream
+    every view of a deployment receives (one broker, one order)."""
+    g = _group(worker, group)
+    streams = [[p for p, _k in v.events or [] if g.parsed(p).get("type") == "presence"]
+               for v in g.conns if v.full and v.state == OPEN]
+    if not streams:
+        return {"stream": [], "first_kts": b"", "full_views": 0, "mismatched": 0}
+    longest = max(streams, key=len)
+    mismatched = sum(1 for s in streams if s != longest)
+    first = np.full(len(longest), np.iinfo(np.int64).max, dtype=np.int64)
+    for view in g.conns:
+        if view.full and view.events:
+            kts = [k for p, k in view.events if g.parsed(p).get("type") == "presence"]
+            if len(kts) == len(longest):
+                first = np.minimum(first, np.asarray(kts, dtype=np.int64))
+    return {"stream": longest, "first_kts": first.tobytes(), "full_views": len(streams),
+            "mismatched": mismatched}
+
+
+async def cmd_latency(worker: Any, group: str, events: int, triggers: bytes,
+                      seconds: float) -> dict[str, Any]:
+    """When each view had event j of the stream (the first read after which it had counted
+    j+1 presence frames since the mark): per event the last and first view's time and how
+    many views had it; a histogram of every delivery's latency; per-view rates."""
+    g = _group(worker, group)
+    trig = np.frombuffer(triggers, dtype=np.int64)
+    last = np.zeros(events, dtype=np.int64)
+    first = np.full(events, np.iinfo(np.int64).max, dtype=np.int64)
+    have = np.zeros(events, dtype=np.int64)
+    hist = np.zeros(len(HIST_EDGES) - 1, dtype=np.int64)
+    wanted = np.arange(1, events + 1)
+    lost = extra = 0
+    rates_b, rates_f = [], []
+    for view in g.conns:
+        if view.track_t is None or view.state != OPEN:
+            continue
+        t = np.frombuffer(view.track_t, dtype=np.int64)
+        c = np.frombuffer(view.track_c, dtype=np.int64)
+        got = view.presence - view.mark_presence
+        lost += max(events - got, 0)
+        extra += max(got - events, 0)
+        rates_b.append((view.bytes_in - view.mark_bytes) / seconds)
+        rates_f.append((view.frames - view.mark_frames) / seconds)
+        if not len(t) or not events:
+            continue
+        idx = np.searchsorted(c, wanted, side="left")
+        ok = idx < len(t)
+        times = np.where(ok, t[np.minimum(idx, len(t) - 1)], 0)
+        have += ok
+        last = np.maximum(last, times)
+        first = np.minimum(first, np.where(ok, times, first))
+        valid = ok & (trig > 0)
+        hist += np.histogram((times[valid] - trig[valid]) / 1e6, HIST_EDGES)[0]
+    return {"last": last.tobytes(), "first": first.tobytes(), "have": have.tobytes(),
+            "hist": hist.tobytes(), "lost": lost, "extra": extra,
+            "bytes_per_s": _dist(rates_b), "frames_per_s": _dist(rates_f)}
+
+
+async def cmd_close(worker: Any, group: str, timeout: float = 10.0) -> dict[str, Any]:
+    g = _group(worker, group)
+    views = [v for v in g.conns if v.sock is not None or v.retry is not None]
+    for view in views:
+        view.close()
+    waiting = [v.closed for v in views if not v.closed.done()]
+    if waiting:
+        await asyncio.wait(waiting, timeout=timeout)
+    aborted = 0
+    for view in views:
+        if view.sock is not None:
+            view.abort()
+            aborted += 1
+    g.stopped = True
+    return {"closed": len(views) - aborted, "aborted": aborted}
+
+
+async def cmd_churn(worker: Any, group: str, targets: list[tuple[str, int]],
+                    headers: list[dict[str, str]], labels: list[str], rate: float,
+                    duration: float, options: dict[str, Any],
+                    timeout: float = 10.0) -> dict[str, Any]:
+    """Movers (distinct users) go online and offline: every 1/rate s the next idle mover
+    toggles (connects and waits for its snapshot, or closes and waits for the close). At the
+    end every mover is closed. Returns every trigger (label, online, time_ns)."""
+    g = _group(worker, group, options)
+    loop = asyncio.get_running_loop()
+    movers = [View(g, loop, tuple(targets[i % len(targets)]),  # type: ignore[arg-type]
+                   headers[i], labels[i], False) for i in range(len(headers))]
+    g.conns.extend(movers)
+    busy = [False] * len(movers)
+    triggers: list[tuple[str, bool, int]] = []
+    errors: Counter[str] = Counter()
+    skipped = 0
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def toggle(i: int) -> None:
+        view = movers[i]
+        try:
+            if view.state == OPEN:
+                view.dead = False
+                triggers.append((view.label, False, view.close()))
+                try:
+                    await asyncio.wait_for(asyncio.shield(view.closed), timeout)
+                except asyncio.TimeoutError:
+                    errors["close timeout"] += 1
+                    view.abort()
+                view.dead = False
+            else:
+                if await view.connect(timeout):
+                    triggers.append((view.label, True, view.t_send))
+                else:
+                    errors[view.error] += 1
+        finally:
+            busy[i] = False
+
+    started = time_ns()
+    t0 = time.monotonic()
+    tick = cursor = 0
+    while time.monotonic() - t0 < duration:
+        due = t0 + tick / rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tick += 1
+        for step in range(len(movers)):
+            i = (cursor + step) % len(movers)
+            if not busy[i]:
+                busy[i] = True
+                cursor = i + 1
+                task = loop.create_task(toggle(i))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                break
+        else:
+            skipped += 1
+    if tasks:
+        await asyncio.wait(list(tasks), timeout=timeout * 2)
+    for i, view in enumerate(movers):  # everyone ends offline
+        if view.state == OPEN:
+            busy[i] = True
+            await toggle(i)
+    return {"triggers": triggers, "errors": dict(errors), "skipped": skipped,
+            "t_start": started, "t_end": time_ns(), "ticks": tick}
