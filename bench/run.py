@@ -33,10 +33,15 @@ import psutil
 
 from bench.loadgen import LoadGen, raise_nofile_limit
 from bench.metrics import analyse, bcrypt_checks, merge_events, ratio, summary_ms
+from bench.scenarios import (EXTRA_SCENARIOS, HANDLED, add_arguments, finish_arguments,
+                             run_extra)
+from bench.scenarios import render as render_extra
+from bench.scenarios import targets as extra_targets
 from bench.servers import (ROOT, AppDeployment, Deployment, Probe, ReferenceDeployment,
                            busy_cpu, established_to, send_queue)
 
-SCENARIOS = ["connect", "fanout", "churn", "crossproc", "login", "slow"]
+SCENARIOS = ["connect", "fanout", "churn", "crossproc", "login", "slow"] + EXTRA_SCENARIOS
+KINDS = ("app", "reference", "picows")  # ratios stay relative to "reference" (websockets)
 RESULTS = ROOT / "bench" / "results"
 MOVER = "mover-0"
 
@@ -60,8 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--churn-seconds", type=float, help="churn duration; quick: 2, else 10")
     p.add_argument("--cross", default=None,
                    help="crossproc: app process counts sharing Redis (default 2,4; quick: 2)")
-    p.add_argument("--targets", default="app,reference",
-                   help="what to run against: app, reference or both")
+    p.add_argument("--targets", default="app,reference,picows",
+                   help="what to run against: app, reference (websockets), picows")
     p.add_argument("--app-processes", type=int, default=1,
                    help="app processes on separate ports (observers spread over them)")
     p.add_argument("--broker", choices=["memory", "redis"], default="memory")
@@ -103,6 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="JSON output path (default bench/results/...)")
     p.add_argument("--label", default="", help="label in file names and the report")
     p.add_argument("--keep-workdir", action="store_true", help="keep server logs")
+    add_arguments(p)
     args = p.parse_args(argv)
     if not args.all and not args.scenario:
         p.error("give --scenario NAME (repeatable) or --all")
@@ -134,6 +140,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.slow_limit = 65536
     if args.app_processes > 1 and args.broker != "redis":
         p.error("--app-processes > 1 needs --broker redis")
+    finish_arguments(args)
     return args
 
 
@@ -154,7 +161,16 @@ def machine_info() -> dict[str, Any]:
         "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "kernel": platform.release(), "python": platform.python_version(),
         "tornado": tornado.version, "websockets": websockets.__version__,
+        "picows": _version("picows"),
     }
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def git_dirty() -> list[str]:
@@ -211,7 +227,7 @@ class Runner:
             dep = AppDeployment(self.workdir, **settings)
         else:
             dep = ReferenceDeployment(self.workdir, extra_args=kwargs.get("extra_args"),
-                                      gc_stats=o.gc_stats)
+                                      gc_stats=o.gc_stats, kind=kind)
         self.log(f"starting {kind} ({dep.label})")  # type: ignore[attr-defined]
         spies: list[subprocess.Popen[bytes]] = []
         try:
@@ -292,7 +308,7 @@ class Runner:
         return sum(await self.lg.cpu())
 
     def targets(self) -> list[str]:
-        return [t for t in ("app", "reference") if t in self.opts.targets]
+        return [t for t in KINDS if t in self.opts.targets]
 
     async def open_observers(self, dep: Deployment, count: int,
                              group: str = "obs") -> dict[str, Any]:
@@ -719,7 +735,8 @@ class Runner:
                     self.log(f"scenario {name}" + (f" (attempt {attempt + 1})" if attempt else ""))
                     t = time.monotonic()
                     try:
-                        data = await getattr(self, "sc_" + name)()
+                        data = await (run_extra(self, name) if name in HANDLED
+                                      else getattr(self, "sc_" + name)())
                     except (RuntimeError, OSError) as exc:
                         self.log(f"scenario {name} failed: {exc}")
                         data = {"error": str(exc)[:2000]}
@@ -824,6 +841,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "dropped; others' fan-out p95 <= 1.3x (+2 ms), none lost", ok,
             f"dropped after {s['dropped_after_s']} s; others' p95 {before} -> {during} ms; "
             f"lost {s['others_lost']}; server RSS +{s['rss_growth_mib']} MiB")
+    targets += extra_targets(results)
     login = sc.get("login", {})
     if "app" in login:
         add(f"logins/s at cost {login['rounds']} vs bare bcrypt", login["ratio_to_bare"],
@@ -863,7 +881,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines = [f"# Benchmark run {meta['started']} {meta.get('label', '')}".rstrip(), "",
              f"Machine: {m['cpu_model']}, {m['cpus']} CPUs, {m['ram_gib']} GiB RAM, Linux "
              f"{m['kernel']}; Python {m['python']}, Tornado {m['tornado']}, websockets "
-             f"{m['websockets']}. Commit {meta['commit']}{dirty}. "
+             f"{m['websockets']}, picows {m.get('picows')}. Commit {meta['commit']}{dirty}. "
              f"App: {meta['app']['processes']} "
              f"process(es), {meta['app']['broker']} broker, {meta['app']['database']}. "
              f"Generator: {meta['generator']['observer_processes']} observer processes + 1 "
@@ -871,7 +889,7 @@ def render_markdown(results: dict[str, Any]) -> str:
              f"{' '.join(f'{x:.2f}' for x in meta['loadavg_at_start'])}. "
              f"`python -m bench.run {' '.join(meta['argv'])}`", ""]
     if results.get("targets"):
-        lines += ["## Targets (issue 5)", "", "| target | value | limit | met | detail |",
+        lines += ["## Targets (issues 5 and 8)", "", "| target | value | limit | met | detail |",
                   "| --- | --- | --- | --- | --- |"]
         for t in results["targets"]:
             met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
@@ -886,7 +904,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                   "generator CPU s | server GC ms (full passes) | KiB per idle connection | "
                   "RSS idle MiB | seconds to close all |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for kind in ("app", "reference"):
+        for kind in KINDS:
             if kind in con:
                 c = con[kind]
                 lines.append(f"| {kind} | {_f(c['seconds'])} | {_f(c['connects_per_s'])} | "
@@ -913,7 +931,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                   "other CPU s | drops/RTO | server GC ms (full passes, longest) |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for size in map(str, fan["sizes"]):
-            for kind in ("app", "reference"):
+            for kind in KINDS:
                 if kind not in fan:
                     continue
                 r = fan[kind][size]
@@ -930,13 +948,13 @@ def render_markdown(results: dict[str, Any]) -> str:
                              f"{_f(q['deliveries_per_s'])} | | | | | | |")
         lines.append("")
     churn = sc.get("churn")
-    if churn and "error" not in churn:
+    if churn and "error" not in churn and "movers" in churn:
         lines += [f"## Churn ({churn['movers']} movers at once for {churn['seconds']} s, "
                   f"{churn['n']} observers)", "",
                   "| server | events/s | deliveries/s | events | lost | last observer p50 / "
                   "p95 ms | movers left online | server CPU s | generator CPU s |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for kind in ("app", "reference"):
+        for kind in KINDS:
             if kind in churn:
                 c = churn[kind]
                 s = c["last_observer_ms"]
@@ -986,7 +1004,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                   "p95 before / during ms | others lost | server RSS growth MiB | bytes the "
                   "client read after resuming |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
-        for kind in ("app", "reference"):
+        for kind in KINDS:
             if kind in slow:
                 s = slow[kind]
                 dropped = _f(s["dropped_after_s"]) if s["dropped"] else \
@@ -997,6 +1015,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                     f"{s['others_lost']} | {_f(s['rss_growth_mib'])} | "
                     f"{_f(s['stalled_client_after_resume']['bytes_read_after_resume'])} |")
         lines.append("")
+    lines += render_extra(results)
     for name, data in sc.items():
         if "error" in data:
             lines += [f"## {name}: failed", "", "```", data["error"], "```", ""]

@@ -88,8 +88,8 @@ class ViewGroup:
         self.open_count = 0
         self.errors: Counter[str] = Counter()
         self.close_codes: Counter[int] = Counter()
-        self.track = False
         self.stopped = False
+        self.fast_reads = self.slow_reads = 0
 
     def stop(self) -> None:
         """No more reconnects; every socket reset (Worker.cmd_reset calls this)."""
@@ -242,8 +242,9 @@ class View:
         before = self.presence
         if self.state == OPEN and self.pending is None and not self.full and \
                 self.group.marker is not None and self._fast(0, n):
-            pass
+            self.group.fast_reads += 1
         else:
+            self.group.slow_reads += 1
             self._consume(0, n, kts)
         if self.presence != before:
             self.t_last_presence = kts
@@ -658,15 +659,6 @@ async def cmd_counts(worker: Any, group: str, since: int = 0) -> dict[str, Any]:
             "attempts": sum(v.attempts for v in g.conns)}
 
 
-def _dist(values: list[float]) -> dict[str, Any]:
-    if not values:
-        return {"n": 0}
-    arr = np.asarray(values, dtype=float)
-    return {"n": int(arr.size), "mean": round(float(arr.mean()), 1),
-            "min": round(float(arr.min()), 1), "p50": round(float(np.percentile(arr, 50)), 1),
-            "max": round(float(arr.max()), 1), "sum": round(float(arr.sum()), 1)}
-
-
 async def cmd_report(worker: Any, group: str, expect_online: list[str],
                      expect_offline: list[str] | None = None,
                      check_counts: bool = True) -> dict[str, Any]:
@@ -707,18 +699,18 @@ async def cmd_report(worker: Any, group: str, expect_online: list[str],
         "results": dict(results), "redundant_deliveries": redundant,
         "wrong_examples": wrong_examples[:5],
         "me_wrong": sum(1 for d in full_details if not d["me_ok"]),
-        "snapshot_wire_bytes": _dist([v.snap_wire for v in views]),
-        "snapshot_raw_bytes": _dist(raws),
-        "snapshot_frames": _dist([v.snap_frames for v in views]),
-        "snapshot_users": _dist([d["users"] for d in full_details]),
+        "snapshot_wire_bytes": [v.snap_wire for v in views],
+        "snapshot_raw_bytes": raws,
+        "snapshot_frames": [v.snap_frames for v in views],
+        "snapshot_users": [d["users"] for d in full_details],
         "compressed": sum(1 for v in views if v.snap_compressed),
-        "bytes_per_view": _dist([v.bytes_in for v in views]),
-        "frames_per_view": _dist([v.frames for v in views]),
-        "presence_per_view": _dist([v.presence for v in views]),
-        "attempts_per_view": _dist([v.attempts for v in g.conns]),
+        "bytes_per_view": [v.bytes_in for v in views],
+        "frames_per_view": [v.frames for v in views],
+        "presence_per_view": [v.presence for v in views],
+        "attempts_per_view": [v.attempts for v in g.conns],
         "refused": sum(v.refused for v in g.conns),
         "close_codes": {str(k): v for k, v in g.close_codes.items()},
-        "errors": dict(g.errors),
+        "view_errors": dict(g.errors), "fast_reads": g.fast_reads, "slow_reads": g.slow_reads,
     }
 
 
@@ -790,7 +782,7 @@ async def cmd_latency(worker: Any, group: str, events: int, triggers: bytes,
         hist += np.histogram((times[valid] - trig[valid]) / 1e6, HIST_EDGES)[0]
     return {"last": last.tobytes(), "first": first.tobytes(), "have": have.tobytes(),
             "hist": hist.tobytes(), "lost": lost, "extra": extra,
-            "bytes_per_s": _dist(rates_b), "frames_per_s": _dist(rates_f)}
+            "bytes_per_s": rates_b, "frames_per_s": rates_f}
 
 
 async def cmd_close(worker: Any, group: str, timeout: float = 10.0) -> dict[str, Any]:

@@ -1,0 +1,75 @@
+"""Scenario ``distinct``: N distinct users connect (every connect is a transition every other
+socket must receive, and every snapshot lists every user), beside N sockets of ONE user in
+the same run; the ratio of the two storm times is issue 8's target (<= 3 at N=10,000)."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from bench.metrics import ratio
+from bench.scenarios.common import open_views, report, view_options, wait_settled
+from bench.servers import Probe
+from bench.users import Seeder, usernames
+
+
+async def storm(runner: Any, dep: Any, headers: list[dict[str, str]], labels: list[str],
+                expect: list[str], label: str) -> dict[str, Any]:
+    """Open every view (until its snapshot), then wait until the presence traffic stops;
+    check every view's final state."""
+    o = runner.opts
+    n = len(headers)
+    await asyncio.sleep(0.5 if o.quick else 2.0)
+    runner.log(f"  {label}: opening {n} page-like sockets")
+    probe = Probe(dep, runner.gen_cpu)
+    async with probe:
+        r = await open_views(runner, dep, headers, labels, "views", view_options(o),
+                             timeout=o.storm_timeout)
+        settled = await wait_settled(runner, "views", timeout=o.storm_timeout)
+    seconds = (r["t_last_open"] - r["t_first_send"]) / 1e9 if r["open"] else None
+    converged = (max(settled["t_last_presence"], r["t_last_open"]) - r["t_first_send"]) / 1e9 \
+        if r["open"] else None
+    rep = await report(runner, "views", expect)
+    out = {
+        "n": n, "open": r["open"], "errors": sum(r["errors"].values()),
+        "error_kinds": r["errors"], "seconds": round(seconds, 3) if seconds else None,
+        "connects_per_s": round(r["open"] / seconds) if seconds else None,
+        "converged_s": round(converged, 3) if converged else None,
+        "settled": settled["settled"], "deflate_negotiated": r["deflate"],
+        "handshake_ms_by_worker": r["handshake_ms_by_worker"],
+        "server_cpu_s": probe.result["server_cpu_s"],
+        "generator_cpu_s": probe.result["generator_cpu_s"], "probe": probe.result,
+        "presence_deliveries": settled["presence"], "bytes_received": settled["bytes"],
+        **rep,
+    }
+    runner.log(f"  {label}: {r['open']}/{n} with their snapshot in {out['seconds']} s, "
+               f"all events in {out['converged_s']} s; lost {out['lost']} "
+               f"(verified {out['verified']}, {rep['full']} in full); snapshot "
+               f"{rep['snapshot_wire_bytes']['p50']} B on the wire "
+               f"({rep['compressed']} compressed)")
+    return out
+
+
+async def run(runner: Any) -> dict[str, Any]:
+    o = runner.opts
+    n = o.n
+    names = usernames("u", n)
+    out: dict[str, Any] = {"n": n, "processes": o.app_processes, "broker": o.broker,
+                           "database": o.database, "compress_offered": o.compress,
+                           "verify_sample": o.verify_sample,
+                           "baseline_seeded": o.baseline_seeded}
+    if "app" not in o.targets:
+        return out
+    baseline_seed = Seeder(names) if o.baseline_seeded else None
+    async with runner.deployment("app", seed=baseline_seed) as dep:
+        headers = await dep.observer_headers()
+        out["one_user"] = await storm(runner, dep, [headers] * n, ["observer"] * n,
+                                      ["observer"], "one user")
+    seeder = Seeder(names)
+    async with runner.deployment("app", seed=seeder) as dep:
+        runner.log(f"  seeded {n} accounts with a session each in {dep.seed_seconds} s")
+        out["distinct"] = await storm(runner, dep, seeder.headers(names), names, names,
+                                      "distinct users")
+        out["distinct"]["seed_seconds"] = dep.seed_seconds
+    out["ratio_seconds"] = ratio(out["distinct"]["seconds"], out["one_user"]["seconds"])
+    out["ratio_converged"] = ratio(out["distinct"]["converged_s"], out["one_user"]["seconds"])
+    return out
