@@ -128,7 +128,7 @@ class View:
                  "opened", "closed", "bytes_in", "frames", "presence", "conn_presence",
                  "snap_wire", "snap_raw", "snap_frames", "snap_compressed", "snap_payload",
                  "snaps", "events", "track_t", "track_c", "mark_presence", "mark_bytes",
-                 "mark_frames", "close_code", "error", "attempt", "attempts", "refused",
+                 "mark_frames", "mark_events", "close_code", "error", "attempt", "attempts", "refused",
                  "dead", "retry", "t_conn_open", "connections")
 
     def __init__(self, group: ViewGroup, loop: asyncio.AbstractEventLoop,
@@ -161,7 +161,7 @@ class View:
         self.events: list[tuple[bytes, int]] | None = [] if full else None
         self.track_t: array | None = None
         self.track_c: array | None = None
-        self.mark_presence = self.mark_bytes = self.mark_frames = 0
+        self.mark_presence = self.mark_bytes = self.mark_frames = self.mark_events = 0
         self.close_code: int | None = None
         self.error = ""
         self.attempt = self.attempts = self.refused = self.connections = 0
@@ -721,8 +721,7 @@ async def cmd_mark(worker: Any, group: str) -> dict[str, Any]:
         view.mark_presence, view.mark_bytes, view.mark_frames = \
             view.presence, view.bytes_in, view.frames
         view.track_t, view.track_c = array("q"), array("q")
-        if view.events is not None:
-            view.events = []
+        view.mark_events = len(view.events or ())
     return {"views": len(g.conns)}
 
 
@@ -730,16 +729,18 @@ async def cmd_stream(worker: Any, group: str) -> dict[str, Any]:
     """The presence events the full views received since the mark, in order: the stream
     every view of a deployment receives (one broker, one order)."""
     g = _group(worker, group)
-    streams = [[p for p, _k in v.events or [] if g.parsed(p).get("type") == "presence"]
-               for v in g.conns if v.full and v.state == OPEN]
+    full = [v for v in g.conns if v.full and v.state == OPEN]
+    streams = [[p for p, _k in (v.events or [])[v.mark_events:]
+                if g.parsed(p).get("type") == "presence"] for v in full]
     if not streams:
         return {"stream": [], "first_kts": b"", "full_views": 0, "mismatched": 0}
     longest = max(streams, key=len)
     mismatched = sum(1 for s in streams if s != longest)
     first = np.full(len(longest), np.iinfo(np.int64).max, dtype=np.int64)
-    for view in g.conns:
-        if view.full and view.events:
-            kts = [k for p, k in view.events if g.parsed(p).get("type") == "presence"]
+    for view in full:
+        if view.events:
+            kts = [k for p, k in view.events[view.mark_events:]
+                   if g.parsed(p).get("type") == "presence"]
             if len(kts) == len(longest):
                 first = np.minimum(first, np.asarray(kts, dtype=np.int64))
     return {"stream": longest, "first_kts": first.tobytes(), "full_views": len(streams),

@@ -60,7 +60,8 @@ async def run_distinct(runner: Any) -> dict[str, Any]:
     n, movers, rate, seconds = o.dchurn_n, o.dchurn_movers, o.dchurn_rate, o.dchurn_seconds
     viewers, mover_names = usernames("u", n), usernames("m", movers)
     out: dict[str, Any] = {"n": n, "movers": movers, "rate": rate, "seconds": seconds,
-                           "processes": o.app_processes, "broker": o.broker}
+                           "processes": o.app_processes, "broker": o.broker,
+                           "database": o.database}
     seeder = Seeder(viewers + mover_names)
     lg = runner.lg
     async with runner.deployment("app", seed=seeder) as dep:
