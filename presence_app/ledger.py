@@ -100,7 +100,9 @@ class OnlineLedger:
         """Keep the handed-over users of a stopping in-process store for the next start, and
         their close time as ``last_seen`` (right even if that start never finalises them)."""
         by_key = {e.username.lower(): e for e in entries}
-        async with self.db.write() as session:
+        async with self._lock, self.db.write() as session:
+            for entry in entries:  # the close time is newer than any pending online time
+                self._seen.pop(entry.username, None)
             await session.execute(delete(PendingOffline))
             keys = list(by_key)
             for i in range(0, len(keys), 500):

@@ -230,11 +230,7 @@ class PresenceSync:
             self.ledger.record(await self.store.handover(self.node_id, iso_now()))
         except Exception as exc:
             log.warning("Could not clear this process from the presence store: %s", exc)
-        try:
-            await self.ledger.flush()
-            await self.ledger.clear_node(self.node_id)
-        except Exception as exc:
-            log.warning("Could not clear this process's online-users rows: %s", exc)
+        # Before the rows: within the shutdown's time budget, this is what users would notice.
         if self.store.grace > 0 and not self.store.survives_restart:
             try:
                 saved = await self.store.pending()
@@ -244,3 +240,8 @@ class PresenceSync:
             except Exception as exc:
                 log.warning("Could not save the users handed over (%s); a restart will list "
                             "them offline", exc)
+        try:
+            await self.ledger.flush()
+            await self.ledger.clear_node(self.node_id)
+        except Exception as exc:
+            log.warning("Could not clear this process's online-users rows: %s", exc)

@@ -365,9 +365,10 @@ def test_killed_single_process_leaves_nobody_online(start_app: Any, sqlite_url: 
         await signed_up(app.url, "alice", "bob")
         bob = PresenceClient(app.url)
         await bob.login("bob", PASSWORD)
-        await bob.connect()
+        tab = await bob.connect()
         alice = PresenceClient(app.url)
         await alice.login("alice", PASSWORD)
+        assert {u["username"]: u["online"] for u in await alice.users()}["bob"] is True
         sigterm = time.time()
         await asyncio.get_running_loop().run_in_executor(None, app.terminate, 10.0)
         app.start()
@@ -384,5 +385,6 @@ def test_killed_single_process_leaves_nobody_online(start_app: Any, sqlite_url: 
         assert await sock.ping() == {"type": "pong"}
         assert sock.online("bob") is False  # and no event revived or repeated him
         await sock.close()
+        assert tab.close_code == 1001
 
     asyncio.run(scenario())
