@@ -20,8 +20,8 @@ from presence_app.store import PresenceStore, UserState
 
 log = logging.getLogger(__name__)
 PURGE_INTERVAL = 3600.0
-# Deadlines this close together are finalised by one sweep (fewer round trips in a storm);
-# it is also how late after its deadline a user may be announced at most, beyond that.
+# A sweep runs this long after the deadline it waits for, so that deadlines this close together
+# are finalised by one sweep (fewer round trips in a storm of closes).
 GRACE_SLACK = 0.05
 
 
