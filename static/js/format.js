@@ -90,17 +90,25 @@ export function relativeTime(date, now) {
   if (days < 7) {
     return days + ' d ago';
   }
-  try {
-    return date.toLocaleDateString(undefined, { year: 'numeric', month: 'short', day: 'numeric' });
-  } catch (e) {
-    return date.toDateString();
-  }
+  return format(dayFormat, date, () => date.toDateString());
 }
 
 export function absoluteTime(date) {
+  return format(stampFormat, date, () => date.toLocaleString());
+}
+
+// Date.toLocale*String(locale, options) builds a new formatter on every call (about 0.1 ms
+// each in Chromium): with a page of 100 offline rows that is a dropped frame. One of each.
+const dayFormat = { options: { year: 'numeric', month: 'short', day: 'numeric' }, fmt: null };
+const stampFormat = { options: { dateStyle: 'medium', timeStyle: 'short' }, fmt: null };
+
+function format(holder, date, fallback) {
   try {
-    return date.toLocaleString(undefined, { dateStyle: 'medium', timeStyle: 'short' });
+    if (holder.fmt === null) {
+      holder.fmt = new Intl.DateTimeFormat(undefined, holder.options);
+    }
+    return holder.fmt.format(date);
   } catch (e) {
-    return date.toLocaleString();
+    return fallback();
   }
 }

@@ -12,6 +12,7 @@ import {
 import { normalizeQuery } from './state.js';
 
 export const DEFAULT_PAGE_SIZE = 100;
+const TITLE_EVERY_MS = 1000;
 
 /**
  * The rows to show: the first ``limit`` names of the (filtered) order. Pure: the DOM
@@ -57,6 +58,9 @@ export class ListView {
     this.timesDue = false;
     this.frame = null;
     this.frames = 0;           // DOM updates done (one per animation frame at most)
+    this.title = '';
+    this.titleAt = 0;          // Date.now() of the last change of document.title
+    this.titleTimer = null;
   }
 
   /** Reads the server-rendered rows into the state and adopts their elements. */
@@ -200,16 +204,36 @@ export class ListView {
     }
   }
 
+  /**
+   * The tab title, at most once a second (the latest value wins): setting document.title
+   * costs about 2 ms in Chromium (it goes to the browser process), too much for every frame
+   * of a storm, and nobody reads a tab title sixty times a second.
+   */
+  setTitle(title) {
+    this.title = title;
+    if (this.titleTimer !== null || this.doc.title === title) {
+      return;
+    }
+    const wait = this.titleAt + TITLE_EVERY_MS - Date.now();
+    if (wait <= 0) {
+      this.titleAt = Date.now();
+      this.doc.title = title;
+      return;
+    }
+    this.titleTimer = this.win.setTimeout(() => {
+      this.titleTimer = null;
+      this.titleAt = 0;
+      this.setTitle(this.title);
+    }, wait);
+  }
+
   summarize(shown, matched) {
     const { count, total, empty, status, more } = this.els;
     const state = this.state;
     if (this.complete) {
       setText(count, formatCount(state.onlineCount));
       setText(total, plural(state.size, 'user', 'users'));
-      const title = titleText(state.onlineCount, state.size, this.pageName);
-      if (this.doc.title !== title) {
-        this.doc.title = title;
-      }
+      this.setTitle(titleText(state.onlineCount, state.size, this.pageName));
     }
     if (empty) {
       empty.hidden = state.size > 0;

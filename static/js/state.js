@@ -69,16 +69,21 @@ function validName(name) {
 
 /**
  * username -> {online, version, last_seen, key}, plus ``order``: every name, online first,
- * then by name. The order is kept sorted incrementally (binary search, one splice per
- * status change), never re-sorted per event, and never depends on the order the server
- * sent (a snapshot may list users in any order).
+ * then by name, never depending on the order the server sent (a snapshot may list users in
+ * any order).
+ *
+ * An event costs O(1): it updates the map and the counts and notes the name as "moved" if
+ * it is new or changed status. The order is settled when it is next read (once per
+ * animation frame at most): the moved names are taken out, sorted, and merged back in one
+ * pass, O(n + k log k) for k moved names, instead of one O(n) splice per event.
  */
 export class PresenceState {
   constructor() {
     this.users = new Map();
-    this.order = [];
     this.onlineCount = 0;
-    this.revision = 0;       // bumped whenever ``order`` changes
+    this.revision = 0;       // bumped whenever the order changes
+    this._order = [];        // sorted, except for the names in _moved
+    this._moved = new Set();
     this._match = null;      // {revision, query, names}: the last search result
   }
 
@@ -94,36 +99,35 @@ export class PresenceState {
     return this.users.has(name);
   }
 
-  /** Index of the first name in ``order`` not before (name, entry). */
-  _lowerBound(name, entry) {
-    let lo = 0;
-    let hi = this.order.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      const other = this.order[mid];
-      if (compareEntries(other, this.users.get(other), name, entry) < 0) {
-        lo = mid + 1;
-      } else {
-        hi = mid;
-      }
+  get order() {
+    if (this._moved.size > 0) {
+      this._settle();
     }
-    return lo;
+    return this._order;
   }
 
-  _insert(name, entry) {
-    this.order.splice(this._lowerBound(name, entry), 0, name);
+  _settle() {
+    const users = this.users;
+    const moved = this._moved;
+    this._moved = new Set();
+    const cmp = (a, b) => compareEntries(a, users.get(a), b, users.get(b));
+    const kept = this._order.filter((name) => !moved.has(name));
+    const added = Array.from(moved).sort(cmp);
+    const merged = new Array(kept.length + added.length);
+    let i = 0;
+    let j = 0;
+    let k = 0;
+    while (i < kept.length && j < added.length) {
+      merged[k++] = cmp(kept[i], added[j]) <= 0 ? kept[i++] : added[j++];
+    }
+    while (i < kept.length) {
+      merged[k++] = kept[i++];
+    }
+    while (j < added.length) {
+      merged[k++] = added[j++];
+    }
+    this._order = merged;
     this.revision += 1;
-  }
-
-  _remove(name, entry) {
-    let at = this._lowerBound(name, entry);
-    if (this.order[at] !== name) {
-      at = this.order.indexOf(name);  // cannot happen while the order is sorted
-    }
-    if (at !== -1) {
-      this.order.splice(at, 1);
-      this.revision += 1;
-    }
   }
 
   _entry(raw, name) {
@@ -134,8 +138,9 @@ export class PresenceState {
 
   _sortAll() {
     const users = this.users;
-    this.order = Array.from(users.keys());
-    this.order.sort((a, b) => compareEntries(a, users.get(a), b, users.get(b)));
+    this._moved = new Set();
+    this._order = Array.from(users.keys());
+    this._order.sort((a, b) => compareEntries(a, users.get(a), b, users.get(b)));
     this.revision += 1;
   }
 
@@ -194,20 +199,10 @@ export class PresenceState {
     if (previous && !isNewer(current.version, previous.version)) {
       return null;
     }
-    if (previous && previous.online === current.online) {
-      this.users.set(username, current);  // same place in the order
-    } else {
-      if (previous) {
-        this._remove(username, previous);
-        if (previous.online) {
-          this.onlineCount -= 1;
-        }
-      }
-      this.users.set(username, current);
-      this._insert(username, current);
-      if (current.online) {
-        this.onlineCount += 1;
-      }
+    this.users.set(username, current);
+    if (!previous || previous.online !== current.online) {
+      this._moved.add(username);  // a new place in the order, settled when next read
+      this.onlineCount += (current.online ? 1 : 0) - (previous && previous.online ? 1 : 0);
     }
     return { username, previous, current };
   }
@@ -218,13 +213,14 @@ export class PresenceState {
     if (q === '') {
       return this.order;
     }
+    const order = this.order;  // settles first: the revision below is current
     const cached = this._match;
     if (cached && cached.revision === this.revision && cached.query === q) {
       return cached.names;
     }
     const names = [];
     const users = this.users;
-    for (const name of this.order) {
+    for (const name of order) {
       if (users.get(name).key.includes(q)) {
         names.push(name);
       }

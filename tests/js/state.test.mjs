@@ -138,6 +138,9 @@ test('a random stream of events ends in the server order and the right count', (
     }
     truth.set(name, next);
     state.apply(next);
+    if (i % 250 === 0) {  // the order is settled on every read, not only at the end
+      assert.deepEqual(state.order, serverOrder([...truth.values()]));
+    }
   }
   const all = [...truth.values()];
   assert.deepEqual(state.order, serverOrder(all));
