@@ -128,8 +128,8 @@ class View:
                  "opened", "closed", "bytes_in", "frames", "presence", "conn_presence",
                  "snap_wire", "snap_raw", "snap_frames", "snap_compressed", "snap_payload",
                  "snaps", "events", "track_t", "track_c", "mark_presence", "mark_bytes",
-                 "mark_frames", "mark_events", "close_code", "error", "attempt", "attempts", "refused",
-                 "dead", "retry", "t_conn_open", "connections")
+                 "mark_frames", "mark_events", "close_code", "error", "attempt", "attempts",
+                 "refused", "dead", "retry", "t_conn_open", "connections")
 
     def __init__(self, group: ViewGroup, loop: asyncio.AbstractEventLoop,
                  target: tuple[str, int], headers: dict[str, str], label: str,

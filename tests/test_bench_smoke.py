@@ -1,18 +1,27 @@
-"""The benchmark harness works end to end: ``python -m bench.run --all --quick`` on a few
-hundred sockets starts the app and the reference server, runs every scenario, stops
-everything, and writes complete JSON and Markdown with nothing lost at this small N."""
+"""The benchmark harness works end to end: ``python -m bench.run --quick`` on a few hundred
+sockets starts the app and the reference servers, runs every scenario, stops everything,
+and writes complete JSON and Markdown with nothing lost at this small N.
+
+Three runs go side by side (most of a quick run is waiting for servers to start and stop):
+issue 5's scenarios in two against the app and the ``websockets`` reference, and issue 8's
+distinct-user scenarios (distinct, reconnect, churn with distinct users online) in the
+third. The ``picows`` reference is checked on its own, through its protocol."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
+import websockets
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,31 +48,38 @@ def children_running(mark: str) -> list[str]:
     return found
 
 
-@pytest.mark.cluster
-def test_quick_run_writes_complete_results(tmp_path: Path) -> None:
-    out = tmp_path / "quick.json"
-    scenarios = ["connect", "fanout", "churn", "login", "slow"]
-    if redis_up():
-        scenarios.append("crossproc")
-    args = [sys.executable, "-m", "bench.run", "--quick", "--n", "200", "--sweep", "100",
-            "--k", "2", "--movers", "6", "--churn-seconds", "1", "--login-seconds", "1",
-            "--slow-seconds", "2", "--cross", "2", "--out", str(out)]
+def start_run(out: Path, scenarios: list[str], extra: list[str],
+              mark: str) -> subprocess.Popen[str]:
+    args = [sys.executable, "-m", "bench.run", "--quick", "--n", "200", "--out", str(out),
+            *extra]
     for name in scenarios:
         args += ["--scenario", name]
-    mark = uuid.uuid4().hex
     env = {**os.environ, "BENCH_SMOKE_MARK": mark}
-    run = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    assert "sockets open" in run.stdout or "opening" in run.stdout  # progress is printed
+    return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
 
-    print(run.stdout[-6000:])  # shown by pytest if an assertion below fails
+
+def finish(run: subprocess.Popen[str], out: Path, scenarios: list[str]) -> dict[str, Any]:
+    try:
+        output, _ = run.communicate(timeout=110)
+    except subprocess.TimeoutExpired:
+        run.kill()
+        output, _ = run.communicate()
+        raise AssertionError("bench run timed out:\n" + output[-4000:])
+    assert run.returncode == 0, output[-5000:]
+    assert "sockets open" in output or "opening" in output  # progress is printed
+    print(output[-6000:])  # shown by pytest if an assertion below fails
     results = json.loads(out.read_text())
-    sc = results["scenarios"]
-    assert sorted(sc) == sorted(scenarios)
-    for name, data in sc.items():
+    assert sorted(results["scenarios"]) == sorted(set(scenarios))
+    for name, data in results["scenarios"].items():
         assert "error" not in data, (name, data.get("error"))
-    assert results["meta"]["machine"]["cpus"] >= 1
+    assert out.with_suffix(".md").read_text().startswith("# Benchmark run")
+    return results
 
+
+def check_classic(results: dict[str, Any]) -> None:
+    sc = results["scenarios"]
+    assert results["meta"]["machine"]["cpus"] >= 1
     for kind in ("app", "reference"):
         connect = sc["connect"][kind]
         assert connect["open"] == 200 and connect["errors"] == 0
@@ -81,12 +97,104 @@ def test_quick_run_writes_complete_results(tmp_path: Path) -> None:
     assert sc["fanout"]["ratios"]["200"]["p95"] is not None
     assert "gen2_passes" in sc["fanout"]["app"]["200"]["probe"]["server_gc"]  # bench.gcprobe
     assert sc["login"]["app"]["logins"] > 0 and sc["login"]["bare_checks_per_s"] > 0
+    targets = {t["target"] for t in results["targets"]}
+    assert any(t.startswith("fan-out p95") for t in targets)
     if "crossproc" in sc:
         runs = sc["crossproc"]["runs"]
         assert set(runs) == {"1-memory", "1-redis", "2-redis"}
         assert all(r["lost"] == 0 for r in runs.values())
 
+
+def check_distinct(results: dict[str, Any]) -> None:
+    sc = results["scenarios"]
+    d = sc["distinct"]
+    for key in ("one_user", "distinct"):
+        storm = d[key]
+        assert storm["open"] == 200 and storm["errors"] == 0, (key, storm["error_kinds"])
+        # Every socket's final view checked (20 in full, the rest by counting): all online.
+        assert storm["lost"] == 0 and storm["verified"] == 200, (key, storm["results"])
+        assert storm["snapshot_frames"]["min"] >= 1
+    distinct = d["distinct"]
+    # 200 distinct users: every socket hears of the users that connected after it.
+    assert distinct["presence_deliveries"] >= 200 * 199 // 2
+    assert distinct["snapshot_users"]["min"] == 200
+    assert distinct["fast_reads"] > 0  # the C-speed counting path was used and agreed
+    assert d["ratio_seconds"] is not None
+    r = sc["reconnect"]
+    assert r["all_fresh"] and r["lost"] == 0 and r["seconds"] is not None, r
+    assert r["seconds"] >= r["last_fresh_s"] > r["down_s"] > 0
+    assert r["attempts_per_view"]["min"] >= 2  # every client reconnected at least once
+    c = sc["churn"]["distinct"]
+    assert c["events"] == c["triggers"] > 0 and c["lost"] == 0, c
+    assert c["stream_mismatches"] == 0 and c["events_without_trigger"] == 0
+    assert c["last_viewer_ms"]["p95"] is not None
+    assert c["frames_per_s_per_viewer"]["min"] > 0
     targets = {t["target"] for t in results["targets"]}
-    assert any(t.startswith("fan-out p95") for t in targets)
-    assert out.with_suffix(".md").read_text().startswith("# Benchmark run")
+    assert any("distinct users connect" in t for t in targets)
+    assert any(t.startswith("restart with") for t in targets)
+    md = Path(results["_md"]).read_text()
+    assert "## Distinct users connect" in md and "## Churn with 200 distinct users" in md
+
+
+@pytest.mark.cluster
+def test_quick_runs_write_complete_results(tmp_path: Path) -> None:
+    mark = uuid.uuid4().hex
+    classic = ["--targets", "app,reference", "--sweep", "100", "--k", "2", "--movers", "6",
+               "--churn-seconds", "1", "--churn-modes", "one", "--login-seconds", "1",
+               "--slow-seconds", "2", "--cross", "2"]
+    distinct = ["--targets", "app", "--churn-modes", "distinct",
+                "--verify-sample", "20", "--reconnect-first", "0.5", "--backoff-base", "0.2",
+                "--backoff-cap", "1", "--dchurn-seconds", "1.5"]
+    runs = [(["connect", "fanout", "churn"], classic),
+            (["login", "slow"] + (["crossproc"] if redis_up() else []), classic),
+            (["distinct", "reconnect", "churn"], distinct)]
+    outs = [tmp_path / f"run{i}.json" for i in range(len(runs))]
+    started = [(out, names, start_run(out, names, extra, mark))
+               for out, (names, extra) in zip(outs, runs)]
+    results = [finish(proc, out, names) for out, names, proc in started]
+    classic_results = {**results[0], "scenarios": {**results[0]["scenarios"],
+                                                   **results[1]["scenarios"]}}
+    check_classic(classic_results)
+    results[2]["_md"] = str(started[2][0].with_suffix(".md"))
+    check_distinct(results[2])
+    deadline = time.monotonic() + 5
+    while children_running(mark) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert not children_running(mark)
+
+
+@pytest.mark.cluster
+def test_picows_reference_speaks_the_protocol() -> None:
+    """Snapshot first (the user listed online), presence events for others' first and last
+    sockets, pong for a ping, an error for anything else, /healthz with the socket count."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, str(ROOT / "bench" / "picows_server.py"),
+                               "--port", str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert "Reference server running" in (server.stdout.readline() if server.stdout else "")
+        asyncio.run(_talk(f"ws://127.0.0.1:{port}/ws"))
+        import urllib.request
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+            assert json.loads(resp.read())["sockets"] == 0
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+async def _talk(url: str) -> None:
+    async with websockets.connect(url, additional_headers={"Cookie": "bench_user=ann"}) as a:
+        snap = json.loads(await a.recv())
+        assert snap["type"] == "snapshot" and snap["me"] == "ann"
+        assert [(u["username"], u["online"]) for u in snap["users"]] == [("ann", True)]
+        async with websockets.connect(url, additional_headers={"Cookie": "bench_user=bob"}) as b:
+            assert json.loads(await b.recv())["type"] == "snapshot"
+            event = json.loads(await a.recv())
+            assert (event["type"], event["username"], event["online"]) == ("presence", "bob", True)
+            await b.send('{"type":"ping"}')
+            assert json.loads(await b.recv()) == {"type": "pong"}
+            await b.send("not json")
+            assert json.loads(await b.recv())["type"] == "error"
+        event = json.loads(await a.recv())
+        assert (event["username"], event["online"]) == ("bob", False) and event["last_seen"]
