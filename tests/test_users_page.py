@@ -1,0 +1,45 @@
+"""Which rows the server renders into the users page (handlers/users.py): all of them up to
+1,000 users (the contract), then every online user and the first page of the others."""
+from __future__ import annotations
+
+import pytest
+
+from handlers.users import FULL_LIST_UP_TO, OFFLINE_PAGE, first_page, summary
+
+
+def users(online: int, offline: int) -> list[dict]:
+    """Sorted like presence.users(): online first, then by name."""
+    return ([{"username": f"on{i:05d}", "online": True} for i in range(online)]
+            + [{"username": f"off{i:05d}", "online": False} for i in range(offline)])
+
+
+@pytest.mark.parametrize("online,offline", [(0, 0), (1, 0), (0, 1000), (3, 997), (1000, 0)])
+def test_up_to_1000_users_every_one_is_rendered(online: int, offline: int) -> None:
+    everyone = users(online, offline)
+    assert first_page(everyone) == everyone
+
+
+@pytest.mark.parametrize("online,offline", [(0, 1001), (4, 4996), (1001, 0), (3000, 7000)])
+def test_beyond_1000_every_online_user_and_a_first_page_of_the_others(
+        online: int, offline: int) -> None:
+    everyone = users(online, offline)
+    page = first_page(everyone)
+    assert [u for u in page if u["online"]] == everyone[:online]
+    assert [u for u in page if not u["online"]] == everyone[online:online + OFFLINE_PAGE]
+    assert len(page) == online + min(offline, OFFLINE_PAGE)
+    assert FULL_LIST_UP_TO == 1000
+
+
+def test_the_order_given_is_kept_even_if_online_users_are_not_first() -> None:
+    everyone = users(0, 1200)
+    everyone[500]["online"] = True
+    page = first_page(everyone)
+    assert page[0] is everyone[500]
+    assert page[1:] == everyone[:OFFLINE_PAGE]
+
+
+@pytest.mark.parametrize("online,total,text", [
+    (0, 0, "0 online · 0 users"), (1, 1, "1 online · 1 user"),
+    (301, 1001, "301 online · 1,001 users"), (10000, 10000, "10,000 online · 10,000 users")])
+def test_summary_words_match_the_page_script(online: int, total: int, text: str) -> None:
+    assert summary(online, total) == text
