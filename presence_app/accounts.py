@@ -19,6 +19,8 @@ USERNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{3,32}$")
 MIN_PASSWORD_CHARS = 8
 LOGIN_FAILED = "Wrong username or password."
 SESSION_CACHE_SECONDS = 2.0
+#: Session lookups that wait together are answered by one query of at most this many tokens.
+SESSION_BATCH = 500
 
 
 class AccountError(Exception):
@@ -76,6 +78,8 @@ class AccountService:
         # token hash -> (user, monotonic expiry): 10,000 sockets of one session cost one query.
         self._cache: dict[str, tuple[SessionUser, float]] = {}
         self._inflight: dict[str, asyncio.Future[SessionUser | None]] = {}
+        self._wanted: dict[str, asyncio.Future[SessionUser | None]] = {}  # next batch
+        self._loading: asyncio.Task[None] | None = None
         self._revoked: dict[str, float] = {}  # token hash -> until when lookups must not cache
 
     async def signup(self, username: str, password: str, confirm: str) -> UserRecord:
@@ -127,30 +131,60 @@ class AccountService:
         cached = self._cache.get(key)
         if cached is not None and cached[1] > time.monotonic():
             return cached[0]
-        # One query per token however many handshakes miss the cache at once (a storm of
-        # 10,000 sockets of one session would otherwise query 100 times in parallel).
-        task = self._inflight.get(key)
-        if task is None:
-            task = asyncio.ensure_future(self._load_session(key))
-            self._inflight[key] = task
-            task.add_done_callback(lambda _t: self._inflight.pop(key, None))
-        return await asyncio.shield(task)
+        # One lookup per token however many handshakes miss the cache at once (10,000
+        # sockets of one session), and one query for the tokens that wait together (10,000
+        # different users reconnecting after a restart): while a query runs, the next
+        # batch gathers.
+        future = self._inflight.get(key)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            future.add_done_callback(_retrieve)
+            self._inflight[key] = self._wanted[key] = future
+            if self._loading is None:
+                self._loading = asyncio.ensure_future(self._load_batches())
+        return await asyncio.shield(future)
 
-    async def _load_session(self, key: str) -> SessionUser | None:
+    async def _load_batches(self) -> None:
+        try:
+            while self._wanted:
+                await asyncio.sleep(0)  # let the handshakes of this moment join the batch
+                keys = list(self._wanted)[:SESSION_BATCH]
+                batch = {key: self._wanted.pop(key) for key in keys}
+                try:
+                    found = await self._load_sessions(keys)
+                except Exception as exc:
+                    for key, future in batch.items():
+                        self._inflight.pop(key, None)
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for key, future in batch.items():
+                    self._inflight.pop(key, None)
+                    if not future.done():
+                        future.set_result(found.get(key))
+        finally:
+            self._loading = None
+
+    async def _load_sessions(self, keys: list[str]) -> dict[str, SessionUser]:
         async with self.db.read() as session:
-            row = (await session.execute(
-                select(User.id, User.username, Session.expires_at)
+            rows = (await session.execute(
+                select(Session.token_hash, User.id, User.username, Session.expires_at)
                 .join(Session, Session.user_id == User.id)
-                .where(Session.token_hash == key))).first()
-        if row is None or (aware(row.expires_at) or utcnow()) <= utcnow():
-            self._cache.pop(key, None)
-            return None
-        if self._revoked.get(key, 0.0) > time.monotonic():
-            return None  # logged out while this lookup was running
-        found = SessionUser(row.id, row.username, key)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[key] = (found, time.monotonic() + SESSION_CACHE_SECONDS)
+                .where(Session.token_hash.in_(keys)))).all()
+        now, found = utcnow(), {}
+        for row in rows:
+            key = row.token_hash
+            if (aware(row.expires_at) or now) <= now:
+                continue
+            if self._revoked.get(key, 0.0) > time.monotonic():
+                continue  # logged out while this lookup was running
+            found[key] = user = SessionUser(row.id, row.username, key)
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[key] = (user, time.monotonic() + SESSION_CACHE_SECONDS)
+        for key in keys:
+            if key not in found:
+                self._cache.pop(key, None)
         return found
 
     async def end_session(self, token: str) -> str:
@@ -179,3 +213,9 @@ class AccountService:
             rows = (await session.execute(
                 select(User.username, User.last_seen).order_by(func.lower(User.username)))).all()
         return [UserRecord(r.username, aware(r.last_seen)) for r in rows]
+
+
+def _retrieve(future: asyncio.Future[SessionUser | None]) -> None:
+    """Mark a lookup's failure as seen: its waiter may have gone (a cancelled handshake)."""
+    if not future.cancelled():
+        future.exception()

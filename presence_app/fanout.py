@@ -6,8 +6,8 @@ Every byte the app writes to a presence socket goes through ``Fanout``:
   flush, the frames concatenated (the wire still carries one text frame per change, in
   order). With nothing in flight a flush runs at once (``call_soon``: the events that arrive
   in one loop iteration share it); after a flush the next one waits as long as that flush
-  took (``LOAD_FACTOR``), at most ``MAX_DELAY``: under a storm at most about half of the
-  loop's time goes to fan-out and the rest to handshakes and the broker.
+  took times ``LOAD_FACTOR`` (4), at most ``MAX_DELAY`` (100 ms): under a storm at most a
+  fifth of the loop's time goes to fan-out and the rest to handshakes and the broker.
 - **Snapshots** are built once per flush for every socket that connected since the last one
   (``SnapshotSource``), and written as one pre-built frame; a joining socket receives events
   only after its snapshot (the snapshot already contains everything applied before it).
@@ -28,8 +28,10 @@ log = logging.getLogger(__name__)
 
 #: The longest a queued event waits for the next flush (seconds), whatever the load.
 MAX_DELAY = 0.1
-#: After a flush that took ``t`` seconds, the next one starts ``LOAD_FACTOR * t`` later.
-LOAD_FACTOR = 1.0
+#: After a flush that took ``t`` seconds, the next one starts ``LOAD_FACTOR * t`` later: under
+#: a storm fan-out takes at most 1 / (1 + LOAD_FACTOR) of the loop, and each write carries
+#: more events (fewer syscalls per event).
+LOAD_FACTOR = 4.0
 #: Replies held for a socket whose snapshot has not been written yet; more is a flood.
 MAX_EARLY_REPLIES = 64
 

@@ -80,3 +80,40 @@ async def test_concurrent_lookups_of_one_session_share_one_query(services: Any,
     pending = asyncio.ensure_future(services.accounts.session_user(token))
     services.accounts.forget(found[0].session_id)
     assert await pending is None
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_session_lookups_that_wait_together_share_one_query(
+        services: Any, make_client: Any) -> None:
+    """A reconnect storm of distinct users: each handshake gets its own user, with a handful
+    of queries instead of one per handshake; unknown and revoked tokens get nobody."""
+    clients = []
+    for n in range(40):
+        client = make_client()
+        await client.signup(f"batch{n:02d}", "s3cret-pass")
+        clients.append(client)
+    accounts = services.accounts
+    tokens = []
+    for client in clients:
+        signed = client.cookies["presence_session"]
+        raw = tornado.web.decode_signed_value(services.settings.cookie_secret,
+                                              "presence_session", signed)
+        tokens.append(raw.decode())
+    revoked = tokens.pop()
+    await accounts.end_session(revoked)
+    accounts._cache.clear()
+    queries: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "sessions" in statement.lower():
+            queries.append(statement)
+
+    event.listen(services.db.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        users = await asyncio.gather(*(accounts.session_user(t) for t in
+                                       tokens + ["no-such-token", revoked]))
+    finally:
+        event.remove(services.db.engine.sync_engine, "before_cursor_execute", count)
+    assert [u.username if u else None for u in users] == (
+        [f"batch{n:02d}" for n in range(39)] + [None, None])
+    assert 1 <= len(queries) <= 3, f"{len(queries)} queries for 41 lookups"
