@@ -198,3 +198,103 @@ async def _talk(url: str) -> None:
             assert json.loads(await b.recv())["type"] == "error"
         event = json.loads(await a.recv())
         assert (event["username"], event["online"]) == ("bob", False) and event["last_seen"]
+
+
+def _server_frame(payload: bytes, opcode: int = 0x1, rsv1: bool = False) -> bytes:
+    first = 0x80 | opcode | (0x40 if rsv1 else 0)
+    size = len(payload)
+    if size < 126:
+        return bytes([first, size]) + payload
+    if size < 65536:
+        return bytes([first, 126]) + size.to_bytes(2, "big") + payload
+    return bytes([first, 127]) + size.to_bytes(8, "big") + payload
+
+
+@pytest.mark.parametrize("compress,seed", [(True, 1), (False, 2), (True, 3)])
+def test_views_count_every_presence_frame(compress: bool, seed: int) -> None:
+    """The generator's C-speed count (bench.views) agrees with what a server sent: frames
+    coalesced and cut at random places, pings, other messages and 16-bit lengths among
+    them, a compressed snapshot (raw deflate, RSV1); a ping gets a pong; the final view is
+    checked."""
+    import random
+    import zlib
+
+    from bench import views
+
+    rng = random.Random(seed)
+    names = [f"u{i:05d}" for i in range(1200)]
+    snapshot = json.dumps({"users": [{"username": n, "online": i < 200, "last_seen": None}
+                                     for i, n in enumerate(names)],
+                           "type": "snapshot", "me": names[0]}).encode()  # keys reordered
+    if compress:
+        deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+        body = deflate.compress(snapshot) + deflate.flush(zlib.Z_SYNC_FLUSH)
+        first = _server_frame(body[:-4], rsv1=True)
+    else:
+        first = _server_frame(snapshot)
+    frames = [first]
+    for i, name in enumerate(names[200:]):
+        extra = "x" * (200 if i % 250 == 0 else 0)  # now and then a 16-bit length
+        frames.append(_server_frame(json.dumps(
+            {"type": "presence", "username": name, "online": True, "version": i + 1,
+             "last_seen": "2026-11-24T14:03:12.123Z", "note": extra},
+            separators=(",", ":")).encode()))
+        if i % 300 == 0:
+            frames.append(_server_frame(b"", opcode=0x9))
+        if i % 200 == 0:
+            frames.append(_server_frame(b'{"type":"pong"}'))
+    wire = b"".join(frames)
+    header = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    if compress:
+        header += ("Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover;"
+                   " client_no_context_takeover\r\n")
+    wire = (header + "\r\n").encode() + wire
+    got_from_client: list[bytes] = []
+    done = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        pos = 0
+        while pos < len(wire):  # paced, so that reads see cuts anywhere and whole runs
+            step = rng.choice([1, 2, 7, 60, 130, 400, 1500, 5000, 70000])
+            writer.write(wire[pos:pos + step])
+            await writer.drain()
+            pos += step
+            await asyncio.sleep(0.002)
+        try:
+            got_from_client.append(await asyncio.wait_for(reader.read(65536), 2))
+        except asyncio.TimeoutError:
+            pass
+        await done.wait()
+        writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        loop = asyncio.get_running_loop()
+        group = views.ViewGroup("t", {"compress": compress, "snapshot_budget": 1 << 20})
+        counted = views.View(group, loop, ("127.0.0.1", port), {}, names[0], False)
+        full = views.View(group, loop, ("127.0.0.1", port), {}, names[0], True)
+        group.conns += [full, counted]
+        assert await full.connect(5) and await counted.connect(5)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and min(full.presence, counted.presence) < 1000:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+        assert full.presence == counted.presence == 1000
+        assert counted.snap_compressed is compress and full.snap_frames == 1
+        expect = {n: True for n in names}
+        status, details = full.check(expect, len(names), None)
+        assert status == "ok" and details["online_marker"] == b'"online": true', details
+        for marker in (details["online_marker"], None):  # a byte count, or a JSON decode
+            status, details = counted.check(expect, len(names), marker)
+            assert status == "ok", details
+        assert group.fast_reads > 0  # the byte count ran (and agreed, above)
+        done.set()
+        await asyncio.sleep(0.05)
+        group.stop()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
+    assert got_from_client and got_from_client[0][0] == 0x8A  # a masked pong came back
