@@ -10,8 +10,9 @@ import asyncio
 import datetime as dt
 import json
 import logging
+from typing import cast
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -63,9 +64,12 @@ class OnlineLedger:
             try:
                 async with self.db.write() as session:
                     await self._write_counts(session, counts)
-                    for username, when in seen.items():
-                        await session.execute(update(User).where(
-                            User.username_key == username.lower()).values(last_seen=when))
+                    if seen:  # one executemany, not a statement per user
+                        table = cast(Table, User.__table__)
+                        await session.execute(
+                            update(table).where(table.c.username_key == bindparam("key"))
+                            .values(last_seen=bindparam("when")),
+                            [{"key": name.lower(), "when": when} for name, when in seen.items()])
                 self.problem = None
             except Exception as exc:
                 # Keep what was not written (newer marks win) and try again next time.
