@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--snapshot-budget-mib", type=int, default=3072,
                    help="memory for keeping the other views' snapshots until they are "
                         "checked after the storm (beyond it a view is reported unverified)")
+    g.add_argument("--distinct-sweep", default="",
+                   help="distinct: smaller sizes to run as well, comma-separated (e.g. "
+                        "1000,2500,5000; for the plot)")
     g.add_argument("--baseline-seeded", action="store_true",
                    help="distinct: the one-user storm runs with the N accounts in the "
                         "database too (its snapshots list N+1 users)")
@@ -60,6 +63,8 @@ def finish_arguments(args: argparse.Namespace) -> None:
         args.storm_timeout = 60.0 if q else 600.0
     if args.reconnect_timeout is None:
         args.reconnect_timeout = 40.0 if q else 180.0
+    args.distinct_sizes = sorted({int(x) for x in args.distinct_sweep.split(",")
+                                  if x.strip() and int(x) < args.n} | {args.n})
     args.churn_modes = [m.strip() for m in args.churn_modes.split(",") if m.strip()]
     args.dchurn_n = args.dchurn_n or args.n
     args.dchurn_movers = args.dchurn_movers or (10 if q else 200)

@@ -98,6 +98,8 @@ async def run_distinct(runner: Any) -> dict[str, Any]:
     timed = (trig > 0) & (have > 0)
     last_ms = (last[timed] - trig[timed]) / 1e6
     lost = sum(p["lost"] for p in parts)
+    when = (trig[timed] - c["t_start"]) / 1e9
+    order = np.argsort(when)
     out.update({
         "viewers_open": r["open"], "viewer_errors": r["errors"],
         "triggers": len(c["triggers"]), "events": len(stream),
@@ -115,6 +117,9 @@ async def run_distinct(runner: Any) -> dict[str, Any]:
         "server_cpu_s": probe.result["server_cpu_s"],
         "generator_cpu_s": probe.result["generator_cpu_s"], "probe": probe.result,
         "settled": settled["settled"], "span_s": round(span, 2),
+        # Per event, in trigger order: for the plot (bench.plot).
+        "series": {"t_s": [round(float(x), 3) for x in when[order]],
+                   "last_ms": [round(float(x), 2) for x in last_ms[order]]},
     })
     out["lost"] += out["final_view"]["lost"] + out["final_view"]["closed"]
     s = out["last_viewer_ms"]

@@ -49,27 +49,36 @@ async def storm(runner: Any, dep: Any, headers: list[dict[str, str]], labels: li
     return out
 
 
-async def run(runner: Any) -> dict[str, Any]:
+async def one_size(runner: Any, n: int) -> dict[str, Any]:
+    """The one-user storm and the distinct storm of ``n`` sockets, each on a fresh app."""
     o = runner.opts
-    n = o.n
     names = usernames("u", n)
-    out: dict[str, Any] = {"n": n, "processes": o.app_processes, "broker": o.broker,
-                           "database": o.database, "compress_offered": o.compress,
-                           "verify_sample": o.verify_sample,
-                           "baseline_seeded": o.baseline_seeded}
-    if "app" not in o.targets:
-        return out
+    out: dict[str, Any] = {"n": n}
     baseline_seed = Seeder(names) if o.baseline_seeded else None
     async with runner.deployment("app", seed=baseline_seed) as dep:
         headers = await dep.observer_headers()
         out["one_user"] = await storm(runner, dep, [headers] * n, ["observer"] * n,
-                                      ["observer"], "one user")
+                                      ["observer"], f"one user, N={n}")
     seeder = Seeder(names)
     async with runner.deployment("app", seed=seeder) as dep:
         runner.log(f"  seeded {n} accounts with a session each in {dep.seed_seconds} s")
         out["distinct"] = await storm(runner, dep, seeder.headers(names), names, names,
-                                      "distinct users")
+                                      f"distinct users, N={n}")
         out["distinct"]["seed_seconds"] = dep.seed_seconds
     out["ratio_seconds"] = ratio(out["distinct"]["seconds"], out["one_user"]["seconds"])
     out["ratio_converged"] = ratio(out["distinct"]["converged_s"], out["one_user"]["seconds"])
+    return out
+
+
+async def run(runner: Any) -> dict[str, Any]:
+    o = runner.opts
+    out: dict[str, Any] = {"n": o.n, "processes": o.app_processes, "broker": o.broker,
+                           "database": o.database, "compress_offered": o.compress,
+                           "verify_sample": o.verify_sample,
+                           "baseline_seeded": o.baseline_seeded, "sizes": {}}
+    if "app" not in o.targets:
+        return out
+    for n in o.distinct_sizes:
+        out["sizes"][str(n)] = await one_size(runner, n)
+    out.update({k: v for k, v in out["sizes"][str(o.n)].items() if k != "n"})
     return out

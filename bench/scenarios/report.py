@@ -90,6 +90,18 @@ def render(results: dict[str, Any]) -> list[str]:
                 f"{_f(s['generator_cpu_s'])} |")
         lines += [f"| ratio | **{_f(d.get('ratio_seconds'))}** | | "
                   f"{_f(d.get('ratio_converged'))} | | | | | | | | | | |", ""]
+        if len(d.get("sizes", {})) > 1:
+            lines += ["Sizes (each storm on a fresh app):", "",
+                      "| N | one user s | distinct s | distinct, all events s | ratio | lost | "
+                      "snapshot bytes on the wire p50 | bytes per socket mean |",
+                      "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+            for size, row in d["sizes"].items():
+                a, b = row["distinct"], row["one_user"]
+                lines.append(f"| {_f(int(size))} | {_f(b['seconds'])} | {_f(a['seconds'])} | "
+                             f"{_f(a['converged_s'])} | {_f(row['ratio_seconds'])} | "
+                             f"{a['lost']} | {_f(a['snapshot_wire_bytes']['p50'])} | "
+                             f"{_f(a['bytes_per_view']['mean'])} |")
+            lines.append("")
     r = sc.get("reconnect", {})
     if "lost" in r:
         lines += [f"## Restart with N={r['n']} distinct page-like clients ({_setup(r)}; app "
