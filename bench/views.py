@@ -130,7 +130,8 @@ class View:
                  "snap_wire", "snap_raw", "snap_frames", "snap_compressed", "snap_payload",
                  "snaps", "events", "track_t", "track_c", "mark_presence", "mark_bytes",
                  "mark_frames", "mark_events", "close_code", "error", "attempt", "attempts",
-                 "refused", "dead", "retry", "t_conn_open", "connections")
+                 "refused", "dead", "retry", "t_conn_open", "connections", "probe_request",
+                 "probes", "probe_failures")
 
     def __init__(self, group: ViewGroup, loop: asyncio.AbstractEventLoop,
                  target: tuple[str, int], headers: dict[str, str], label: str,
@@ -141,6 +142,12 @@ class View:
         if group.compress:
             hdrs["Sec-WebSocket-Extensions"] = EXTENSIONS
         self.request = upgrade_request(target[0], target[1], "/ws", hdrs)
+        probe = (group.reconnect or {}).get("probe")
+        self.probe_request = (
+            f"GET {probe} HTTP/1.1\r\nHost: {target[0]}:{target[1]}\r\nCookie: "
+            f"{headers.get('Cookie', '')}\r\nConnection: close\r\n\r\n").encode("latin-1") \
+            if probe else b""
+        self.probes = self.probe_failures = 0
         self.sock: socket.socket | None = None
         self.fd = -1
         self.state = CLOSED
@@ -523,27 +530,70 @@ class View:
             self.closed.set_result(None)
 
     def _gone(self, code: int | None) -> None:
-        """Schedule the next attempt like static/presence.js: after a 1001 the first retry
-        waits a random 0..first s (full jitter), later ones random 0..min(cap, base * 2^k);
-        4001/4401 end the session (the page goes to /login)."""
+        """Schedule the next attempt like the page (static/js/connection.js): full jitter,
+        random 0..min(cap, base * 2^k) for the k-th consecutive failure, at least 0..first s
+        after a 1001 (a restart: everyone got it at once); 4001/4401 end the session (the
+        page goes to /login)."""
         policy = self.group.reconnect
         if policy is None or self.dead or self.group.stopped or code in (4001, 4401):
             return
         if self.t_conn_open and time_ns() - self.t_conn_open >= policy["stable_s"] * 1e9:
             self.attempt = 0
-        if code == 1001 and self.attempt == 0:
-            ceiling = policy["first_s"]
-        else:
-            ceiling = min(policy["cap_s"], policy["base_s"] * 2 ** self.attempt)
+        ceiling = min(policy["cap_s"], policy["base_s"] * 2 ** self.attempt)
+        if code == 1001:
+            ceiling = max(ceiling, policy["first_s"])
         self.attempt += 1
         self.t_conn_open = 0
         self.retry = self.loop.call_later(random.random() * ceiling, self._reconnect)
 
     def _reconnect(self) -> None:
         self.retry = None
-        timeout = self.group.reconnect["timeout_s"]  # type: ignore[index]
-        task = self.loop.create_task(self.connect(timeout))
+        task = self.loop.create_task(self._attempt())
         task.add_done_callback(lambda t: t.exception())
+
+    async def _attempt(self) -> None:
+        """Like the page: GET the probe path first (a 401: the session is gone; no answer:
+        back off again), then open the socket."""
+        policy = self.group.reconnect
+        assert policy is not None
+        if self.probe_request:
+            status = await self._probe()
+            if self.dead or self.group.stopped:
+                return
+            if status == 401:
+                self.error = "probe: 401"
+                return
+            if status == 0:
+                self.probe_failures += 1
+                self._gone(None)
+                return
+        await self.connect(policy["timeout_s"])
+
+    async def _probe(self) -> int:
+        """One HTTP request like the page's fetch (the body is read to the end, as a browser
+        receives it); the status, 0 for no answer."""
+        self.probes += 1
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        status = 0
+        try:
+            await asyncio.wait_for(self.loop.sock_connect(sock, self.target), 10)
+            await self.loop.sock_sendall(sock, self.probe_request)
+            head = b""
+            scratch = bytearray(65536)
+            while True:
+                n = await asyncio.wait_for(self.loop.sock_recv_into(sock, scratch), 30)
+                if not n:
+                    break
+                if not status:
+                    head += scratch[:n]
+                    if b"\r\n" in head:
+                        status = int(head[9:12])
+        except (OSError, asyncio.TimeoutError, ValueError):
+            pass
+        finally:
+            sock.close()
+        return status
 
     # -- results --------------------------------------------------------------------------
     def check(self, expect: dict[str, bool], users_total: int,
@@ -711,6 +761,8 @@ async def cmd_report(worker: Any, group: str, expect_online: list[str],
         "presence_per_view": [v.presence for v in views],
         "attempts_per_view": [v.attempts for v in g.conns],
         "refused": sum(v.refused for v in g.conns),
+        "probes": sum(v.probes for v in g.conns),
+        "probe_failures": sum(v.probe_failures for v in g.conns),
         "close_codes": {str(k): v for k, v in g.close_codes.items()},
         "view_errors": dict(g.errors), "fast_reads": g.fast_reads, "slow_reads": g.slow_reads,
     }

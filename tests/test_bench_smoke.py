@@ -124,6 +124,7 @@ def check_distinct(results: dict[str, Any]) -> None:
     assert r["all_fresh"] and r["lost"] == 0 and r["seconds"] is not None, r
     assert r["seconds"] >= r["last_fresh_s"] > r["down_s"] > 0
     assert r["attempts_per_view"]["min"] >= 2  # every client reconnected at least once
+    assert r["probes"] >= 200  # each after a GET /api/users, like the page
     c = sc["churn"]["distinct"]
     assert c["events"] == c["triggers"] > 0 and c["lost"] == 0, c
     assert c["stream_mismatches"] == 0 and c["events_without_trigger"] == 0

@@ -37,7 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds for a storm of distinct users to open and settle "
                         "(default 600; quick 60)")
     g.add_argument("--reconnect-first", type=float, default=2.0,
-                   help="reconnect: after a 1001 the first retry waits random 0..this s")
+                   help="reconnect: after a 1001 a retry waits random 0..at least this s")
+    g.add_argument("--reconnect-probe", default="/api/users",
+                   help="reconnect: GET this path before each attempt, like the page does "
+                        "('' for none)")
     g.add_argument("--backoff-base", type=float, default=0.5)
     g.add_argument("--backoff-cap", type=float, default=15.0)
     g.add_argument("--reconnect-timeout", type=float, default=None,

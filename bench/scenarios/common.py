@@ -113,7 +113,7 @@ async def report(runner: Any, group: str, expect_online: list[str],
                 merged[key][k] = merged[key].get(k, 0) + v
         merged["wrong_examples"] += part["wrong_examples"]
     for key in ("views", "full", "redundant_deliveries", "me_wrong", "compressed", "refused",
-                "fast_reads", "slow_reads"):
+                "fast_reads", "slow_reads", "probes", "probe_failures"):
         merged[key] = sum(p[key] for p in parts)
     for key in ("snapshot_wire_bytes", "snapshot_raw_bytes", "snapshot_frames",
                 "snapshot_users", "bytes_per_view", "frames_per_view", "presence_per_view",

@@ -1,7 +1,9 @@
 """Scenario ``reconnect``: N distinct page-like clients are connected; every app process is
 restarted (SIGTERM, started again on the same port, database and cookie secret); the clients
-reconnect like static/presence.js (after a 1001 the first retry waits a random 0-2 s, then
-full-jitter exponential backoff, base 500 ms, cap 15 s; refused upgrades are retried).
+reconnect like the page (static/js/connection.js): full-jitter exponential backoff (base
+500 ms, cap 15 s), at least random 0-2 s after a 1001; before each attempt a GET of
+``/api/users`` (the page's 401 probe; ``--reconnect-probe ''`` leaves it out); refused
+upgrades are retried.
 Measured: seconds from the SIGTERM until every client has a fresh snapshot *and*
 ``/api/users`` shows everyone online (issue 8's target: 15 s at N=10,000)."""
 from __future__ import annotations
@@ -17,7 +19,8 @@ from bench.users import Seeder, usernames
 
 def policy(opts: Any) -> dict[str, Any]:
     return {"first_s": opts.reconnect_first, "base_s": opts.backoff_base,
-            "cap_s": opts.backoff_cap, "stable_s": 10.0, "timeout_s": 30.0}
+            "cap_s": opts.backoff_cap, "stable_s": 10.0, "timeout_s": 30.0,
+            "probe": opts.reconnect_probe}
 
 
 async def api_all_online(url: str, cookie: str, names: set[str]) -> tuple[bool, int]:

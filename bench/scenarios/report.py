@@ -106,17 +106,19 @@ def render(results: dict[str, Any]) -> list[str]:
     if "lost" in r:
         lines += [f"## Restart with N={r['n']} distinct page-like clients ({_setup(r)}; app "
                   f"args {' '.join(r['app_args']) or 'none'})", "",
-                  "Seconds from the SIGTERM. Clients reconnect after a 1001 with a random "
-                  f"0-{r['policy']['first_s']} s wait, then full-jitter backoff (base "
-                  f"{r['policy']['base_s']} s, cap {r['policy']['cap_s']} s).", "",
+                  "Seconds from the SIGTERM. Clients reconnect like the page: full-jitter "
+                  f"backoff (base {r['policy']['base_s']} s, cap {r['policy']['cap_s']} s), "
+                  f"at least random 0-{r['policy']['first_s']} s after a 1001; before each "
+                  f"attempt GET {r['policy']['probe'] or '(nothing)'}.", "",
                   "| processes exited | ready again | every client has a fresh snapshot | "
                   "/api/users shows everyone online | lost | attempts per client mean / max | "
-                  "refused attempts | snapshot bytes on the wire p50 | bytes per client mean | "
-                  "server CPU s since the restart |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+                  "refused attempts | probes (failed) | snapshot bytes on the wire p50 | "
+                  "bytes per client mean | server CPU s since the restart |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
                   f"| {_f(r['down_s'])} | {_f(r['ready_s'])} | {_f(r['last_fresh_s'])} | "
                   f"**{_f(r['seconds'])}** | {r['lost']} | {_pair(r['attempts_per_view'])} | "
-                  f"{_f(r['refused'])} | {_f(r['snapshot_wire_bytes']['p50'])} | "
+                  f"{_f(r['refused'])} | {_f(r['probes'])} ({_f(r['probe_failures'])}) | "
+                  f"{_f(r['snapshot_wire_bytes']['p50'])} | "
                   f"{_f(r['bytes_per_view']['mean'])} | "
                   f"{_f(r['server_cpu_since_restart_s'])} |", ""]
     c = sc.get("churn", {}).get("distinct", {})
