@@ -128,9 +128,13 @@ async def main(port: int, address: str, backlog: int, ping_interval: float) -> N
         return PresenceListener(presence, user_of(request))
 
     loop = asyncio.get_running_loop()
-    stop = loop.create_future()
+    stop: asyncio.Future[None] = loop.create_future()
+
+    def on_signal() -> None:
+        if not stop.done():
+            stop.set_result(None)
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, lambda: stop.done() or stop.set_result(None))
+        loop.add_signal_handler(signum, on_signal)
     server = await ws_create_server(
         route, address, port, max_frame_size=64 * 1024, enable_auto_ping=True,
         auto_ping_idle_timeout=ping_interval, auto_ping_reply_timeout=ping_interval,

@@ -816,7 +816,7 @@ async def cmd_latency(worker: Any, group: str, events: int, triggers: bytes,
     lost = extra = 0
     rates_b, rates_f = [], []
     for view in g.conns:
-        if view.track_t is None or view.state != OPEN:
+        if view.track_t is None or view.track_c is None or view.state != OPEN:
             continue
         t = np.frombuffer(view.track_t, dtype=np.int64)
         c = np.frombuffer(view.track_c, dtype=np.int64)

@@ -44,7 +44,7 @@ def hist_percentile(hist: np.ndarray, q: float) -> float | None:
     total = int(hist.sum())
     if not total:
         return None
-    k = np.searchsorted(np.cumsum(hist), q / 100 * total)
+    k = int(np.searchsorted(np.cumsum(hist), q / 100 * total))
     return round(float(HIST_EDGES[min(k + 1, len(HIST_EDGES) - 1)]), 2)
 
 
