@@ -8,9 +8,11 @@ Every byte the app writes to a presence socket goes through ``Fanout``:
   in one loop iteration share it); after a flush the next one waits as long as that flush
   took times ``LOAD_FACTOR`` (4), at most ``MAX_DELAY`` (100 ms): under a storm at most a
   fifth of the loop's time goes to fan-out and the rest to handshakes and the broker.
-- **Snapshots** are built once per flush for every socket that connected since the last one
-  (``SnapshotSource``), and written as one pre-built frame; a joining socket receives events
-  only after its snapshot (the snapshot already contains everything applied before it).
+- **Snapshots** are built once for every socket that connected meanwhile (``SnapshotSource``)
+  and written as one pre-built frame, on a pace of their own: a build that took ``t`` waits
+  ``SNAPSHOT_FACTOR * t``, at most ``MAX_SNAPSHOT_DELAY`` (50 ms), before the next, so a
+  connect storm does not wait for the (slower) event flushes. A snapshot covers every event
+  applied before it, including those still queued: the socket receives only the later ones.
 - **Replies** (pong, errors) go straight out, except to a socket still waiting for its
   snapshot: they follow the snapshot in the same write (the snapshot is always first).
 
@@ -32,6 +34,9 @@ MAX_DELAY = 0.1
 #: a storm fan-out takes at most 1 / (1 + LOAD_FACTOR) of the loop, and each write carries
 #: more events (fewer syscalls per event).
 LOAD_FACTOR = 4.0
+#: The same pacing for snapshot builds (each one encodes and compresses every user).
+SNAPSHOT_FACTOR = 3.0
+MAX_SNAPSHOT_DELAY = 0.05
 #: Replies held for a socket whose snapshot has not been written yet; more is a flood.
 MAX_EARLY_REPLIES = 64
 
@@ -64,36 +69,79 @@ SnapshotSource = Callable[[], Snapshot]
 DropHandler = Callable[[Connection], None]
 
 
+class Pacer:
+    """Runs a callback at once when idle; after a run that took ``t`` seconds, not before
+    ``factor * t`` (at most ``limit``) has passed: coalescing that grows with the load."""
+
+    def __init__(self, callback: Callable[[], None], factor: float, limit: float) -> None:
+        self._callback = callback
+        self._factor, self._limit = factor, limit
+        self._handle: asyncio.Handle | None = None
+        self._not_before = 0.0
+        self.runs = 0
+
+    def schedule(self) -> None:
+        if self._handle is not None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = self._not_before - loop.time()
+        if delay <= 0:
+            self._handle = loop.call_soon(self.run)
+        else:
+            self._handle = loop.call_later(delay, self.run)
+
+    def run(self) -> None:
+        self.cancel()
+        started = time.perf_counter()
+        try:
+            self._callback()
+        finally:
+            cost = time.perf_counter() - started
+            self.runs += 1
+            self._not_before = (asyncio.get_running_loop().time()
+                                + min(cost * self._factor, self._limit))
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
 class Fanout:
     def __init__(self, snapshot: SnapshotSource, on_drop: DropHandler) -> None:
         self._snapshot = snapshot
         self._on_drop = on_drop
         self._members: dict[Connection, None] = {}        # insertion-ordered set
         self._joining: dict[Connection, list[bytes]] = {}  # socket -> replies held for it
+        self._covered: dict[Connection, int] = {}         # queued events its snapshot had
         self._frames: list[bytes] = []
-        self._handle: asyncio.Handle | None = None
-        self._not_before = 0.0
-        self.flushes = 0
-        self.last_cost = 0.0
+        self._events = Pacer(self._write_events, LOAD_FACTOR, MAX_DELAY)
+        self._snapshots = Pacer(self._write_snapshots, SNAPSHOT_FACTOR, MAX_SNAPSHOT_DELAY)
 
     def __len__(self) -> int:
         return len(self._members) + len(self._joining)
 
+    @property
+    def flushes(self) -> int:
+        """Event flushes so far (one write per member socket each)."""
+        return self._events.runs
+
     # -- membership -------------------------------------------------------------------
     def join(self, conn: Connection) -> None:
-        """A new socket: its snapshot goes out with the next flush, then every event."""
+        """A new socket: its snapshot goes out soon, then every later event."""
         self._joining[conn] = []
-        self._schedule()
+        self._snapshots.schedule()
 
     def leave(self, conn: Connection) -> None:
         self._members.pop(conn, None)
         self._joining.pop(conn, None)
+        self._covered.pop(conn, None)
 
     # -- writes -------------------------------------------------------------------------
     def publish(self, frame: bytes) -> None:
         """Queue one event frame for every member socket."""
         self._frames.append(frame)
-        self._schedule()
+        self._events.schedule()
 
     def reply(self, conn: Connection, frame: bytes) -> None:
         """Write a reply to one socket (after its snapshot, if that is still to come)."""
@@ -112,49 +160,53 @@ class Fanout:
         return len(self._frames)
 
     # -- flushing -----------------------------------------------------------------------
-    def _schedule(self) -> None:
-        if self._handle is not None:
-            return
-        loop = asyncio.get_running_loop()
-        delay = self._not_before - loop.time()
-        if delay <= 0:
-            self._handle = loop.call_soon(self.flush)
-        else:
-            self._handle = loop.call_later(delay, self.flush)
+    def flush(self) -> None:
+        """Write everything queued now (snapshots first), whatever the pace says."""
+        self._snapshots.run()
+        self._events.run()
 
     def cancel(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        self._events.cancel()
+        self._snapshots.cancel()
 
-    def flush(self) -> None:
-        """Write what is queued: the events to every member, snapshots to joining sockets."""
-        self._handle = None
-        started = time.perf_counter()
-        frames, self._frames = self._frames, []
+    def _write_snapshots(self) -> None:
         joining, self._joining = self._joining, {}
-        dropped: list[Connection] = []
-        if frames:
-            batch = (b"".join(frames),)
-            for conn in self._members:
-                if not conn.send(batch):
-                    dropped.append(conn)
-        if joining:
-            snapshot = self._snapshot()
-            for conn, early in joining.items():
-                if conn.send(snapshot.parts(conn.username, conn.deflate) + early):
-                    self._members[conn] = None
-                else:
-                    dropped.append(conn)
-        for conn in dropped:
+        if not joining:
+            return
+        snapshot, covered = self._snapshot(), len(self._frames)
+        dropped = []
+        for conn, early in joining.items():
+            if conn.send(snapshot.parts(conn.username, conn.deflate) + early):
+                self._members[conn] = None
+                if covered:
+                    self._covered[conn] = covered
+            else:
+                dropped.append(conn)
+        self._drop_all(dropped)
+
+    def _write_events(self) -> None:
+        frames, self._frames = self._frames, []
+        covered, self._covered = self._covered, {}
+        if not frames:
+            return
+        batch: tuple[bytes, ...] = (b"".join(frames),)
+        tails: dict[int, tuple[bytes, ...]] = {}  # for sockets whose snapshot had the first k
+        dropped = []
+        for conn in self._members:
+            parts = batch
+            if covered:
+                k = covered.get(conn, 0)
+                if k >= len(frames):
+                    continue
+                if k:
+                    parts = tails.get(k) or tails.setdefault(k, (b"".join(frames[k:]),))
+            if not conn.send(parts):
+                dropped.append(conn)
+        self._drop_all(dropped)
+
+    def _drop_all(self, conns: list[Connection]) -> None:
+        for conn in conns:
             self._drop(conn, CLOSE_GOING_AWAY, "send buffer full")
-        self.flushes += 1
-        self.last_cost = cost = time.perf_counter() - started
-        delay = min(cost * LOAD_FACTOR, MAX_DELAY)
-        self._not_before = asyncio.get_running_loop().time() + delay
-        if cost > 0.05:
-            log.debug("Flush: %d event(s) to %d socket(s), %d snapshot(s) in %.0f ms",
-                      len(frames), len(self._members), len(joining), cost * 1000)
 
     def _drop(self, conn: Connection, code: int, reason: str) -> None:
         log.info("Dropping socket of %s: %s", conn.username, reason)

@@ -150,6 +150,27 @@ async def test_snapshot_first_shared_and_replies_follow_it() -> None:
 
 
 @pytest.mark.gen_test
+async def test_a_snapshot_taken_while_events_wait_covers_them() -> None:
+    """Snapshots do not wait for the (slower) event flush; the events the snapshot already
+    contains are not sent again, the later ones are."""
+    fan = Fanout(CountingSource(), lambda c: None)
+    member = Recorder("m", cost=0.05)  # every event flush now waits a while after the last
+    await joined(fan, member)
+    fan.publish(text_frame('{"n":0}'))
+    await asyncio.sleep(0)  # flushed at once (idle), cost 0.05: the next event waits
+    fan.publish(text_frame('{"n":1}'))
+    newcomer = Recorder("new")
+    fan.join(newcomer)  # type: ignore[arg-type]
+    await asyncio.sleep(0)  # the snapshot goes out now, covering event 1
+    assert len(newcomer.writes) == 1 and json.loads(
+        frames_of(newcomer.writes[0])[0])["type"] == "snapshot"
+    fan.publish(text_frame('{"n":2}'))
+    await asyncio.sleep(MAX_DELAY * 2)
+    assert [json.loads(f)["n"] for f in frames_of(member.writes[-1])] == [1, 2]
+    assert [json.loads(f)["n"] for f in frames_of(newcomer.writes[-1])] == [2]
+
+
+@pytest.mark.gen_test
 async def test_a_socket_that_cannot_take_more_is_dropped_once() -> None:
     dropped: list[Any] = []
     fan = Fanout(CountingSource(), dropped.append)
