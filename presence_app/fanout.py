@@ -4,15 +4,16 @@ Every byte the app writes to a presence socket goes through ``Fanout``:
 
 - **Events** are queued as pre-built frames and written together: one write per socket per
   flush, the frames concatenated (the wire still carries one text frame per change, in
-  order). With nothing in flight a flush runs at once (``call_soon``: the events that arrive
-  in one loop iteration share it); after a flush the next one waits as long as that flush
-  took times ``LOAD_FACTOR`` (4), at most ``MAX_DELAY`` (100 ms): under a storm at most a
-  fifth of the loop's time goes to fan-out and the rest to handshakes and the broker.
+  order). Idle, a flush runs at once (``call_soon``: the events that arrive in one loop
+  iteration share it). Events that come while fan-out is busy (less idle time since the last
+  flush than that flush took) wait until ``LOAD_FACTOR`` (4) times its duration has passed,
+  at most ``MAX_DELAY`` (100 ms): when changes keep coming, at most a fifth of the loop's
+  time goes to fan-out and the rest to handshakes and the broker (see ``Pacer``).
 - **Snapshots** are built once for every socket that connected meanwhile (``SnapshotSource``)
-  and written as one pre-built frame, on a pace of their own: a build that took ``t`` waits
-  ``SNAPSHOT_FACTOR * t``, at most ``MAX_SNAPSHOT_DELAY`` (50 ms), before the next, so a
-  connect storm does not wait for the (slower) event flushes. A snapshot covers every event
-  applied before it, including those still queued: the socket receives only the later ones.
+  and written as one pre-built frame, on a pace of their own (``SNAPSHOT_FACTOR`` 3, at most
+  ``MAX_SNAPSHOT_DELAY``, 50 ms), so a connect storm does not wait for the (slower) event
+  flushes. A snapshot covers every event applied before it, including those still queued:
+  the socket receives only the later ones.
 - **Replies** (pong, errors) go straight out, except to a socket still waiting for its
   snapshot: they follow the snapshot in the same write (the snapshot is always first).
 
@@ -70,25 +71,32 @@ DropHandler = Callable[[Connection], None]
 
 
 class Pacer:
-    """Runs a callback at once when idle; after a run that took ``t`` seconds, not before
-    ``factor * t`` (at most ``limit``) has passed: coalescing that grows with the load."""
+    """Runs a callback soon, coalescing the requests that come while it is busy.
+
+    Idle (the time since the last run ended is at least what that run took: the loop spent
+    at most half its time on it), a request runs at once: low-load latency does not grow.
+    Otherwise the run waits until ``factor`` times the last run's duration (at most
+    ``limit``) has passed since it ended, and serves every request that came meanwhile.
+    """
 
     def __init__(self, callback: Callable[[], None], factor: float, limit: float) -> None:
         self._callback = callback
         self._factor, self._limit = factor, limit
         self._handle: asyncio.Handle | None = None
-        self._not_before = 0.0
+        self._ended = float("-inf")
+        self._cost = 0.0
         self.runs = 0
 
     def schedule(self) -> None:
         if self._handle is not None:
             return
         loop = asyncio.get_running_loop()
-        delay = self._not_before - loop.time()
-        if delay <= 0:
+        idle = loop.time() - self._ended
+        if idle >= self._cost:
             self._handle = loop.call_soon(self.run)
         else:
-            self._handle = loop.call_later(delay, self.run)
+            wait = min(self._cost * self._factor, self._limit) - idle
+            self._handle = loop.call_later(max(wait, 0.0), self.run)
 
     def run(self) -> None:
         self.cancel()
@@ -96,10 +104,9 @@ class Pacer:
         try:
             self._callback()
         finally:
-            cost = time.perf_counter() - started
+            self._cost = time.perf_counter() - started
             self.runs += 1
-            self._not_before = (asyncio.get_running_loop().time()
-                                + min(cost * self._factor, self._limit))
+            self._ended = asyncio.get_running_loop().time()
 
     def cancel(self) -> None:
         if self._handle is not None:

@@ -102,6 +102,22 @@ async def test_without_load_an_event_is_written_at_once() -> None:
 
 
 @pytest.mark.gen_test
+async def test_an_event_after_enough_idle_time_is_not_held_back() -> None:
+    """A costly flush (many sockets) followed by a pause at least as long: the next event
+    goes at once (one change every few hundred ms to 10,000 sockets is not a storm)."""
+    fan = Fanout(CountingSource(), lambda c: None)
+    member = Recorder(cost=0.05)
+    await joined(fan, member)
+    fan.publish(text_frame('{"n":1}'))
+    await asyncio.sleep(0)
+    assert len(member.writes) == 2
+    await asyncio.sleep(0.07)  # more than the flush took, less than 4x it
+    fan.publish(text_frame('{"n":2}'))
+    await asyncio.sleep(0)
+    assert len(member.writes) == 3
+
+
+@pytest.mark.gen_test
 async def test_under_load_the_flush_interval_grows_but_stays_bounded() -> None:
     fan = Fanout(CountingSource(), lambda c: None)
     slow = Recorder(cost=0.3)  # every flush takes 0.3 s: more than MAX_DELAY
