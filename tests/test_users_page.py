@@ -43,3 +43,15 @@ def test_the_order_given_is_kept_even_if_online_users_are_not_first() -> None:
     (301, 1001, "301 online · 1,001 users"), (10000, 10000, "10,000 online · 10,000 users")])
 def test_summary_words_match_the_page_script(online: int, total: int, text: str) -> None:
     assert summary(online, total) == text
+
+
+def test_search_without_javascript_matches_like_the_script() -> None:
+    from handlers.users import list_status, matching
+    everyone = [{"username": n, "online": False} for n in ("Member-0042", "bob", "member-1042")]
+    assert [u["username"] for u in matching(everyone, " 042 ")] == ["Member-0042", "member-1042"]
+    assert matching(everyone, "") == everyone
+    assert list_status("BOB", 1, 1, 3) == "1 user matches “bob”."
+    assert list_status("m", 100, 1234, 5000) == "Showing 100 of 1,234 users match “m”."
+    assert list_status("zz", 0, 0, 5000) == "No users match “zz”."
+    assert list_status("", 104, 5000, 5000) == "Showing 104 of 5,000 users."
+    assert list_status("", 6, 6, 6) == ""

@@ -94,7 +94,8 @@ function start() {
 
   const tools = document.getElementById('list-tools');
   if (tools) {
-    tools.hidden = false;  // the search box needs this script: the server renders it hidden
+    // The list already narrows as you type; the GET form is for pages without this script.
+    tools.addEventListener('submit', (event) => event.preventDefault());
   }
   if (search) {
     search.addEventListener('input', () => view.setQuery(search.value));
