@@ -20,6 +20,7 @@ async def storm(runner: Any, dep: Any, headers: list[dict[str, str]], labels: li
     n = len(headers)
     await asyncio.sleep(0.5 if o.quick else 2.0)
     runner.log(f"  {label}: opening {n} page-like sockets")
+    rss0 = dep.rss()
     probe = Probe(dep, runner.gen_cpu)
     async with probe:
         r = await open_views(runner, dep, headers, labels, "views", view_options(o),
@@ -28,6 +29,7 @@ async def storm(runner: Any, dep: Any, headers: list[dict[str, str]], labels: li
     seconds = (r["t_last_open"] - r["t_first_send"]) / 1e9 if r["open"] else None
     converged = (max(settled["t_last_presence"], r["t_last_open"]) - r["t_first_send"]) / 1e9 \
         if r["open"] else None
+    rss1 = dep.rss()
     rep = await report(runner, "views", expect)
     out = {
         "n": n, "open": r["open"], "errors": sum(r["errors"].values()),
@@ -39,6 +41,8 @@ async def storm(runner: Any, dep: Any, headers: list[dict[str, str]], labels: li
         "server_cpu_s": probe.result["server_cpu_s"],
         "generator_cpu_s": probe.result["generator_cpu_s"], "probe": probe.result,
         "presence_deliveries": settled["presence"], "bytes_received": settled["bytes"],
+        "rss_mib": round(rss1 / 2**20, 1),
+        "kib_per_socket": round((rss1 - rss0) / 1024 / max(r["open"], 1), 2),
         **rep,
     }
     runner.log(f"  {label}: {r['open']}/{n} with their snapshot in {out['seconds']} s, "

@@ -72,9 +72,9 @@ def render(results: dict[str, Any]) -> list[str]:
                   "| errors | lost (verified) | snapshot bytes on the wire p50 / max | "
                   "snapshot bytes uncompressed p50 | snapshot frames | compressed snapshots | "
                   "bytes per socket mean / max | frames per socket mean / max | server CPU s | "
-                  "generator CPU s |",
+                  "generator CPU s | server KiB per socket |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
-                  "| --- |"]
+                  "| --- | --- |"]
         for key, name in (("one_user", f"{d['n']} sockets of one user"),
                           ("distinct", f"{d['n']} distinct users")):
             s = d.get(key)
@@ -87,9 +87,9 @@ def render(results: dict[str, Any]) -> list[str]:
                 f"{_f(s['snapshot_raw_bytes']['p50'])} | {_f(s['snapshot_frames']['max'])} | "
                 f"{s['compressed']} | {_pair(s['bytes_per_view'])} | "
                 f"{_pair(s['frames_per_view'])} | {_f(s['server_cpu_s'])} | "
-                f"{_f(s['generator_cpu_s'])} |")
+                f"{_f(s['generator_cpu_s'])} | {_f(s.get('kib_per_socket'))} |")
         lines += [f"| ratio | **{_f(d.get('ratio_seconds'))}** | | "
-                  f"{_f(d.get('ratio_converged'))} | | | | | | | | | | |", ""]
+                  f"{_f(d.get('ratio_converged'))} | | | | | | | | | | | |", ""]
         if len(d.get("sizes", {})) > 1:
             lines += ["Sizes (each storm on a fresh app):", "",
                       "| N | one user s | distinct s | distinct, all events s | ratio | lost | "
