@@ -124,7 +124,8 @@ def test_live_within_a_second_of_logging_in(big: BigList, new_context: Any) -> N
     assert "4 online · 5,000 users" in html
 
 
-def test_summary_title_order_and_a_small_dom(big: BigList, new_context: Any) -> None:
+def test_summary_title_order_and_a_small_dom(big: BigList, new_context: Any,
+                                             artifacts: Any) -> None:
     page = open_viewer(big, new_context)
     online = big.online_now()
     expect(page.locator(".online-summary")).to_have_text("4 online · 5,000 users")
@@ -143,17 +144,23 @@ def test_summary_title_order_and_a_small_dom(big: BigList, new_context: Any) -> 
     expect(page.locator("#user-list > [data-username]")).to_have_count(2 * PAGE)
     assert rendered_names(page) == order[:2 * PAGE]
     expect(status).to_have_text("Showing 200 of 5,000 users.")
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=artifacts("top"))
+    more.scroll_into_view_if_needed()
+    page.screenshot(path=artifacts("show-more"))
     nodes = page.evaluate("document.getElementsByTagName('*').length")
     assert nodes < 3000, f"{nodes} elements in the page"
 
 
-def test_search_narrows_the_list_within_100_ms(big: BigList, new_context: Any) -> None:
+def test_search_narrows_the_list_within_100_ms(big: BigList, new_context: Any,
+                                               artifacts: Any) -> None:
     page = open_viewer(big, new_context)
     search = page.get_by_role("searchbox", name="Search users")
     search.press_sequentially("MEMBER-0004", delay=50)  # a fast typist: 20 keys a second
     matches = [f"member-{i:05d}" for i in range(40, 50)]
     expect(page.locator("#list-status")).to_have_text("10 users match “member-0004”.")
     assert rendered_names(page) == matches
+    page.screenshot(path=artifacts("search"))
     latencies = page.evaluate("""() => {
         const p = window.__probe;
         return p.inputs.map((input) => {
