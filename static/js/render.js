@@ -57,7 +57,6 @@ export class ListView {
     this.allDirty = false;
     this.timesDue = false;
     this.frame = null;
-    this.frames = 0;           // DOM updates done (one per animation frame at most)
     this.title = '';
     this.titleAt = 0;          // Date.now() of the last change of document.title
     this.titleTimer = null;
@@ -127,7 +126,6 @@ export class ListView {
   }
 
   render() {
-    this.frames += 1;
     const { names, matched } = visibleWindow(this.state, this.query, this.limit);
     const now = Date.now();
     const keep = new Set(names);
