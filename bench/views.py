@@ -442,8 +442,7 @@ class View:
         self.t_open = self.t_conn_open = kts
         self.connections += 1
         self.conn_presence = 0
-        self.snaps += 1
-        self.attempt = 0
+        self.snaps += 1  # the backoff is reset once the connection has been stable (_gone)
         self._keep_snapshot(payload, raw, compressed, frames)
         self.group.open_count += 1
         if not self.opened.done():
