@@ -85,6 +85,7 @@ def plot_distinct(results: dict[str, Any], out: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_ylim(bottom=0)
+    ax.set_xlim(left=0, right=max(xs) * 1.1)
     if panels == 2:
         bx = axes[0][1]
         series = churn["series"]
