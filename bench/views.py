@@ -131,7 +131,7 @@ class View:
                  "snaps", "events", "track_t", "track_c", "mark_presence", "mark_bytes",
                  "mark_frames", "mark_events", "close_code", "error", "attempt", "attempts",
                  "refused", "dead", "retry", "t_conn_open", "connections", "probe_request",
-                 "probes", "probe_failures")
+                 "probes", "probe_failures", "snap_index")
 
     def __init__(self, group: ViewGroup, loop: asyncio.AbstractEventLoop,
                  target: tuple[str, int], headers: dict[str, str], label: str,
@@ -165,7 +165,7 @@ class View:
         self.snap_wire = self.snap_raw = self.snap_frames = 0
         self.snap_compressed = False
         self.snap_payload: bytes | None = None
-        self.snaps = 0
+        self.snaps = self.snap_index = 0
         self.events: list[tuple[bytes, int]] | None = [] if full else None
         self.track_t: array | None = None
         self.track_c: array | None = None
@@ -421,8 +421,7 @@ class View:
         elif kind == "snapshot":  # sent again (a resync): the view starts over
             self._keep_snapshot(wire, payload if compressed else None, compressed, frames)
             self.conn_presence = 0
-            if self.events is not None:
-                self.events.append((payload, kts))
+            self.snap_index = len(self.events or ())
 
     def _snapshot(self, payload: bytes, compressed: bool, kts: int, frames: int) -> None:
         raw = None
@@ -443,6 +442,7 @@ class View:
         self.connections += 1
         self.conn_presence = 0
         self.snaps += 1  # the backoff is reset once the connection has been stable (_gone)
+        self.snap_index = len(self.events or ())  # a full view's events count from here
         self._keep_snapshot(payload, raw, compressed, frames)
         self.group.open_count += 1
         if not self.opened.done():
@@ -627,14 +627,10 @@ class View:
         for user in snap.get("users") or []:
             view[user["username"]] = (bool(user.get("online")), int(user.get("version") or 0))
         me_ok = snap.get("me") == self.label and view.get(self.label, (False, 0))[0]
-        order: list[bytes] = []
-        for payload, _kts in self.events or []:
+        for payload, _kts in (self.events or [])[self.snap_index:]:
             event = self.group.parsed(payload)
-            if event.get("type") == "snapshot":
-                continue
             if event.get("type") != "presence":
                 continue
-            order.append(payload)
             name, version = event["username"], int(event.get("version") or 0)
             old = view.get(name)
             if old is None or not version or version > old[1]:
