@@ -508,7 +508,7 @@ class Worker:
 
     async def handle(self, req_id: int, cmd: str, kwargs: dict[str, Any]) -> None:
         try:
-            if ":" in cmd:  # "views:open" -> bench.views.cmd_open(worker, ...)
+            if ":" in cmd:  # "viewcmds:open" -> bench.viewcmds.cmd_open(worker, ...)
                 module, _, name = cmd.partition(":")
                 handler = getattr(importlib.import_module(f"bench.{module}"), "cmd_" + name)
                 result = await handler(self, **kwargs)

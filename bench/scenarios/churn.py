@@ -70,15 +70,15 @@ async def run_distinct(runner: Any) -> dict[str, Any]:
         await wait_settled(runner, "views", timeout=o.storm_timeout)
         runner.log(f"  {r['open']}/{n} distinct viewers online; {movers} movers churn at "
                    f"{rate}/s for {seconds} s")
-        await lg.call_observers("views:mark", group="views")
+        await lg.call_observers("viewcmds:mark", group="views")
         probe = Probe(dep, runner.gen_cpu)
         async with probe:
-            c = await lg.call(lg.mover, "views:churn", group="movers", targets=dep.targets,
+            c = await lg.call(lg.mover, "viewcmds:churn", group="movers", targets=dep.targets,
                               headers=seeder.headers(mover_names), labels=mover_names,
                               rate=rate, duration=seconds, options=view_options(o))
             settled = await wait_settled(runner, "views", timeout=120.0)
         span = (c["t_end"] - c["t_start"]) / 1e9
-        streams = await lg.call_observers("views:stream", group="views")
+        streams = await lg.call_observers("viewcmds:stream", group="views")
         stream = max((s["stream"] for s in streams), key=len)
         mismatched = sum(s["mismatched"] for s in streams) + \
             sum(1 for s in streams if s["stream"] and s["stream"] != stream)
@@ -87,7 +87,7 @@ async def run_distinct(runner: Any) -> dict[str, Any]:
             if len(s["stream"]) == len(stream) and s["first_kts"]:
                 first = np.minimum(first, np.frombuffer(s["first_kts"], dtype=np.int64))
         trig = match_triggers(stream, first, c["triggers"])
-        parts = await lg.call_observers("views:latency", group="views", events=len(stream),
+        parts = await lg.call_observers("viewcmds:latency", group="views", events=len(stream),
                                         triggers=trig.tobytes(), seconds=span)
         rep = await report(runner, "views", viewers, mover_names, check_counts=False)
     last = np.max([np.frombuffer(p["last"], dtype=np.int64) for p in parts], axis=0) \

@@ -54,7 +54,7 @@ async def open_views(runner: Any, dep: Deployment, headers: list[dict[str, str]]
         if not idx:
             continue
         calls.append(lg.call(
-            w, "views:open", group=group, targets=dep.targets,
+            w, "viewcmds:open", group=group, targets=dep.targets,
             headers=[headers[j] for j in idx], labels=[labels[j] for j in idx],
             full=[full[j] for j in idx], concurrency=per, timeout=timeout, options=options,
             offset=0, progress=True))
@@ -71,7 +71,7 @@ async def open_views(runner: Any, dep: Deployment, headers: list[dict[str, str]]
 
 
 async def counts(runner: Any, group: str, since: int = 0) -> dict[str, Any]:
-    parts = await runner.lg.call_observers("views:counts", group=group, since=since)
+    parts = await runner.lg.call_observers("viewcmds:counts", group=group, since=since)
     return {"open": sum(p["open"] for p in parts), "presence": sum(p["presence"] for p in parts),
             "bytes": sum(p["bytes"] for p in parts), "fresh": sum(p["fresh"] for p in parts),
             "t_last_fresh": max(p["t_last_fresh"] for p in parts),
@@ -100,8 +100,8 @@ async def wait_settled(runner: Any, group: str, timeout: float,
 async def report(runner: Any, group: str, expect_online: list[str],
                  expect_offline: list[str] | None = None,
                  check_counts: bool = True) -> dict[str, Any]:
-    """Every observer process's ``views:report``, merged."""
-    parts = await runner.lg.call_observers("views:report", group=group,
+    """Every observer process's ``viewcmds:report``, merged."""
+    parts = await runner.lg.call_observers("viewcmds:report", group=group,
                                            expect_online=expect_online,
                                            expect_offline=expect_offline or [],
                                            check_counts=check_counts)
