@@ -38,8 +38,7 @@ async def cmd_open(worker: Any, group: str, targets: list[tuple[str, int]],
     last = time.monotonic()
 
     async def one(view: View) -> None:
-        async with sem:
-            ok = await view.connect(timeout)
+        ok = await view.connect(timeout, sem)
         if not ok:
             g.errors[view.error] += 1
 

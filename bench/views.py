@@ -130,7 +130,7 @@ class View:
                  "snaps", "events", "track_t", "track_c", "mark_presence", "mark_bytes",
                  "mark_frames", "mark_events", "close_code", "error", "attempt", "attempts",
                  "refused", "dead", "retry", "t_conn_open", "connections", "probe_request",
-                 "probes", "probe_failures", "snap_index")
+                 "probes", "probe_failures", "snap_index", "gate")
 
     def __init__(self, group: ViewGroup, loop: asyncio.AbstractEventLoop,
                  target: tuple[str, int], headers: dict[str, str], label: str,
@@ -174,12 +174,19 @@ class View:
         self.attempt = self.attempts = self.refused = self.connections = 0
         self.dead = False
         self.retry: asyncio.TimerHandle | None = None
+        self.gate: asyncio.Semaphore | None = None
 
     # -- connecting -----------------------------------------------------------------------
-    async def connect(self, timeout: float) -> bool:
-        """One connection attempt, until the snapshot (True) or a failure (False)."""
+    async def connect(self, timeout: float, gate: asyncio.Semaphore | None = None) -> bool:
+        """One connection attempt, until the snapshot (True) or a failure (False).
+
+        ``gate`` bounds the handshakes in flight (the listen backlog): it is held from the
+        SYN to the 101 response, not while the server takes its time with the snapshot."""
         if self.dead or self.group.stopped:
             return False
+        if gate is not None:
+            await gate.acquire()
+            self.gate = gate
         self.attempts += 1
         if self.opened.done():
             self.opened = self.loop.create_future()
@@ -215,8 +222,14 @@ class View:
             pass
         return False
 
+    def _ungate(self) -> None:
+        if self.gate is not None:
+            self.gate.release()
+            self.gate = None
+
     def fail(self, why: str) -> None:
         """The attempt failed before the snapshot."""
+        self._ungate()
         self.error = why
         if not self.opened.done():
             self.opened.set_exception(_Failed(why))
@@ -308,6 +321,7 @@ class View:
                     if "server_no_context_takeover" not in value:
                         self.inflater = zlib.decompressobj(-15)
             self.state = SNAPSHOT
+            self._ungate()
             self._walk(data, end + 4, len(data), kts)
             return
         if self.pending is not None:
@@ -493,6 +507,7 @@ class View:
         self.finish(None)
 
     def _release(self, rst: bool = False) -> None:
+        self._ungate()
         if self.state == OPEN:
             self.group.open_count -= 1
         self.state = CLOSED
