@@ -9,7 +9,8 @@ import tornado.web
 from handlers.auth import LoginHandler, LogoutHandler, SignupHandler
 from handlers.base import NotFoundHandler
 from handlers.static import StaticHandler
-from handlers.users import HealthHandler, UsersApiHandler, UsersPageHandler
+from handlers.users import (HealthHandler, SessionApiHandler, UsersApiHandler,
+                            UsersPageHandler)
 from handlers.ws import PresenceSocketHandler
 from presence_app.services import Services
 
@@ -28,6 +29,7 @@ def make_app(services: Services) -> tornado.web.Application:
         (r"/logout", LogoutHandler),
         (r"/ws", PresenceSocketHandler),
         (r"/api/users", UsersApiHandler),
+        (r"/api/session", SessionApiHandler),
         (r"/healthz", HealthHandler),
     ]
     return tornado.web.Application(

@@ -2,6 +2,9 @@
 1,000 users (the contract), then every online user and the first page of the others."""
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 
 from handlers.users import FULL_LIST_UP_TO, OFFLINE_PAGE, first_page, summary
@@ -55,3 +58,20 @@ def test_search_without_javascript_matches_like_the_script() -> None:
     assert list_status("zz", 0, 0, 5000) == "No users match “zz”."
     assert list_status("", 104, 5000, 5000) == "Showing 104 of 5,000 users."
     assert list_status("", 6, 6, 6) == ""
+
+
+@pytest.mark.gen_test
+async def test_session_api_is_the_cheap_reconnect_check(
+        user_factory: Any, make_client: Any, services: Any) -> None:
+    for n in range(50):
+        await services.presence.user_signed_up(f"crowd{n:02d}")
+    alice = await user_factory("alice")
+    response = await alice.request("GET", "/api/session")
+    assert response.code == 200 and json.loads(response.body) == {"username": "alice"}
+    assert response.headers["Cache-Control"] == "no-store"
+    assert len(response.body) < 64, "the probe must not grow with the number of users"
+    await alice.logout()
+    gone = await alice.request("GET", "/api/session")
+    assert gone.code == 401 and json.loads(gone.body) == {"error": "login required"}
+    stranger = await make_client().request("GET", "/api/session")
+    assert stranger.code == 401

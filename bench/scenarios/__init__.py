@@ -38,7 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default 600; quick 60)")
     g.add_argument("--reconnect-first", type=float, default=2.0,
                    help="reconnect: after a 1001 a retry waits random 0..at least this s")
-    g.add_argument("--reconnect-probe", default="/api/users",
+    g.add_argument("--reconnect-probe", default="/api/session",
                    help="reconnect: GET this path before each attempt, like the page does "
                         "('' for none)")
     g.add_argument("--backoff-base", type=float, default=0.5)

@@ -2,7 +2,7 @@
 restarted (SIGTERM, started again on the same port, database and cookie secret); the clients
 reconnect like the page (static/js/connection.js): full-jitter exponential backoff (base
 500 ms, cap 15 s), at least random 0-2 s after a 1001; before each attempt a GET of
-``/api/users`` (the page's 401 probe; ``--reconnect-probe ''`` leaves it out); refused
+``/api/session`` (the page's 401 probe; ``--reconnect-probe ''`` leaves it out); refused
 upgrades are retried.
 Measured: seconds from the SIGTERM until every client has a fresh snapshot *and*
 ``/api/users`` shows everyone online (issue 8's target: 15 s at N=10,000)."""

@@ -224,7 +224,8 @@ export class PresenceConnection {
     this.reconnectTimer = env.setTimeout(() => this.attemptReconnect(), delay);
   }
 
-  /** Asks /api/users first: a 401 means the session is gone (to /login, no retry loop). */
+  /** Asks /api/session first (a few bytes): a 401 means the session is gone (to /login,
+   * no retry loop). */
   attemptReconnect() {
     const env = this.env;
     env.clearTimeout(this.reconnectTimer);
@@ -235,7 +236,7 @@ export class PresenceConnection {
     }
     this.h.status('reconnecting', 'Reconnecting…');
     const probe = Promise.resolve().then(
-      () => env.fetch('/api/users', { credentials: 'same-origin', cache: 'no-store' }));
+      () => env.fetch('/api/session', { credentials: 'same-origin', cache: 'no-store' }));
     probe.then((response) => {
       if (response.status === 401) {
         this.authLost();

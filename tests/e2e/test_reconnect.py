@@ -46,7 +46,7 @@ def test_server_restart_shows_reconnecting_then_recovers(server, new_context, ar
 
 
 # Fixes Math.random for the page and records, in the page's own clock, when its sockets
-# close (with which code) and when it asks /api/users before each reconnect.
+# close (with which code) and when it asks /api/session before each reconnect.
 RECONNECT_LOG = """
 (() => {
   Math.random = () => %r;
@@ -61,7 +61,7 @@ RECONNECT_LOG = """
   };
   const nativeFetch = window.fetch;
   window.fetch = function (...args) {
-    if (String(args[0]).includes('/api/users')) {
+    if (String(args[0]).includes('/api/session')) {
       log.fetches.push(performance.now());
     }
     return nativeFetch.apply(this, args);
