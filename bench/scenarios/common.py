@@ -81,14 +81,18 @@ async def counts(runner: Any, group: str, since: int = 0) -> dict[str, Any]:
 
 async def wait_settled(runner: Any, group: str, timeout: float,
                        quiet_s: float = 1.0) -> dict[str, Any]:
-    """Until no view has received a byte for ``quiet_s`` (or ``timeout`` s)."""
+    """Until no view has received a presence event or a snapshot for ``quiet_s`` (or
+    ``timeout`` s). Not "no byte at all": the app's protocol pings (every 20 s per socket)
+    reach some socket every second once 10,000 are open."""
     deadline = time.monotonic() + timeout
-    last, still_since = -1, time.monotonic()
+    last: tuple[int, int, int] = (-1, -1, -1)
+    still_since = time.monotonic()
     c: dict[str, Any] = {}
     while time.monotonic() < deadline:
         c = await counts(runner, group)
-        if c["bytes"] != last:
-            last, still_since = c["bytes"], time.monotonic()
+        now = (c["presence"], c["open"], c["fresh"])
+        if now != last:
+            last, still_since = now, time.monotonic()
         elif time.monotonic() - still_since >= quiet_s:
             c["settled"] = True
             return c
