@@ -76,7 +76,10 @@ class ServerProcess:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n"
                                    f"{self.log_tail()}")
             if READY.search(self.log_path.read_bytes()[offset:]):
-                status, _ = await asyncio.to_thread(http_json, self.url + "/healthz", 2.0)
+                try:  # a server busy with a reconnect storm may answer late: ask again
+                    status, _ = await asyncio.to_thread(http_json, self.url + "/healthz", 2.0)
+                except (OSError, ValueError):
+                    status = 0
                 if status == 200:
                     return self
             await asyncio.sleep(0.05)
