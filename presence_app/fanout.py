@@ -5,10 +5,11 @@ Every byte the app writes to a presence socket goes through ``Fanout``:
 - **Events** are queued as pre-built frames and written together: one write per socket per
   flush, the frames concatenated (the wire still carries one text frame per change, in
   order). Idle, a flush runs at once (``call_soon``: the events that arrive in one loop
-  iteration share it). Events that come while fan-out is busy (less idle time since the last
-  flush than that flush took) wait until ``LOAD_FACTOR`` (4) times its duration has passed,
-  at most ``MAX_DELAY`` (100 ms): when changes keep coming, at most a fifth of the loop's
-  time goes to fan-out and the rest to handshakes and the broker (see ``Pacer``).
+  iteration share it). Events that come while fan-out is busy (less idle time since the
+  last flush than a quarter of what that flush took) wait until ``LOAD_FACTOR`` (4) times
+  its duration has passed, at most ``MAX_DELAY`` (100 ms): when changes keep coming, at
+  most a fifth of the loop's time goes to fan-out and the rest to handshakes and the broker
+  (see ``Pacer``).
 - **Snapshots** are built once for every socket that connected meanwhile (``SnapshotSource``)
   and written as one pre-built frame, on a pace of their own (``SNAPSHOT_FACTOR`` 3, at most
   ``MAX_SNAPSHOT_DELAY``, 50 ms), so a connect storm does not wait for the (slower) event
@@ -35,6 +36,9 @@ MAX_DELAY = 0.1
 #: a storm fan-out takes at most 1 / (1 + LOAD_FACTOR) of the loop, and each write carries
 #: more events (fewer syscalls per event).
 LOAD_FACTOR = 4.0
+#: A flush runs at once when the loop has been idle for this fraction of the last one's
+#: duration since it ended (see ``Pacer``).
+IDLE_FRACTION = 0.25
 #: The same pacing for snapshot builds (each one encodes and compresses every user).
 SNAPSHOT_FACTOR = 3.0
 MAX_SNAPSHOT_DELAY = 0.05
@@ -73,10 +77,12 @@ DropHandler = Callable[[Connection], None]
 class Pacer:
     """Runs a callback soon, coalescing the requests that come while it is busy.
 
-    Idle (the time since the last run ended is at least what that run took: the loop spent
-    at most half its time on it), a request runs at once: low-load latency does not grow.
-    Otherwise the run waits until ``factor`` times the last run's duration (at most
-    ``limit``) has passed since it ended, and serves every request that came meanwhile.
+    Idle (the time since the last run ended is at least ``IDLE_FRACTION`` of what that run
+    took), a request runs at once: low-load latency does not grow, even when one run is
+    long (one change to 10,000 sockets every few hundred ms). A request that comes sooner
+    (a storm: they come microseconds apart) waits until ``factor`` times the last run's
+    duration (at most ``limit``) has passed since it ended, with every request that came
+    meanwhile.
     """
 
     def __init__(self, callback: Callable[[], None], factor: float, limit: float) -> None:
@@ -92,7 +98,7 @@ class Pacer:
             return
         loop = asyncio.get_running_loop()
         idle = loop.time() - self._ended
-        if idle >= self._cost:
+        if idle >= self._cost * IDLE_FRACTION:
             self._handle = loop.call_soon(self.run)
         else:
             wait = min(self._cost * self._factor, self._limit) - idle

@@ -145,7 +145,9 @@ class PresenceService:
         """Answer one socket (pong, error), after its snapshot."""
         self.fanout.reply(conn, text_frame(text))
 
-    def remove(self, conn: Connection) -> None:
+    def remove(self, conn: Connection, reconcile: bool = True) -> None:
+        """Unregister a closed socket; its user's last one here brings the store in line
+        (``reconcile``), except at shutdown, where one handover does it for every user."""
         if conn not in self._conns:
             return  # already removed (closed after a drop, a logout or a shutdown)
         del self._conns[conn]
@@ -156,7 +158,8 @@ class PresenceService:
         self.ledger.mark(conn.user_id, left)
         if left == 0:
             self._overlay_changed(conn.username)
-            self.changed(conn.username)
+            if reconcile:
+                self.changed(conn.username)
 
     def changed(self, username: str) -> None:
         """Bring the store in line with our sockets of ``username`` (one task per user)."""
@@ -268,10 +271,13 @@ class PresenceService:
 
     # -- shutdown ---------------------------------------------------------------------------
     def close_all(self) -> None:
+        """Shutdown: every socket closed with 1001. No store update per user (10,000 of
+        them took seconds of the 5 s a SIGTERM allows): the handover (or reap) that follows
+        lets every user of this process go in one step."""
         self.fanout.flush()  # what was already applied still reaches the clients
         self.fanout.cancel()
         for conn in list(self._conns):
-            self.remove(conn)
+            self.remove(conn, reconcile=False)
             conn.close(CLOSE_GOING_AWAY, "server shutting down")
 
 
