@@ -85,9 +85,10 @@ class Pacer:
     meanwhile.
     """
 
-    def __init__(self, callback: Callable[[], None], factor: float, limit: float) -> None:
+    def __init__(self, callback: Callable[[], None], factor: float, limit: float,
+                 idle_fraction: float = IDLE_FRACTION) -> None:
         self._callback = callback
-        self._factor, self._limit = factor, limit
+        self._factor, self._limit, self._idle_fraction = factor, limit, idle_fraction
         self._handle: asyncio.Handle | None = None
         self._ended = float("-inf")
         self._cost = 0.0
@@ -98,7 +99,7 @@ class Pacer:
             return
         loop = asyncio.get_running_loop()
         idle = loop.time() - self._ended
-        if idle >= self._cost * IDLE_FRACTION:
+        if idle >= self._cost * self._idle_fraction:
             self._handle = loop.call_soon(self.run)
         else:
             wait = min(self._cost * self._factor, self._limit) - idle
@@ -129,7 +130,11 @@ class Fanout:
         self._covered: dict[Connection, int] = {}         # queued events its snapshot had
         self._frames: list[bytes] = []
         self._events = Pacer(self._write_events, LOAD_FACTOR, MAX_DELAY)
-        self._snapshots = Pacer(self._write_snapshots, SNAPSHOT_FACTOR, MAX_SNAPSHOT_DELAY)
+        # A snapshot build is costly (every user encoded and compressed) and a connect storm
+        # sends requests every few ms: builds wait unless the loop was idle as long as the
+        # last build took.
+        self._snapshots = Pacer(self._write_snapshots, SNAPSHOT_FACTOR, MAX_SNAPSHOT_DELAY,
+                                idle_fraction=1.0)
 
     def __len__(self) -> int:
         return len(self._members) + len(self._joining)
