@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 
 import tornado.httpserver
 import tornado.netutil
@@ -19,6 +20,24 @@ from presence_app.launcher import fork_workers
 from presence_app.services import StartupError, open_services
 
 log = logging.getLogger("presence")
+
+#: A SIGTERM'd process is gone within 5 s whatever hangs (a database thread stuck in a
+#: query, a peer that never answers): past this, the shutdown is cut short.
+SHUTDOWN_DEADLINE = 4.5
+
+
+def start_shutdown_watchdog(deadline: float = SHUTDOWN_DEADLINE) -> threading.Timer:
+    """Exit the process ``deadline`` seconds from now unless it has ended by then."""
+    def cut_short() -> None:
+        log.error("Shutdown did not finish within %.1f s; exiting now", deadline)
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(1)
+
+    timer = threading.Timer(deadline, cut_short)
+    timer.daemon = True  # also fires while the interpreter waits for non-daemon threads
+    timer.start()
+    return timer
 
 
 class NodeFilter(logging.Filter):
@@ -64,6 +83,7 @@ async def serve(settings: Settings, sockets: list[socket.socket], announce: bool
             print(f"Presence is running at http://{host}:{port}/ (pid {os.getpid()}, "
                   f"node {settings.node_id}); Ctrl+C to stop", flush=True)
         await stop.wait()
+        start_shutdown_watchdog()
         log.info("Shutting down: no new connections, closing sockets with 1001")
         server.stop()
     try:

@@ -210,3 +210,19 @@ def test_port_in_use_is_one_stderr_line_and_exit_2(tmp_path):
 def test_unusable_data_dir_is_one_stderr_line_and_exit_2(tmp_path):
     (tmp_path / "data").write_text("a file, not a directory")
     assert_one_line_error(run_bad(tmp_path, "--port", str(free_port())), "data directory")
+
+
+def test_a_hung_shutdown_is_cut_short_by_the_watchdog() -> None:
+    """Whatever hangs after SIGTERM (here a non-daemon thread that would keep the interpreter
+    waiting for 30 s), the process is gone at the watchdog's deadline, with exit code 1 and
+    one error line."""
+    code = ("import threading, time, run\n"
+            "run.setup_logging(run.load_settings([]))\n"
+            "run.start_shutdown_watchdog(0.5)\n"
+            "threading.Thread(target=time.sleep, args=(30,)).start()\n")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=20)
+    took = time.monotonic() - started
+    assert done.returncode == 1 and took < 10, (done.returncode, took, done.stderr)
+    assert "Shutdown did not finish within 0.5 s; exiting now" in done.stderr
