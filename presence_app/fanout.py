@@ -173,10 +173,6 @@ class Fanout:
         if conn in self._members and not conn.send((frame,)):
             self._drop(conn, CLOSE_GOING_AWAY, "send buffer full")
 
-    def pending(self) -> int:
-        """Events queued for the next flush."""
-        return len(self._frames)
-
     # -- flushing -----------------------------------------------------------------------
     def flush(self) -> None:
         """Write everything queued now (snapshots first), whatever the pace says."""

@@ -84,7 +84,3 @@ class SharedSnapshot:
             return [frame_header(len(head) + len(self.deflated), compressed=True) + head,
                     self.deflated]
         return [frame_header(len(prefix) + len(self.body)) + prefix, self.body]
-
-    def size(self, compressed: bool) -> int:
-        """Bytes on the wire for one socket (without its short prefix)."""
-        return len(self.deflated) if compressed else len(self.body)

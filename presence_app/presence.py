@@ -13,7 +13,7 @@ import logging
 
 from presence_app.accounts import AccountService
 from presence_app.broker import Broker
-from presence_app.fanout import Connection, Fanout
+from presence_app.fanout import CLOSE_GOING_AWAY, Connection, Fanout
 from presence_app.frames import SharedSnapshot, text_frame
 from presence_app.gcpolicy import GcPolicy
 from presence_app.ledger import OnlineLedger
@@ -21,7 +21,6 @@ from presence_app.store import PresenceStore, UserState, presence_event
 
 log = logging.getLogger(__name__)
 
-CLOSE_GOING_AWAY = 1001
 CLOSE_SESSION_ENDED = 4001
 
 
