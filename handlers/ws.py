@@ -5,12 +5,14 @@ import json
 import logging
 from typing import Any, Sequence
 
-import tornado.iostream
 import tornado.web
 import tornado.websocket
 
 from handlers.base import SessionMixin
+from handlers.wsio import CLOSE_INVALID_DATA, BoundedWriter, adapt_protocol, set_send_buffer
+from presence_app.fanout import CLOSE_POLICY
 from presence_app.frames import text_frame
+from presence_app.limits import MessageRate
 
 __all__ = ["PresenceSocketHandler", "deflate_offer", "text_frame"]
 
@@ -52,8 +54,13 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
     username = ""
     user_id = 0
     session_id = ""
-    send_limit = 0
+    address = ""
     deflate = False
+    #: Set by ``PresenceProtocol`` while a text frame's payload (bytes) is being delivered.
+    text_frame = False
+    writer: BoundedWriter | None = None
+    rate: MessageRate | None = None
+    counted = False  # this socket is counted in ``services.caps``
 
     async def prepare(self) -> None:
         user = await self.load_user()
@@ -62,7 +69,10 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
         if self.presence.closing:
             raise tornado.web.HTTPError(503, "shutting down")
         self.username, self.user_id, self.session_id = user.username, user.user_id, user.session_id
-        self.send_limit = self.services.settings.send_buffer_limit  # read per event: keep it near
+        self.address = self.request.remote_ip or ""
+        refusal = self.services.caps.refusal(self.username, self.address)
+        if refusal is not None:
+            raise tornado.web.HTTPError(429, refusal)
         # permessage-deflate is negotiated here, not by Tornado: Tornado would echo the
         # client's offer (keeping ~300 KiB of zlib state per socket) and its header parser
         # drops valueless parameters such as server_no_context_takeover. RFC 7692 lets a
@@ -76,9 +86,22 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
         # Called once every check (Origin, version) has passed, just before the 101.
         if self.deflate:
             self.set_header(EXTENSIONS, DEFLATE_AGREED)
-        return super().get_websocket_protocol()
+        return adapt_protocol(super().get_websocket_protocol())
 
     def open(self, *args: Any, **kwargs: Any) -> None:
+        settings = self.services.settings
+        conn = self.ws_connection
+        assert conn is not None
+        # Checked again now that it is open: sockets that passed prepare() together
+        # must not overshoot the cap.
+        refusal = self.services.caps.open(self.username, self.address)
+        if refusal is not None:
+            self.close(CLOSE_POLICY, refusal[:120])
+            return
+        self.counted = True
+        self.writer = BoundedWriter(conn, settings.send_buffer_limit)
+        self.rate = MessageRate(settings.client_message_rate, settings.client_message_burst)
+        set_send_buffer(conn, settings.socket_send_buffer)
         if self.deflate:
             # Below Tornado's public API (6.6): a decompressor for the client's compressed
             # frames, and a compressor that is never used (we send only pre-built frames:
@@ -89,17 +112,35 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
         self.presence.add(self)
 
     def on_message(self, message: str | bytes) -> None:
+        conn = self.ws_connection
+        if conn is None or conn.is_closing() or self.rate is None:
+            return  # closing (or refused at open): what the client still sends is ignored
+        if not self.rate.allow():
+            settings = self.services.settings
+            self.presence.reply(self, json.dumps({
+                "type": "error", "error": f"too many messages: at most "
+                f"{settings.client_message_rate:g} a second (bursts of "
+                f"{settings.client_message_burst})"}))
+            self.close(CLOSE_POLICY, "message rate exceeded")
+            return
         size = len(message) if isinstance(message, bytes) else len(message.encode("utf-8"))
         if size > self.services.settings.max_message_size:
             # Over Tornado's own cap it aborts the TCP connection with the frame unread, which
             # clients often see as 1006; a frame read in full gets a proper 1009 handshake.
             self.close(1009, "message too big")
             return
+        text = self.text_frame
+        if isinstance(message, bytes) and text:
+            try:
+                message = message.decode("utf-8")
+            except UnicodeDecodeError:
+                self.close(CLOSE_INVALID_DATA, "text frame is not valid UTF-8")
+                return
         try:
             if isinstance(message, bytes):  # the protocol is JSON *text* frames only
                 raise ValueError("binary frame")
             data = json.loads(message)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than ~1,000
             self.presence.reply(self, '{"type":"error","error":"frames must be JSON text"}')
             return
         if isinstance(data, dict) and data.get("type") == "ping":
@@ -110,40 +151,18 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
                                               "error": f"unknown message type: {kind!r}"[:200]}))
 
     def on_close(self) -> None:
+        if self.counted:
+            self.counted = False
+            self.services.caps.close(self.username, self.address)
         self.presence.remove(self)
 
     def send(self, parts: Sequence[bytes]) -> bool:
-        """Write pre-built frames (or pieces of one) as one write: no Future, no Task, one
-        ``sendmsg`` when the socket can take it all, the shared pieces never copied.
-
-        The one place where bytes meet this socket (presence_app/fanout.py calls it for
-        events, snapshots and replies). This is below Tornado's public API (``write_message``
-        builds a frame, a Future and a Task per call, which dominates fan-out to thousands of
-        sockets). It relies on ``IOStream._write_buffer`` of Tornado 6.6 (pinned in
-        requirements.txt; covered by tests/test_fanout.py). Ordering with Tornado's own
-        writes (close and ping frames) is kept: bytes go straight to the socket only when
-        Tornado has nothing queued for it.
-        """
-        conn = self.ws_connection
-        stream = getattr(conn, "stream", None)
-        if conn is None or stream is None or conn.is_closing() or stream.closed():
-            return False
-        queued = len(stream._write_buffer)
-        if queued > self.send_limit:
-            return False
-        rest: Sequence[bytes | memoryview] = parts
-        try:
-            if queued == 0 and type(stream) is tornado.iostream.IOStream:
-                try:
-                    sent = stream.socket.sendmsg(parts)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
-                rest = _unsent(parts, sent)
-            for part in rest:
-                stream.write(part)
-        except (OSError, tornado.iostream.StreamClosedError):
-            return False
-        return True
+        """Write pre-built frames (or pieces of one): the one place where bytes meet this
+        socket (presence_app/fanout.py calls it for events, snapshots and replies), bounded
+        by ``--send-buffer-limit`` (handlers/wsio.py ``BoundedWriter``). False: the socket
+        is gone or over its limit, and is dropped."""
+        writer = self.writer
+        return writer is not None and writer.send(parts)
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         # Before the upgrade this is plain HTTP: answer with a short JSON error.
@@ -154,12 +173,3 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
             exc = kwargs.get("exc_info", (None, None, None))[1]
             reason = exc.log_message if isinstance(exc, tornado.web.HTTPError) else "error"
             self.finish(json.dumps({"error": reason, "status": status_code}))
-
-
-def _unsent(parts: Sequence[bytes], sent: int) -> Sequence[bytes | memoryview]:
-    """What is left of ``parts`` after the kernel took ``sent`` bytes (views, not copies)."""
-    for index, part in enumerate(parts):
-        if sent < len(part):
-            return [memoryview(part)[sent:], *parts[index + 1:]]
-        sent -= len(part)
-    return ()

@@ -40,6 +40,11 @@ class Settings:
     ping_interval: float = 20.0
     max_message_size: int = 64 * 1024
     send_buffer_limit: int = 1024 * 1024
+    socket_send_buffer: int = 256 * 1024
+    client_message_rate: float = 20.0
+    client_message_burst: int = 100
+    max_sockets_per_user: int = 0
+    max_sockets_per_address: int = 0
     session_days: float = 30.0
     xheaders: bool = False
     flush_interval: float = 0.5
@@ -80,7 +85,15 @@ _OPTIONS: list[tuple[str, type, str]] = [
      "waiting for a reconnect on any process (0: offline at once)"),
     ("ping-interval", float, "seconds between WebSocket protocol pings"),
     ("max-message-size", int, "largest accepted WebSocket frame in bytes"),
-    ("send-buffer-limit", int, "bytes queued to one socket before it is dropped"),
+    ("send-buffer-limit", int, "bytes this process may hold for one socket (queued frames, "
+     "Python objects included) before the socket is dropped"),
+    ("socket-send-buffer", int, "kernel send buffer per WebSocket (SO_SNDBUF; Linux doubles it "
+     "and caps it at net.core.wmem_max; 0: the kernel's autotuning)"),
+    ("client-message-rate", float, "messages per second a socket may send on average (0: off)"),
+    ("client-message-burst", int, "messages a socket may send at once above its rate"),
+    ("max-sockets-per-user", int, "open WebSockets per user in this process (0: no cap)"),
+    ("max-sockets-per-address", int, "open WebSockets per client address in this process "
+     "(0: no cap)"),
     ("session-days", float, "session lifetime in days"),
     ("flush-interval", float, "seconds between batched writes of the online-users table"),
     ("login-max-failures", int, "failed logins per name and address before a wait (0: off)"),
@@ -149,6 +162,14 @@ def validate(s: Settings) -> Settings:
         raise ConfigError(f"--bcrypt-rounds must be 4..31, got {s.bcrypt_rounds}")
     if s.processes < 0 or s.bcrypt_threads < 0:
         raise ConfigError("--processes and --bcrypt-threads must not be negative")
+    for name in ("socket_send_buffer", "max_sockets_per_user", "max_sockets_per_address"):
+        if getattr(s, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must not be negative")
+    if not 0 <= s.client_message_rate <= 1e6:  # also rejects nan
+        raise ConfigError(f"--client-message-rate must be 0..1000000, got {s.client_message_rate}")
+    if s.client_message_burst < 1:
+        raise ConfigError(f"--client-message-burst must be at least 1, got "
+                          f"{s.client_message_burst}")
     if s.login_max_failures < 0:
         raise ConfigError("--login-max-failures must not be negative")
     for name in ("heartbeat_timeout", "ping_interval", "session_days", "flush_interval",

@@ -12,6 +12,7 @@ from presence_app.broker import Broker, LocalBroker, RedisBroker, make_broker
 from presence_app.config import Settings
 from presence_app.db import Database
 from presence_app.ledger import OnlineLedger
+from presence_app.limits import SocketCaps
 from presence_app.passwords import PasswordHasher
 from presence_app.presence import PresenceService
 from presence_app.store import MemoryStore, PresenceStore
@@ -36,6 +37,8 @@ class Services:
     ledger: OnlineLedger
     throttle: LoginThrottle
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    #: Open WebSockets per user and per address (the caps are off unless configured).
+    caps: SocketCaps = field(default_factory=lambda: SocketCaps(0, 0))
 
     async def health(self) -> tuple[bool, dict[str, object]]:
         """Readiness: the database answers and, where configured, Redis does."""
@@ -96,7 +99,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         tasks.append(asyncio.create_task(ledger.run(settings.flush_interval)))
         throttle = LoginThrottle(settings.login_max_failures, settings.login_failure_window)
         services = Services(settings, db, accounts, broker, presence, sync, ledger, throttle,
-                            tasks)
+                            tasks, SocketCaps(settings.max_sockets_per_user,
+                                              settings.max_sockets_per_address))
         log.info("Services ready: node %s, database %s, broker %s", settings.node_id,
                  db.engine.url.render_as_string(hide_password=True), broker.name)
         try:
