@@ -2,6 +2,8 @@
 cost the server (RSS), and how long does ``/healthz`` wait meanwhile.
 
     python -m bench.flood      # starts its own app on a free port (SQLite in a temp dir)
+    python -m bench.flood --client-message-rate 0   # extra flags go to the app: here the
+                                                    # rate limit off, the send-buffer bound alone
 """
 from __future__ import annotations
 
@@ -28,13 +30,13 @@ def ping_frame() -> bytes:
         b ^ mask[i % 4] for i, b in enumerate(data))
 
 
-def start_app(data_dir: str) -> tuple[subprocess.Popen[bytes], int]:
+def start_app(data_dir: str, extra: list[str]) -> tuple[subprocess.Popen[bytes], int]:
     probe = socket.socket()
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()
     app = subprocess.Popen([sys.executable, "run.py", "--port", str(port), "--data-dir",
-                            data_dir, "--bcrypt-rounds", "4", "--log-level", "WARNING"],
+                            data_dir, "--bcrypt-rounds", "4", "--log-level", "WARNING", *extra],
                            cwd=ROOT)
     for _ in range(100):
         try:
@@ -60,7 +62,7 @@ def upgrade(port: int, cookie: str) -> socket.socket:
 
 
 async def main() -> None:
-    app, port = start_app(tempfile.mkdtemp())
+    app, port = start_app(tempfile.mkdtemp(), sys.argv[1:])
     try:
         client = PresenceClient(f"http://127.0.0.1:{port}")
         await client.signup("flooder", "s3cret-pass")
