@@ -1,6 +1,7 @@
 """The presence WebSocket: authenticated, origin-checked, snapshot first, then events."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from typing import Any, Sequence
@@ -52,6 +53,7 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
     username = ""
     user_id = 0
     session_id = ""
+    expires_at: dt.datetime | None = None  # the session's end: the socket is closed then
     send_limit = 0
     deflate = False
 
@@ -62,6 +64,7 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
         if self.presence.closing:
             raise tornado.web.HTTPError(503, "shutting down")
         self.username, self.user_id, self.session_id = user.username, user.user_id, user.session_id
+        self.expires_at = user.expires_at
         self.send_limit = self.services.settings.send_buffer_limit  # read per event: keep it near
         # permessage-deflate is negotiated here, not by Tornado: Tornado would echo the
         # client's offer (keeping ~300 KiB of zlib state per socket) and its header parser
