@@ -287,10 +287,16 @@ class PresenceService:
     async def announce_revocations(self) -> None:
         """Publish again the revocations whose announcement failed (in their order); what
         still fails stays for the next try."""
-        while self._unannounced:
-            message = next(iter(self._unannounced))
-            await self.broker.publish(message)  # raises: the rest waits for the next resync
-            self._unannounced.pop(message, None)
+        sent = 0
+        try:
+            while self._unannounced:
+                message = next(iter(self._unannounced))
+                await self.broker.publish(message)  # raises: the rest waits for the next try
+                self._unannounced.pop(message, None)
+                sent += 1
+        finally:
+            if sent:
+                log.info("Announced %d revocation(s) made while the broker was down", sent)
 
     @property
     def unannounced(self) -> int:
