@@ -309,11 +309,14 @@ class PresenceService:
             conn.close(CLOSE_SESSION_ENDED, "session ended")
 
     def close_user(self, username: str) -> None:
-        """Close every socket of ``username`` in this process with 4001."""
+        """Close every socket of ``username`` (any case: names are unique regardless of
+        case) in this process with 4001."""
         self.accounts.forget_user(username)
-        for conn in list(self._by_user.get(username, ())):
-            self.remove(conn)
-            conn.close(CLOSE_SESSION_ENDED, "session ended")
+        key = username.lower()
+        for name in [name for name in self._by_user if name.lower() == key]:
+            for conn in list(self._by_user.get(name, ())):
+                self.remove(conn)
+                conn.close(CLOSE_SESSION_ENDED, "session ended")
 
     def close_expired(self, now: dt.datetime | None = None) -> int:
         """Close (4001) the sockets of every session that has expired; how many sessions."""

@@ -156,6 +156,18 @@ async def test_login_again_closes_the_old_sessions_sockets(user_factory: Any,
 
 
 @pytest.mark.gen_test
+async def test_signup_from_a_logged_in_browser_closes_the_earlier_sessions_sockets(
+        user_factory: Any) -> None:
+    bob = await user_factory("bob")
+    old_cookies = dict(bob.cookies)
+    tab = await bob.connect()
+    await bob.signup("carol", PASSWORD)  # the same browser signs up a second account
+    assert await tab.wait_closed(timeout=5) == 4001
+    assert await session_status(bob, old_cookies) == 401
+    assert (await bob.connect()).me == "carol"
+
+
+@pytest.mark.gen_test
 async def test_expired_session_closes_its_socket_and_the_user_goes_offline(
         services: Any, user_factory: Any) -> None:
     watcher = await (await user_factory("alice")).connect()
@@ -205,7 +217,7 @@ async def test_user_level_revocation_closes_every_socket_of_the_user(
         await services.presence.end_user_sessions("bob")
     else:  # as another process announces it: through the broker only
         await services.broker.publish(json.dumps({"type": "user_sessions_ended",
-                                                  "username": "bob"}))
+                                                  "username": "Bob"}))
     for tab in tabs:
         assert await tab.wait_closed(timeout=5) == 4001
     await watcher.wait_status("bob", False, timeout=5)
