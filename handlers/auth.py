@@ -21,19 +21,19 @@ class SignupHandler(BaseHandler):
         try:
             if max(len(username), len(password), len(confirm)) > MAX_FIELD:
                 raise AccountError(400, "A field is far too long.")
-            await self.accounts.signup(username, password, confirm)
+            # One bcrypt; the account and its session are written in one transaction.
+            created = await self.accounts.register(username, password, confirm,
+                                                   replaces=self.session_token())
         except AccountError as exc:
             self.set_status(exc.status)
             self.render("signup.html", title="Sign up", error=exc.message,
                         username=username[:64])
             return
         log.info("New account %s", username)
+        if created.revoked:  # the browser's earlier session: its sockets close everywhere
+            await self.presence.end_session(created.revoked)
         await self.presence.user_signed_up(username)
-        user = await self.accounts.authenticate(username, password)
-        if user is None:  # cannot happen unless the account vanished meanwhile
-            self.redirect("/login")
-            return
-        self.set_session_cookie(await self.accounts.start_session(user, self.session_token()))
+        self.set_session_cookie(created.token)
         self.redirect("/")
 
 
@@ -65,9 +65,12 @@ class LoginHandler(BaseHandler):
                         username=username[:64], next=target)
             return
         throttle.succeeded(username[:64], address)
-        # Rotation: a fresh token on every login; the one presented before is revoked.
-        token = await self.accounts.start_session(user, replaces=self.session_token())
-        self.set_session_cookie(token)
+        # Rotation: a fresh token on every login; the one presented before is revoked, and
+        # its sockets are closed in every process, as at logout.
+        opened = await self.accounts.open_session(user, replaces=self.session_token())
+        if opened.revoked:
+            await self.presence.end_session(opened.revoked)
+        self.set_session_cookie(opened.token)
         self.redirect(target)
 
 

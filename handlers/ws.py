@@ -1,6 +1,7 @@
 """The presence WebSocket: authenticated, origin-checked, snapshot first, then events."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from typing import Any, Sequence
@@ -55,6 +56,7 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
     user_id = 0
     session_id = ""
     address = ""
+    expires_at: dt.datetime | None = None  # the session's end: the socket is closed then
     deflate = False
     #: Set by ``PresenceProtocol`` while a text frame's payload (bytes) is being delivered.
     text_frame = False
@@ -69,6 +71,7 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
         if self.presence.closing:
             raise tornado.web.HTTPError(503, "shutting down")
         self.username, self.user_id, self.session_id = user.username, user.user_id, user.session_id
+        self.expires_at = user.expires_at
         self.address = self.request.remote_ip or ""
         refusal = self.services.caps.refusal(self.username, self.address)
         if refusal is not None:

@@ -22,6 +22,9 @@ from presence_app.store import PresenceStore, UserState, presence_event
 log = logging.getLogger(__name__)
 
 CLOSE_SESSION_ENDED = 4001
+#: Revocations whose broadcast failed (Redis down), kept to be re-announced; past this many
+#: the oldest are dropped (the re-check after a resync still closes their sockets).
+MAX_UNANNOUNCED = 10_000
 
 
 def iso_now() -> str:
@@ -57,6 +60,8 @@ class PresenceService:
         self._conns: dict[Connection, None] = {}       # insertion-ordered set
         self._by_user: dict[str, set[Connection]] = {}
         self._by_session: dict[str, set[Connection]] = {}
+        self._expiry: dict[str, dt.datetime] = {}      # session id -> expires_at (UTC)
+        self._unannounced: dict[str, None] = {}        # broker messages to publish again
         self._view: dict[str, UserState] = {}          # everyone's status as our clients know it
         self._rows: dict[str, bytes] = {}              # encoded snapshot row per user
         self._snapshot: SharedSnapshot | None = None   # built at most once per flush
@@ -125,6 +130,9 @@ class PresenceService:
         self._conns[conn] = None
         self.gc.opened()
         self._by_session.setdefault(conn.session_id, set()).add(conn)
+        expires = getattr(conn, "expires_at", None)
+        if expires is not None:
+            self._expiry[conn.session_id] = expires
         mine = self._by_user.setdefault(conn.username, set())
         mine.add(conn)
         self.ledger.mark(conn.user_id, len(mine))
@@ -132,6 +140,10 @@ class PresenceService:
             self._overlay_changed(conn.username)
             self.changed(conn.username)
         self.fanout.join(conn)
+        if self.accounts.revoked(conn.session_id):
+            # Revoked between the handshake's session lookup and now: a logout in that
+            # window must not leave this socket open.
+            self.close_session(conn.session_id)
 
     def _overlay_changed(self, username: str) -> None:
         """``username`` got its first or lost its last socket here: a snapshot that lists
@@ -152,7 +164,8 @@ class PresenceService:
         del self._conns[conn]
         self.fanout.leave(conn)
         self.gc.closed(len(self._conns))
-        _discard(self._by_session, conn.session_id, conn)
+        if _discard(self._by_session, conn.session_id, conn) == 0:
+            self._expiry.pop(conn.session_id, None)
         left = _discard(self._by_user, conn.username, conn)
         self.ledger.mark(conn.user_id, left)
         if left == 0:
@@ -209,6 +222,8 @@ class PresenceService:
                 self.broadcast(text)
         elif kind == "session_ended":
             self.close_session(message["session"])
+        elif kind == "user_sessions_ended":
+            self.close_user(message["username"])
 
     def _apply(self, username: str, state: UserState) -> bool:
         """Take a newer state into the view; False for a stale or repeated one."""
@@ -247,18 +262,86 @@ class PresenceService:
 
     # -- sessions ---------------------------------------------------------------------------
     async def end_session(self, session_id: str) -> None:
-        """Close the session's sockets here at once and in every other process via the broker."""
+        """Close the session's sockets here at once and in every other process via the broker
+        (logout, rotation at login). If the broker is down, the announcement is kept and
+        made again once it is back (``announce_revocations``)."""
         self.close_session(session_id)
+        await self._announce(json.dumps({"type": "session_ended", "session": session_id}))
+
+    async def end_user_sessions(self, username: str) -> None:
+        """Close every socket of ``username``, here and in every process (after
+        ``AccountService.end_user_sessions`` deleted their sessions: an admin command)."""
+        self.close_user(username)
+        await self._announce(json.dumps({"type": "user_sessions_ended", "username": username}))
+
+    async def _announce(self, message: str) -> None:
         try:
-            await self.broker.publish(json.dumps({"type": "session_ended", "session": session_id}))
+            await self.broker.publish(message)
         except Exception as exc:
-            log.warning("Could not announce the end of a session to other processes: %s", exc)
+            log.warning("Could not announce a revocation to other processes now (%s); "
+                        "will announce it when the broker is back", exc)
+            self._unannounced[message] = None
+            if len(self._unannounced) > MAX_UNANNOUNCED:
+                del self._unannounced[next(iter(self._unannounced))]
+
+    async def announce_revocations(self) -> None:
+        """Publish again the revocations whose announcement failed (in their order); what
+        still fails stays for the next try."""
+        sent = 0
+        try:
+            while self._unannounced:
+                message = next(iter(self._unannounced))
+                await self.broker.publish(message)  # raises: the rest waits for the next try
+                self._unannounced.pop(message, None)
+                sent += 1
+        finally:
+            if sent:
+                log.info("Announced %d revocation(s) made while the broker was down", sent)
+
+    @property
+    def unannounced(self) -> int:
+        return len(self._unannounced)
 
     def close_session(self, session_id: str) -> None:
         self.accounts.forget(session_id)
         for conn in list(self._by_session.get(session_id, ())):
             self.remove(conn)
             conn.close(CLOSE_SESSION_ENDED, "session ended")
+
+    def close_user(self, username: str) -> None:
+        """Close every socket of ``username`` (any case: names are unique regardless of
+        case) in this process with 4001."""
+        self.accounts.forget_user(username)
+        key = username.lower()
+        for name in [name for name in self._by_user if name.lower() == key]:
+            for conn in list(self._by_user.get(name, ())):
+                self.remove(conn)
+                conn.close(CLOSE_SESSION_ENDED, "session ended")
+
+    def close_expired(self, now: dt.datetime | None = None) -> int:
+        """Close (4001) the sockets of every session that has expired; how many sessions."""
+        now = now or dt.datetime.now(dt.timezone.utc)
+        ended = [sid for sid, expires in self._expiry.items() if expires <= now]
+        for session_id in ended:
+            log.info("Session %s... expired; closing its sockets", session_id[:8])
+            self.close_session(session_id)
+        return len(ended)
+
+    async def recheck_sessions(self) -> int:
+        """Close (4001) the sockets whose session no longer exists or has expired in the
+        database: revocations this process may have missed (a Redis outage). One query per
+        500 open sessions. Returns how many sessions were closed."""
+        sessions = list(self._by_session)
+        if not sessions:
+            return 0
+        live = await self.accounts.live_sessions(sessions)
+        gone = [sid for sid in sessions if sid not in live and sid in self._by_session]
+        for session_id in gone:
+            self.close_session(session_id)
+        if gone:
+            log.info("Closed the sockets of %d session(s) revoked or expired meanwhile",
+                     len(gone))
+        return len(gone)
 
     async def user_signed_up(self, username: str) -> None:
         """Announce a new account to every client (as offline, never seen)."""

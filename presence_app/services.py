@@ -92,7 +92,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         sync = PresenceSync(presence, store, ledger, settings.node_id,
                             settings.heartbeat_timeout, settings.heartbeat_interval)
         # Subscribe before loading state, so nothing published in between is missed.
-        tasks.append(asyncio.create_task(broker.listen(presence.on_message, sync.resync)))
+        # Cached sessions are served only while revocations can reach this process.
+        accounts.guard_cache(lambda: broker.problem is None and sync.problem is None)
+        tasks.append(asyncio.create_task(broker.listen(presence.on_message, sync.resubscribed)))
         await broker.wait_subscribed(timeout=3.0)
         await sync.start()
         tasks.append(asyncio.create_task(sync.run()))

@@ -64,7 +64,7 @@ class PresenceSync:
     async def run(self) -> None:
         """Liveness and maintenance in separate loops: a slow resync, reap or database write
         must never delay the heartbeat (or others would reap this live process)."""
-        loops = [self._liveness(), self._maintenance()]
+        loops = [self._liveness(), self._maintenance(), self._expiry()]
         if self.store.grace > 0:
             loops.append(self._sweeper())
         await asyncio.gather(*loops)
@@ -109,6 +109,8 @@ class PresenceSync:
             try:
                 if self.presence.needs_resync:
                     await self.resync()
+                elif self.presence.unannounced:
+                    await self.presence.announce_revocations()
                 await self.reap_dead()
             except asyncio.CancelledError:
                 raise
@@ -118,6 +120,23 @@ class PresenceSync:
             if loop.time() >= next_purge:
                 next_purge = loop.time() + PURGE_INTERVAL
                 await self.purge_sessions()
+
+    async def _expiry(self) -> None:
+        """Close the sockets of expired sessions, checked every heartbeat interval (so a
+        socket outlives its session by at most that: 2.5 s with the default timeout)."""
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                self.presence.close_expired()
+            except Exception:  # never let this loop die: log and carry on
+                log.exception("Could not close the sockets of expired sessions")
+
+    async def resubscribed(self) -> None:
+        """The broker resubscribed after losing its subscription: revocations published
+        meanwhile were missed, so cached sessions are dropped before the resync (which
+        re-checks the sessions of every open socket)."""
+        self.presence.accounts.clear_cache()
+        await self.resync()
 
     async def _sweeper(self) -> None:
         """Announce the users whose offline grace ended, at their deadline.
@@ -200,6 +219,18 @@ class PresenceSync:
                 self._settling = asyncio.ensure_future(self._settle_later())
             log.info("Resynchronised presence: %d local user(s), %d known state(s)",
                      len(p.local_users()), len(states))
+        await self.revocations()
+
+    async def revocations(self) -> None:
+        """After a resync: close the sockets whose session ended while messages may have been
+        lost, and announce the revocations made here while the broker was down."""
+        p = self.presence
+        try:
+            await p.recheck_sessions()
+        except Exception as exc:  # the database: try again with the next resync
+            log.warning("Could not re-check the sessions of open sockets (%s); will retry", exc)
+            p.needs_resync = True
+        await p.announce_revocations()
 
     async def _settle_later(self) -> None:
         await asyncio.sleep(2 * self.interval)
