@@ -8,6 +8,10 @@ from presence_app.accounts import LOGIN_FAILED, AccountError
 
 log = logging.getLogger(__name__)
 MAX_FIELD = 1024  # characters; anything longer is an error, not something to hash
+#: What a login password that is not UTF-8 becomes. Sign-up stores only UTF-8 passwords, so
+#: such bytes are a wrong password: answered like one (401, the same message, a dummy bcrypt
+#: check: over 72 bytes), never echoed. NUL and 73 bytes: no stored password can equal it.
+NOT_A_PASSWORD = "\x00" * 73
 
 
 class SignupHandler(BaseHandler):
@@ -38,6 +42,14 @@ class SignupHandler(BaseHandler):
 
 
 class LoginHandler(BaseHandler):
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        if name == "password":
+            try:
+                return value.decode("utf-8")
+            except UnicodeDecodeError:
+                return NOT_A_PASSWORD
+        return super().decode_argument(value, name)
+
     def get(self) -> None:
         self.render("login.html", title="Log in", error=None, username="",
                     next=safe_next(self.get_query_argument("next", "")))

@@ -9,11 +9,18 @@ from urllib.parse import urlsplit
 import tornado.web
 from markupsafe import Markup
 
+from handlers.xsrf import SessionXsrfMixin
 from presence_app.accounts import AccountService, SessionUser
 from presence_app.presence import PresenceService
 from presence_app.services import Services
 
+#: A form field that is not UTF-8: the answer names the field, never echoes its bytes (it may
+#: be a password), unlike Tornado's "Invalid unicode in password: b'...'".
+INVALID_TEXT = "A form field is not valid UTF-8 text."
+
 SESSION_COOKIE = "presence_session"
+#: Sent instead of Tornado's ``TornadoServer/<version>``: no version to look vulnerabilities up by.
+SERVER_HEADER = "presence"
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -21,6 +28,14 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
                                "connect-src 'self'; frame-ancestors 'none'; form-action 'self'",
 }
+
+
+def set_security_headers(handler: tornado.web.RequestHandler) -> None:
+    """Every response (pages, errors, static files, WebSocket answers) carries these; Tornado
+    calls ``set_default_headers`` from ``clear()``, so error pages keep them too."""
+    handler.set_header("Server", SERVER_HEADER)
+    for name, value in SECURITY_HEADERS.items():
+        handler.set_header(name, value)
 
 
 def safe_next(target: str | None) -> str:
@@ -67,10 +82,17 @@ class SessionMixin:
         return user
 
 
-class BaseHandler(SessionMixin, tornado.web.RequestHandler):
+class BaseHandler(SessionMixin, SessionXsrfMixin, tornado.web.RequestHandler):
     def set_default_headers(self) -> None:
-        for name, value in SECURITY_HEADERS.items():
-            self.set_header(name, value)
+        set_security_headers(self)
+
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        """Tornado's 400 for bad UTF-8 quotes the first 40 bytes (a password, maybe) on the
+        page and in the log; this one quotes nothing."""
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise tornado.web.HTTPError(400, INVALID_TEXT) from None
 
     async def prepare(self) -> None:
         await self.load_user()
@@ -83,12 +105,15 @@ class BaseHandler(SessionMixin, tornado.web.RequestHandler):
         super().set_cookie(name, value, *args, **kwargs)
 
     def set_session_cookie(self, token: str) -> None:
+        """Also re-issues ``_xsrf``, bound to the new session, so the next POST works."""
         self.set_signed_cookie(SESSION_COOKIE, token,
                                expires_days=self.services.settings.session_days,
                                httponly=True, samesite="Lax")
+        self.issue_xsrf_token(token)
 
     def clear_session_cookie(self) -> None:
         self.clear_cookie(SESSION_COOKIE, httponly=True, samesite="Lax")
+        self.issue_xsrf_token(None)
 
     def render_string(self, template_name: str, **kwargs: Any) -> bytes:
         template = self.settings["jinja_env"].get_template(template_name)

@@ -9,7 +9,7 @@ import tornado.iostream
 import tornado.web
 import tornado.websocket
 
-from handlers.base import SessionMixin
+from handlers.base import SessionMixin, set_security_headers
 from presence_app.frames import text_frame
 
 __all__ = ["PresenceSocketHandler", "deflate_offer", "text_frame"]
@@ -54,6 +54,10 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
     session_id = ""
     send_limit = 0
     deflate = False
+
+    def set_default_headers(self) -> None:
+        """The refusals (401, 403, 400) and the 101 carry the same headers as every page."""
+        set_security_headers(self)
 
     async def prepare(self) -> None:
         user = await self.load_user()

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 from sqlalchemy import (
     BigInteger, DateTime, ForeignKey, Integer, String, event, func, text,
 )
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine,
 )
@@ -87,6 +88,7 @@ class Database:
         kwargs: dict = {"pool_pre_ping": not self.is_sqlite}
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": 30}
+            restrict_sqlite_files(url)
         else:
             kwargs.update(pool_size=10, max_overflow=20)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
@@ -122,6 +124,22 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+def restrict_sqlite_files(url: str) -> None:
+    """Create the SQLite file 0600 before SQLite does (it would use 0644 under the usual
+    umask), and tighten an existing one: it holds the password hashes. SQLite gives the
+    -wal and -shm files the mode of the database file."""
+    path = make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        for name in (path, path + "-wal", path + "-shm"):
+            if os.path.exists(name):
+                os.chmod(name, 0o600)
+    except OSError as exc:  # SQLite's own open then reports the problem as usual
+        log.warning("Cannot restrict the permissions of %s: %s", path, exc.strerror)
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
