@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
+from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -11,12 +13,32 @@ from markupsafe import Markup
 
 from handlers.xsrf import SessionXsrfMixin
 from presence_app.accounts import AccountService, SessionUser
+from presence_app.db import DatabaseWriteError
 from presence_app.presence import PresenceService
 from presence_app.services import Services
 
 #: A form field that is not UTF-8: the answer names the field, never echoes its bytes (it may
 #: be a password), unlike Tornado's "Invalid unicode in password: b'...'".
 INVALID_TEXT = "A form field is not valid UTF-8 text."
+#: Service errors that are not bugs, as (status, message shown); the rest is a plain 500.
+SERVICE_ERRORS: dict[type[Exception], tuple[int, str]] = {
+    DatabaseWriteError: (503, "The server cannot save anything right now, so this did not "
+                              "happen. Please try again in a moment."),
+}
+
+
+def service_error(exc: BaseException | None) -> tuple[int, str] | None:
+    """The (status, message) of a known service error, None for anything else."""
+    for kind, answer in SERVICE_ERRORS.items():
+        if isinstance(exc, kind):
+            return answer
+    return None
+
+
+#: Seconds a client is told to wait (``Retry-After``) after a 503 of SERVICE_ERRORS.
+RETRY_AFTER = 5
+
+log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "presence_session"
 #: Sent instead of Tornado's ``TornadoServer/<version>``: no version to look vulnerabilities up by.
@@ -129,12 +151,30 @@ class BaseHandler(SessionMixin, SessionXsrfMixin, tornado.web.RequestHandler):
     def wants_json(self) -> bool:
         return self.request.path.startswith(("/api/", "/healthz"))
 
+    def log_exception(self, typ: type[BaseException] | None, value: BaseException | None,
+                      tb: TracebackType | None) -> None:
+        """A known service error (the database cannot write) is one line, not a traceback:
+        the database layer has already said why, once."""
+        known = service_error(value)
+        if known is not None:
+            log.warning("%s %s answered %d: %s", self.request.method, self.request.path,
+                        known[0], value)
+            return
+        super().log_exception(typ, value, tb)
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Errors as a short page or JSON; never a traceback, whatever ``debug`` says."""
         reason = self._reason or http.client.responses.get(status_code, "Error")
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code < 500:
+        if (isinstance(exc, tornado.web.HTTPError) and exc.log_message
+                and (status_code < 500 or status_code == 503)):  # 503s say what to do
             reason = exc.log_message % exc.args if exc.args else exc.log_message
+        known = service_error(exc)
+        if known is not None:
+            status_code, reason = known
+            self.set_status(status_code)
+        if status_code == 503:
+            self.set_header("Retry-After", str(RETRY_AFTER))
         if self.wants_json():
             self.set_header("Content-Type", "application/json")
             self.finish(json.dumps({"error": reason, "status": status_code}))

@@ -38,7 +38,7 @@ def assert_hardened_headers(response: Any, what: str) -> None:
 
 def no_traceback(caplog: Any) -> None:
     for record in caplog.records:
-        assert record.exc_info is None, record.getMessage()
+        assert not record.exc_info, record.getMessage()
         assert "Traceback" not in record.getMessage()
         assert record.levelno < logging.ERROR, record.getMessage()
 
