@@ -17,27 +17,6 @@ from presence_app.db import DatabaseWriteError
 from presence_app.presence import PresenceService
 from presence_app.services import Services
 
-#: A form field that is not UTF-8: the answer names the field, never echoes its bytes (it may
-#: be a password), unlike Tornado's "Invalid unicode in password: b'...'".
-INVALID_TEXT = "A form field is not valid UTF-8 text."
-#: Service errors that are not bugs, as (status, message shown); the rest is a plain 500.
-SERVICE_ERRORS: dict[type[Exception], tuple[int, str]] = {
-    DatabaseWriteError: (503, "The server cannot save anything right now, so this did not "
-                              "happen. Please try again in a moment."),
-}
-
-
-def service_error(exc: BaseException | None) -> tuple[int, str] | None:
-    """The (status, message) of a known service error, None for anything else."""
-    for kind, answer in SERVICE_ERRORS.items():
-        if isinstance(exc, kind):
-            return answer
-    return None
-
-
-#: Seconds a client is told to wait (``Retry-After``) after a 503 of SERVICE_ERRORS.
-RETRY_AFTER = 5
-
 log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "presence_session"
@@ -50,6 +29,17 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
                                "connect-src 'self'; frame-ancestors 'none'; form-action 'self'",
 }
+#: A form field that is not UTF-8: the answer names the field, never echoes its bytes (it may
+#: be a password), unlike Tornado's "Invalid unicode in password: b'...'".
+INVALID_TEXT = "A form field is not valid UTF-8 text."
+#: Service errors that are not bugs, as (status, message shown); the rest is a plain 500.
+SERVICE_ERRORS: dict[type[Exception], tuple[int, str]] = {
+    DatabaseWriteError: (503, "The server cannot save anything right now, so this did not "
+                              "happen. Please try again in a moment."),
+}
+
+#: Seconds a client is told to wait (``Retry-After``) after a 503 of SERVICE_ERRORS.
+RETRY_AFTER = 5
 
 
 def set_security_headers(handler: tornado.web.RequestHandler) -> None:
@@ -58,6 +48,14 @@ def set_security_headers(handler: tornado.web.RequestHandler) -> None:
     handler.set_header("Server", SERVER_HEADER)
     for name, value in SECURITY_HEADERS.items():
         handler.set_header(name, value)
+
+
+def service_error(exc: BaseException | None) -> tuple[int, str] | None:
+    """The (status, message) of a known service error, None for anything else."""
+    for kind, answer in SERVICE_ERRORS.items():
+        if isinstance(exc, kind):
+            return answer
+    return None
 
 
 def safe_next(target: str | None) -> str:

@@ -99,4 +99,7 @@ class SessionXsrfMixin:
             raise tornado.web.HTTPError(403, "XSRF cookie does not match POST argument")
         session_id = self._xsrf_session_id(self.session_token())
         if not token_valid(self._xsrf_secret(), cookie, session_id):
-            raise tornado.web.HTTPError(403, "XSRF token is not valid for this session")
+            # Also what a form rendered before a login or logout in another tab gets.
+            raise tornado.web.HTTPError(403, "This form is out of date (you logged in or out "
+                                             "meanwhile, maybe in another tab): reload the "
+                                             "page and try again.")

@@ -130,7 +130,9 @@ async def test_an_anonymous_token_does_not_log_out_and_the_reissued_one_does(mak
     stale = dict(client.cookies, **{XSRF_COOKIE: anonymous})
     old_client = make_client()
     old_client.cookies = stale
-    assert (await old_client.request("POST", "/logout", {"_xsrf": anonymous})).code == 403
+    refused = await old_client.request("POST", "/logout", {"_xsrf": anonymous})
+    assert refused.code == 403
+    assert "reload the page" in refused.body.decode()
     assert (await client.request("GET", "/api/users")).code == 200  # still logged in
     # A page GET with the stale token hands out a valid one; it works.
     page = await old_client.request("GET", "/")
