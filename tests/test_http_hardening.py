@@ -262,3 +262,13 @@ def test_data_dir_is_0700_and_the_sqlite_files_0600(run_server, tmp_path):
     assert all(f.exists() for f in files), list(data.iterdir())
     for path in files + [data / "cookie_secret"]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_an_existing_sqlite_file_and_its_wal_are_tightened_to_0600(tmp_path):
+    from presence_app.db import Database
+    for name in ("old.db", "old.db-wal", "old.db-shm"):
+        (tmp_path / name).write_bytes(b"")
+        (tmp_path / name).chmod(0o644)
+    Database(f"sqlite+aiosqlite:///{tmp_path / 'old.db'}")  # before any connection
+    for name in ("old.db", "old.db-wal", "old.db-shm"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
