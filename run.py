@@ -80,7 +80,8 @@ async def serve(settings: Settings, sockets: list[socket.socket], announce: bool
     async with open_services(settings) as services:
         app = make_app(services)
         server = tornado.httpserver.HTTPServer(
-            app, xheaders=settings.xheaders, max_body_size=64 * 1024, idle_connection_timeout=60)
+            app, xheaders=settings.xheaders, max_body_size=64 * 1024, idle_connection_timeout=60,
+            body_timeout=settings.body_timeout)  # a body trickled byte by byte is cut off
         server.add_sockets(sockets)
         gc.freeze()  # everything allocated so far lives forever: keep it out of GC passes
         host, port = sockets[0].getsockname()[:2]
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = ensure_cookie_secret(settings)
         if settings.database_url.startswith("sqlite") and ":memory:" not in settings.database_url:
             db_path = settings.database_url.split(":///", 1)[1]
-            os.makedirs(os.path.dirname(os.path.abspath(db_path)), exist_ok=True)
+            os.makedirs(os.path.dirname(os.path.abspath(db_path)), mode=0o700, exist_ok=True)
     except ConfigError as exc:
         return fail(str(exc))
     except OSError as exc:

@@ -1,13 +1,25 @@
 """Sign-up, login and logout."""
 from __future__ import annotations
 
+import asyncio
 import logging
+
+import tornado.web
 
 from handlers.base import BaseHandler, safe_next
 from presence_app.accounts import LOGIN_FAILED, AccountError
+from presence_app.db import DatabaseWriteError
 
 log = logging.getLogger(__name__)
 MAX_FIELD = 1024  # characters; anything longer is an error, not something to hash
+#: What a login password that is not UTF-8 becomes. Sign-up stores only UTF-8 passwords, so
+#: such bytes are a wrong password: answered like one (401, the same message, a dummy bcrypt
+#: check: over 72 bytes), never echoed. NUL and 73 bytes: no stored password can equal it.
+NOT_A_PASSWORD = "\x00" * 73
+#: Pauses between the attempts of a logout whose database write fails (then: 503).
+LOGOUT_RETRIES = (0.1, 0.4)
+NOT_LOGGED_OUT = ("You are NOT logged out: the server could not end your session. "
+                  "Please try again in a moment.")
 
 
 class SignupHandler(BaseHandler):
@@ -38,6 +50,14 @@ class SignupHandler(BaseHandler):
 
 
 class LoginHandler(BaseHandler):
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        if name == "password":
+            try:
+                return value.decode("utf-8")
+            except UnicodeDecodeError:
+                return NOT_A_PASSWORD
+        return super().decode_argument(value, name)
+
     def get(self) -> None:
         self.render("login.html", title="Log in", error=None, username="",
                     next=safe_next(self.get_query_argument("next", "")))
@@ -78,7 +98,25 @@ class LogoutHandler(BaseHandler):
     async def post(self) -> None:
         token = self.session_token()
         if token:
-            session_id = await self.accounts.end_session(token)
+            session_id = await self.end_session(token)
+            if session_id is None:
+                # Never a silent failure: the session is still valid, and the user is told.
+                raise tornado.web.HTTPError(503, NOT_LOGGED_OUT)
             await self.presence.end_session(session_id)
         self.clear_session_cookie()
         self.redirect("/login")
+
+    async def end_session(self, token: str) -> str | None:
+        """Delete the session, retrying a database that cannot write (a moment of lock
+        contention or disk pressure); None if it still could not."""
+        for delay in LOGOUT_RETRIES:
+            try:
+                return await self.accounts.end_session(token)
+            except DatabaseWriteError:
+                log.warning("Logout could not delete the session; retrying in %.1f s", delay)
+                await asyncio.sleep(delay)
+        try:
+            return await self.accounts.end_session(token)
+        except DatabaseWriteError as exc:
+            log.warning("Logout failed after %d attempts: %s", len(LOGOUT_RETRIES) + 1, exc)
+            return None

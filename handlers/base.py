@@ -3,17 +3,25 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
+from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
 import tornado.web
 from markupsafe import Markup
 
+from handlers.xsrf import SessionXsrfMixin
 from presence_app.accounts import AccountService, SessionUser
+from presence_app.db import DatabaseWriteError
 from presence_app.presence import PresenceService
 from presence_app.services import Services
 
+log = logging.getLogger(__name__)
+
 SESSION_COOKIE = "presence_session"
+#: Sent instead of Tornado's ``TornadoServer/<version>``: no version to look vulnerabilities up by.
+SERVER_HEADER = "presence"
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -21,6 +29,33 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
                                "connect-src 'self'; frame-ancestors 'none'; form-action 'self'",
 }
+#: A form field that is not UTF-8: the answer names the field, never echoes its bytes (it may
+#: be a password), unlike Tornado's "Invalid unicode in password: b'...'".
+INVALID_TEXT = "A form field is not valid UTF-8 text."
+#: Service errors that are not bugs, as (status, message shown); the rest is a plain 500.
+SERVICE_ERRORS: dict[type[Exception], tuple[int, str]] = {
+    DatabaseWriteError: (503, "The server cannot save anything right now, so this did not "
+                              "happen. Please try again in a moment."),
+}
+
+#: Seconds a client is told to wait (``Retry-After``) after a 503 of SERVICE_ERRORS.
+RETRY_AFTER = 5
+
+
+def set_security_headers(handler: tornado.web.RequestHandler) -> None:
+    """Every response (pages, errors, static files, WebSocket answers) carries these; Tornado
+    calls ``set_default_headers`` from ``clear()``, so error pages keep them too."""
+    handler.set_header("Server", SERVER_HEADER)
+    for name, value in SECURITY_HEADERS.items():
+        handler.set_header(name, value)
+
+
+def service_error(exc: BaseException | None) -> tuple[int, str] | None:
+    """The (status, message) of a known service error, None for anything else."""
+    for kind, answer in SERVICE_ERRORS.items():
+        if isinstance(exc, kind):
+            return answer
+    return None
 
 
 def safe_next(target: str | None) -> str:
@@ -67,10 +102,17 @@ class SessionMixin:
         return user
 
 
-class BaseHandler(SessionMixin, tornado.web.RequestHandler):
+class BaseHandler(SessionMixin, SessionXsrfMixin, tornado.web.RequestHandler):
     def set_default_headers(self) -> None:
-        for name, value in SECURITY_HEADERS.items():
-            self.set_header(name, value)
+        set_security_headers(self)
+
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        """Tornado's 400 for bad UTF-8 quotes the first 40 bytes (a password, maybe) on the
+        page and in the log; this one quotes nothing."""
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise tornado.web.HTTPError(400, INVALID_TEXT) from None
 
     async def prepare(self) -> None:
         await self.load_user()
@@ -83,12 +125,15 @@ class BaseHandler(SessionMixin, tornado.web.RequestHandler):
         super().set_cookie(name, value, *args, **kwargs)
 
     def set_session_cookie(self, token: str) -> None:
+        """Also re-issues ``_xsrf``, bound to the new session, so the next POST works."""
         self.set_signed_cookie(SESSION_COOKIE, token,
                                expires_days=self.services.settings.session_days,
                                httponly=True, samesite="Lax")
+        self.issue_xsrf_token(token)
 
     def clear_session_cookie(self) -> None:
         self.clear_cookie(SESSION_COOKIE, httponly=True, samesite="Lax")
+        self.issue_xsrf_token(None)
 
     def render_string(self, template_name: str, **kwargs: Any) -> bytes:
         template = self.settings["jinja_env"].get_template(template_name)
@@ -104,12 +149,30 @@ class BaseHandler(SessionMixin, tornado.web.RequestHandler):
     def wants_json(self) -> bool:
         return self.request.path.startswith(("/api/", "/healthz"))
 
+    def log_exception(self, typ: type[BaseException] | None, value: BaseException | None,
+                      tb: TracebackType | None) -> None:
+        """A known service error (the database cannot write) is one line, not a traceback:
+        the database layer has already said why, once."""
+        known = service_error(value)
+        if known is not None:
+            log.warning("%s %s answered %d: %s", self.request.method, self.request.path,
+                        known[0], value)
+            return
+        super().log_exception(typ, value, tb)
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Errors as a short page or JSON; never a traceback, whatever ``debug`` says."""
         reason = self._reason or http.client.responses.get(status_code, "Error")
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code < 500:
+        if (isinstance(exc, tornado.web.HTTPError) and exc.log_message
+                and (status_code < 500 or status_code == 503)):  # 503s say what to do
             reason = exc.log_message % exc.args if exc.args else exc.log_message
+        known = service_error(exc)
+        if known is not None:
+            status_code, reason = known
+            self.set_status(status_code)
+        if status_code == 503:
+            self.set_header("Retry-After", str(RETRY_AFTER))
         if self.wants_json():
             self.set_header("Content-Type", "application/json")
             self.finish(json.dumps({"error": reason, "status": status_code}))

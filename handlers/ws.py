@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import tornado.web
 import tornado.websocket
 
-from handlers.base import SessionMixin
+from handlers.base import SessionMixin, set_security_headers
 from handlers.wsio import CLOSE_INVALID_DATA, BoundedWriter, adapt_protocol, set_send_buffer
 from presence_app.fanout import CLOSE_POLICY
 from presence_app.frames import text_frame
@@ -63,6 +63,10 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
     writer: BoundedWriter | None = None
     rate: MessageRate | None = None
     counted = False  # this socket is counted in ``services.caps``
+
+    def set_default_headers(self) -> None:
+        """The refusals (401, 403, 400) and the 101 carry the same headers as every page."""
+        set_security_headers(self)
 
     async def prepare(self) -> None:
         user = await self.load_user()

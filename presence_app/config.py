@@ -48,6 +48,8 @@ class Settings:
     session_days: float = 30.0
     xheaders: bool = False
     flush_interval: float = 0.5
+    body_timeout: float = 10.0
+    write_probe_interval: float = 5.0
     login_max_failures: int = 10
     login_failure_window: float = 300.0
     log_level: str = "INFO"
@@ -96,6 +98,10 @@ _OPTIONS: list[tuple[str, type, str]] = [
      "(0: no cap)"),
     ("session-days", float, "session lifetime in days"),
     ("flush-interval", float, "seconds between batched writes of the online-users table"),
+    ("body-timeout", float, "seconds a client may take to send a request body before the "
+     "connection is closed (bodies are at most 64 KiB)"),
+    ("write-probe-interval", float, "seconds between database write probes when nothing else "
+     "wrote (/healthz is 503 while writes fail)"),
     ("login-max-failures", int, "failed logins per name and address before a wait (0: off)"),
     ("login-failure-window", float, "seconds over which failed logins are counted"),
     ("log-level", str, "DEBUG, INFO, WARNING or ERROR"),
@@ -173,7 +179,7 @@ def validate(s: Settings) -> Settings:
     if s.login_max_failures < 0:
         raise ConfigError("--login-max-failures must not be negative")
     for name in ("heartbeat_timeout", "ping_interval", "session_days", "flush_interval",
-                 "login_failure_window"):
+                 "login_failure_window", "body_timeout", "write_probe_interval"):
         if not 0 < getattr(s, name) <= MAX_SECONDS_OR_DAYS:  # also rejects nan
             raise ConfigError(f"--{name.replace('_', '-')} must be positive and at most "
                               f"{MAX_SECONDS_OR_DAYS}")
@@ -222,7 +228,7 @@ def ensure_cookie_secret(s: Settings) -> Settings:
         return s
     path = s.data_dir / SECRET_FILE
     try:
-        s.data_dir.mkdir(parents=True, exist_ok=True)
+        s.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # holds secrets and hashes
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:

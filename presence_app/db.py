@@ -1,15 +1,20 @@
 """Database schema and engine: SQLite (WAL, BEGIN IMMEDIATE for writes) or PostgreSQL."""
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
+import os
+import time
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 from sqlalchemy import (
     BigInteger, DateTime, ForeignKey, Integer, String, event, func, text,
 )
-from sqlalchemy.engine import Connection
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine,
 )
@@ -71,6 +76,23 @@ class PendingOffline(Base):
     deadline: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
 
 
+class WriteProbe(Base):
+    """One row per process, rewritten by the write probe: proof that the database can still
+    write (a full disk lets reads and ``SELECT 1`` through)."""
+    __tablename__ = "write_probes"
+    node_id: Mapped[str] = mapped_column(String(160), primary_key=True)
+    written_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DatabaseWriteError(Exception):
+    """A write transaction failed in the database itself (a full disk, a lost connection, a
+    lock held too long), not by a constraint: nothing was written; trying later may work."""
+
+
+#: How often the probe writes while writes fail (to notice the recovery soon).
+PROBE_RETRY_SECONDS = 1.0
+
+
 def aware(value: dt.datetime | None) -> dt.datetime | None:
     """SQLite hands back naive datetimes; everything stored is UTC."""
     if value is not None and value.tzinfo is None:
@@ -87,6 +109,7 @@ class Database:
         kwargs: dict = {"pool_pre_ping": not self.is_sqlite}
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": 30}
+            restrict_sqlite_files(url)
         else:
             kwargs.update(pool_size=10, max_overflow=20)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
@@ -95,6 +118,9 @@ class Database:
         self._reader = async_sessionmaker(self.engine, expire_on_commit=False)
         self._writer = async_sessionmaker(
             self.engine.execution_options(sqlite_begin="BEGIN IMMEDIATE"), expire_on_commit=False)
+        #: Why the last write failed, while no write has succeeded since; None when writing.
+        self.write_problem: str | None = None
+        self._last_write = 0.0  # monotonic time of the last write outcome
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -103,10 +129,55 @@ class Database:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
-        """A write transaction, committed on success. SQLite takes the write lock up front."""
-        async with self._writer() as session:
-            async with session.begin():
-                yield session
+        """A write transaction, committed on success. SQLite takes the write lock up front.
+
+        Its outcome is what ``/healthz`` reports: a database error (other than a constraint)
+        raises ``DatabaseWriteError`` and marks writes as failing until one succeeds.
+        """
+        try:
+            async with self._writer() as session:
+                async with session.begin():
+                    yield session
+        except IntegrityError:
+            raise  # the database works; the row conflicts (a taken name, say)
+        except DBAPIError as exc:
+            reason = f"{exc.__class__.__name__}: {str(exc.orig).splitlines()[0][:120]}"
+            self._record_write(reason)
+            raise DatabaseWriteError(reason) from exc
+        self._record_write(None)
+
+    def _record_write(self, problem: str | None) -> None:
+        """Log the transitions only: one warning when writes start failing, one info line
+        when they work again (not a traceback per attempt)."""
+        self._last_write = time.monotonic()
+        if problem and self.write_problem is None:
+            log.warning("Database writes fail (%s); /healthz answers 503 until one succeeds",
+                        problem)
+        elif problem is None and self.write_problem is not None:
+            log.info("Database writes succeed again")
+        self.write_problem = problem
+
+    async def probe_write(self, node_id: str) -> None:
+        """Rewrite this process's probe row (its outcome is recorded like any write)."""
+        insert = (sqlite.insert if self.is_sqlite else postgresql.insert)(WriteProbe)
+        async with self.write() as session:
+            await session.execute(insert.values(node_id=node_id, written_at=utcnow())
+                                  .on_conflict_do_update(index_elements=["node_id"],
+                                                         set_={"written_at": utcnow()}))
+
+    async def run_write_probe(self, node_id: str, interval: float) -> None:
+        """Write unless a real write did within ``interval``; while writes fail, try every
+        ``PROBE_RETRY_SECONDS`` so that a recovery shows even when nobody writes."""
+        while True:
+            await asyncio.sleep(PROBE_RETRY_SECONDS if self.write_problem else interval)
+            if not self.write_problem and time.monotonic() - self._last_write < interval:
+                continue
+            try:
+                await self.probe_write(node_id)
+            except DatabaseWriteError:
+                pass  # recorded, and logged once, by write()
+            except Exception:
+                log.exception("The database write probe failed unexpectedly")
 
     async def create_schema(self) -> None:
         """Create missing tables; safe when several processes start at once."""
@@ -122,6 +193,22 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+def restrict_sqlite_files(url: str) -> None:
+    """Create the SQLite file 0600 before SQLite does (it would use 0644 under the usual
+    umask), and tighten an existing one: it holds the password hashes. SQLite gives the
+    -wal and -shm files the mode of the database file."""
+    path = make_url(url).database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        for name in (path, path + "-wal", path + "-shm"):
+            if os.path.exists(name):
+                os.chmod(name, 0o600)
+    except OSError as exc:  # SQLite's own open then reports the problem as usual
+        log.warning("Cannot restrict the permissions of %s: %s", path, exc.strerror)
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

@@ -16,7 +16,9 @@ from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from presence_app.db import Database, OnlineUser, PendingOffline, User, utcnow
+from presence_app.db import (
+    Database, DatabaseWriteError, OnlineUser, PendingOffline, User, utcnow,
+)
 from presence_app.store import Pending
 
 log = logging.getLogger(__name__)
@@ -133,11 +135,23 @@ class OnlineLedger:
                 for name, deadline, seen in rows]
 
     async def run(self, interval: float) -> None:
+        """Flush every ``interval``; a failing streak is logged once (a warning, a traceback
+        only for what is not a database error) and its end once: a full disk must not
+        write a traceback every half second to the log that fills it."""
+        failing = False
         while True:
             await asyncio.sleep(interval)
             try:
                 await self.flush()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("Writing the online-users table failed; will retry")
+            except Exception as exc:
+                if not failing:
+                    log.warning("Writing the online-users table failed (%s); retrying every "
+                                "%.2g s", exc, interval,
+                                exc_info=not isinstance(exc, DatabaseWriteError))
+                failing = True
+            else:
+                if failing:
+                    log.info("Writing the online-users table works again")
+                failing = False

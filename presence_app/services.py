@@ -41,12 +41,16 @@ class Services:
     caps: SocketCaps = field(default_factory=lambda: SocketCaps(0, 0))
 
     async def health(self) -> tuple[bool, dict[str, object]]:
-        """Readiness: the database answers and, where configured, Redis does."""
+        """Readiness: the database answers and can write and, where configured, Redis
+        answers."""
         problems = []
         try:
             await asyncio.wait_for(self.db.ping(), timeout=2.0)
         except Exception as exc:
             problems.append(f"database unreachable: {exc.__class__.__name__}")
+        else:
+            if self.db.write_problem:  # reads work, writes do not (a full disk, say)
+                problems.append("database cannot write")
         for problem in (self.broker.problem, self.sync.problem):
             if problem and problem not in problems:
                 problems.append(problem)
@@ -99,6 +103,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         await sync.start()
         tasks.append(asyncio.create_task(sync.run()))
         tasks.append(asyncio.create_task(ledger.run(settings.flush_interval)))
+        tasks.append(asyncio.create_task(
+            db.run_write_probe(settings.node_id, settings.write_probe_interval)))
         throttle = LoginThrottle(settings.login_max_failures, settings.login_failure_window)
         services = Services(settings, db, accounts, broker, presence, sync, ledger, throttle,
                             tasks, SocketCaps(settings.max_sockets_per_user,

@@ -279,6 +279,8 @@ async def test_xsrf_header_works(user_factory, make_client):
                                     headers={"X-XSRFToken": token})
     assert response.code == 302
     assert await api_status(client) == 200
+    # The login re-issued the token, bound to the new session (tests/test_http_hardening.py).
+    token = client.cookies["_xsrf"]
     response = await client.request("POST", "/logout", {}, headers={"X-XSRFToken": token})
     assert response.code == 302
     assert response.headers["Location"] == "/login"

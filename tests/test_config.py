@@ -79,6 +79,8 @@ BAD = [
     (["--session-days", "inf"], {}, "--session-days"),
     (["--session-days", "1e9"], {}, "--session-days"),
     (["--flush-interval", "0"], {}, "--flush-interval"),
+    (["--body-timeout", "0"], {}, "--body-timeout"),
+    ([], {"PRESENCE_BODY_TIMEOUT": "nan"}, "--body-timeout"),
     (["--max-message-size", "10"], {}, "--max-message-size"),
     (["--send-buffer-limit", "10"], {}, "--send-buffer-limit"),
     (["--cookie-secret", "short"], {}, "--cookie-secret"),
