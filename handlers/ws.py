@@ -158,6 +158,9 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
                                               "error": f"unknown message type: {kind!r}"[:200]}))
 
     def on_close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+            self.writer = None
         if self.counted:
             self.counted = False
             self.services.caps.close(self.username, self.address)

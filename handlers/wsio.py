@@ -47,11 +47,19 @@ class BoundedWriter:
     __slots__ = ("_conn", "limit", "_held", "_held_size", "_draining")
 
     def __init__(self, conn: WebSocketProtocol, limit: int) -> None:
-        self._conn = conn
+        self._conn: WebSocketProtocol | None = conn
         self.limit = limit
         self._held: list[bytes | memoryview | bytearray] = []
         self._held_size = 0
         self._draining = False
+
+    def release(self) -> None:
+        """The socket closed: drop what waits here and the reference to the connection.
+        (handler -> writer -> connection -> handler is a cycle; Tornado breaks its own on
+        close so that closed sockets are freed at once, not by the cyclic collector, which
+        presence_app/gcpolicy.py keeps away from connections.)"""
+        self._conn = None
+        self._held, self._held_size = [], 0
 
     def held(self) -> int:
         """Bytes this process holds for the socket (its share of Python objects included)."""
@@ -62,7 +70,7 @@ class BoundedWriter:
     def send(self, parts: Sequence[bytes]) -> bool:
         conn = self._conn
         stream = getattr(conn, "stream", None)
-        if stream is None or conn.is_closing() or stream.closed():
+        if conn is None or stream is None or conn.is_closing() or stream.closed():
             return False
         if self._draining:
             if self.held() > self.limit:
@@ -119,7 +127,7 @@ class BoundedWriter:
             return
         conn = self._conn
         stream = getattr(conn, "stream", None)
-        if stream is None or conn.is_closing() or stream.closed():
+        if conn is None or stream is None or conn.is_closing() or stream.closed():
             return  # after a close frame nothing else may be sent
         try:
             self._write(stream, held)
