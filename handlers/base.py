@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
+from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -10,10 +12,16 @@ import tornado.web
 from markupsafe import Markup
 
 from presence_app.accounts import AccountService, SessionUser
+from presence_app.inflight import RequestScope
+from presence_app.passwords import HashingBusy, ShuttingDown
 from presence_app.presence import PresenceService
 from presence_app.services import Services
 
+log = logging.getLogger(__name__)
+
 SESSION_COOKIE = "presence_session"
+#: Typed errors of the services that any handler may meet, and their answers.
+ERROR_STATUS: dict[type[Exception], int] = {HashingBusy: 429, ShuttingDown: 503}
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -68,12 +76,32 @@ class SessionMixin:
 
 
 class BaseHandler(SessionMixin, tornado.web.RequestHandler):
+    _scope: RequestScope | None = None
+
     def set_default_headers(self) -> None:
         for name, value in SECURITY_HEADERS.items():
             self.set_header(name, value)
 
     async def prepare(self) -> None:
+        # Counted until on_finish, so that a stop can let this request finish first.
+        self._scope = self.services.requests.begin(self.request.remote_ip or "")
+        if self._scope is None:
+            raise tornado.web.HTTPError(503, "shutting down")
         await self.load_user()
+
+    def on_finish(self) -> None:
+        if self._scope is not None:
+            self.services.requests.end(self._scope)
+            self._scope = None
+
+    def log_exception(self, typ: type[BaseException] | None, value: BaseException | None,
+                      tb: TracebackType | None) -> None:
+        """The services' typed errors are answers (write_error), not bugs: no traceback."""
+        if isinstance(value, tuple(ERROR_STATUS)):
+            log.info("%s %s from %s: %s", self.request.method, self.request.path,
+                     self.request.remote_ip, value)
+            return
+        super().log_exception(typ, value, tb)
 
     def set_cookie(self, name: str, value: str | bytes, *args: Any, **kwargs: Any) -> None:
         """Every cookie (session and _xsrf) is Secure when the request came over HTTPS."""
@@ -106,8 +134,13 @@ class BaseHandler(SessionMixin, tornado.web.RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Errors as a short page or JSON; never a traceback, whatever ``debug`` says."""
-        reason = self._reason or http.client.responses.get(status_code, "Error")
         exc = kwargs.get("exc_info", (None, None, None))[1]
+        if type(exc) in ERROR_STATUS:
+            status_code = ERROR_STATUS[type(exc)]
+            self.set_status(status_code)
+            if isinstance(exc, HashingBusy):
+                self.set_header("Retry-After", str(exc.retry_after))
+        reason = self._reason or http.client.responses.get(status_code, "Error")
         if isinstance(exc, tornado.web.HTTPError) and exc.log_message and status_code < 500:
             reason = exc.log_message % exc.args if exc.args else exc.log_message
         if self.wants_json():

@@ -45,6 +45,9 @@ class Settings:
     flush_interval: float = 0.5
     login_max_failures: int = 10
     login_failure_window: float = 300.0
+    login_throttle_entries: int = 100_000
+    bcrypt_queue_per_address: int = 1000
+    drain_timeout: float = 2.0
     log_level: str = "INFO"
 
     @property
@@ -62,6 +65,9 @@ class Settings:
             return self
         return replace(self, node_id=f"{self.node_id}:{worker}")
 
+
+# A SIGTERM'd process exits within 5 s: the drain, the sockets' 1001 and the cleanup share them.
+MAX_DRAIN_TIMEOUT = 3.0
 
 _OPTIONS: list[tuple[str, type, str]] = [
     ("address", str, "interface to listen on"),
@@ -85,6 +91,12 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("flush-interval", float, "seconds between batched writes of the online-users table"),
     ("login-max-failures", int, "failed logins per name and address before a wait (0: off)"),
     ("login-failure-window", float, "seconds over which failed logins are counted"),
+    ("login-throttle-entries", int, "(name, address) pairs the failed-login throttle "
+     "remembers; the oldest unlocked ones are forgotten first"),
+    ("bcrypt-queue-per-address", int, "bcrypt jobs one address may have waiting; more are "
+     "answered 429 (0: no cap)"),
+    ("drain-timeout", float, f"seconds a stopping process lets running HTTP requests finish "
+     f"(0..{MAX_DRAIN_TIMEOUT:.0f}); those still waiting for bcrypt then get 503"),
     ("log-level", str, "DEBUG, INFO, WARNING or ERROR"),
 ]
 _FLAGS = ("debug", "xheaders")
@@ -149,8 +161,15 @@ def validate(s: Settings) -> Settings:
         raise ConfigError(f"--bcrypt-rounds must be 4..31, got {s.bcrypt_rounds}")
     if s.processes < 0 or s.bcrypt_threads < 0:
         raise ConfigError("--processes and --bcrypt-threads must not be negative")
-    if s.login_max_failures < 0:
-        raise ConfigError("--login-max-failures must not be negative")
+    if s.login_max_failures < 0 or s.bcrypt_queue_per_address < 0:
+        raise ConfigError("--login-max-failures and --bcrypt-queue-per-address must not be "
+                          "negative")
+    if s.login_throttle_entries < 1:
+        raise ConfigError(f"--login-throttle-entries must be at least 1, "
+                          f"got {s.login_throttle_entries}")
+    if not 0 <= s.drain_timeout <= MAX_DRAIN_TIMEOUT:  # also rejects nan
+        raise ConfigError(f"--drain-timeout must be 0..{MAX_DRAIN_TIMEOUT:.0f} seconds, "
+                          f"got {s.drain_timeout}")
     for name in ("heartbeat_timeout", "ping_interval", "session_days", "flush_interval",
                  "login_failure_window"):
         if not 0 < getattr(s, name) <= MAX_SECONDS_OR_DAYS:  # also rejects nan

@@ -15,6 +15,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from presence_app.inflight import mark_wrote
+
 log = logging.getLogger(__name__)
 
 # Any constant works; it only has to be the same in every process of a deployment.
@@ -107,6 +109,7 @@ class Database:
         async with self._writer() as session:
             async with session.begin():
                 yield session
+        mark_wrote()  # committed: a stop must now let this request finish (inflight.py)
 
     async def create_schema(self) -> None:
         """Create missing tables; safe when several processes start at once."""
