@@ -62,7 +62,7 @@ class Services:
 
     async def health(self) -> tuple[bool, dict[str, object]]:
         """Readiness: the database answers and, where configured, Redis does."""
-        problems = []
+        problems = ["shutting down"] if self.requests.draining else []
         try:
             await asyncio.wait_for(self.db.ping(), timeout=2.0)
         except Exception as exc:
