@@ -8,9 +8,15 @@ pair whose last failure is oldest goes, and pairs that are still counting go bef
 ones: a spray of distinct names (cheap: an over-long password skips bcrypt) can only push
 out other sprayed names, never reopen a locked name. Only when every remembered pair is
 locked does the oldest lock go; replacing a lock then costs ``max_failures`` failures.
+
+Guesses sent at once would all pass a check made before any of them has failed, so a login
+``reserve``s a turn first: no more checks of one name from one address run at the same time
+than failures are still allowed; the others wait their turn (successful logins too: they
+wait, they are never refused).
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict, deque
 
@@ -25,6 +31,9 @@ class LoginThrottle:
         # Least recently failed first. A pair lives in exactly one of the two.
         self._counting: OrderedDict[Key, deque[float]] = OrderedDict()
         self._locked: OrderedDict[Key, deque[float]] = OrderedDict()
+        # Checks running and waiting, per pair: as many entries as requests in flight.
+        self._checking: dict[Key, int] = {}
+        self._waiters: dict[Key, deque[asyncio.Future[None]]] = {}
 
     def __len__(self) -> int:
         return len(self._counting) + len(self._locked)
@@ -60,6 +69,59 @@ class LoginThrottle:
             failures.popleft()
         table = self._locked if len(failures) >= self.max_failures else self._counting
         table[key] = failures  # at the end: the most recently failed
+
+    async def reserve(self, username: str, address: str) -> float:
+        """Wait for a turn to check a password. Returns 0 with a turn taken (give it back
+        with ``release``), or the seconds to wait when the pair is locked (no turn taken)."""
+        if not self.max_failures:
+            return 0.0
+        key = (username.lower(), address)
+        while True:
+            wait = self.retry_after(username, address)
+            if wait > 0:
+                return wait
+            if self._checking.get(key, 0) < self._allowed(key):
+                self._checking[key] = self._checking.get(key, 0) + 1
+                return 0.0
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            waiters = self._waiters.setdefault(key, deque())
+            waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in waiters:
+                    waiters.remove(waiter)
+                if not waiters and self._waiters.get(key) is waiters:
+                    del self._waiters[key]
+
+    def release(self, username: str, address: str, ok: bool | None) -> None:
+        """Give a turn back: ``ok`` True for a success, False for a failure, None for a check
+        that did not happen (an error): it counts neither way."""
+        if not self.max_failures:
+            return
+        if ok is True:
+            self.succeeded(username, address)
+        elif ok is False:
+            self.failed(username, address)
+        key = (username.lower(), address)
+        running = self._checking.pop(key, 0) - 1
+        if running > 0:
+            self._checking[key] = running
+        waiters = self._waiters.get(key)
+        if waiters:  # as many as may now run; all of them if locked (they get their 429)
+            turns = len(waiters) if self.retry_after(username, address) > 0 else \
+                self._allowed(key) - max(running, 0)
+            for waiter in list(waiters)[:max(turns, 0)]:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def _allowed(self, key: Key) -> int:
+        """Failures this pair may still have within the window."""
+        failures = self._counting.get(key)
+        if not failures:
+            return self.max_failures
+        horizon = time.monotonic() - self.window
+        return self.max_failures - sum(1 for t in failures if t >= horizon)
 
     def succeeded(self, username: str, address: str) -> None:
         key = (username.lower(), address)
