@@ -98,8 +98,11 @@ class BaseHandler(SessionMixin, tornado.web.RequestHandler):
                       tb: TracebackType | None) -> None:
         """The services' typed errors are answers (write_error), not bugs: no traceback."""
         if isinstance(value, tuple(ERROR_STATUS)):
-            log.info("%s %s from %s: %s", self.request.method, self.request.path,
-                     self.request.remote_ip, value)
+            # A stop refuses many at once and says how many (Services.drain): one line each
+            # only when debugging. A busy address is worth a line.
+            log.log(logging.DEBUG if isinstance(value, ShuttingDown) else logging.INFO,
+                    "%s %s from %s: %s", self.request.method, self.request.path,
+                    self.request.remote_ip, value)
             return
         super().log_exception(typ, value, tb)
 

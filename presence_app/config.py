@@ -67,7 +67,7 @@ class Settings:
 
 
 # A SIGTERM'd process exits within 5 s: the drain, the sockets' 1001 and the cleanup share them.
-MAX_DRAIN_TIMEOUT = 3.0
+MAX_DRAIN_TIMEOUT = 2.5
 
 _OPTIONS: list[tuple[str, type, str]] = [
     ("address", str, "interface to listen on"),
@@ -96,7 +96,7 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("bcrypt-queue-per-address", int, "bcrypt jobs one address may have waiting; more are "
      "answered 429 (0: no cap)"),
     ("drain-timeout", float, f"seconds a stopping process lets running HTTP requests finish "
-     f"(0..{MAX_DRAIN_TIMEOUT:.0f}); those still waiting for bcrypt then get 503"),
+     f"(0..{MAX_DRAIN_TIMEOUT:g}); those still waiting for bcrypt then get 503"),
     ("log-level", str, "DEBUG, INFO, WARNING or ERROR"),
 ]
 _FLAGS = ("debug", "xheaders")
@@ -168,7 +168,7 @@ def validate(s: Settings) -> Settings:
         raise ConfigError(f"--login-throttle-entries must be at least 1, "
                           f"got {s.login_throttle_entries}")
     if not 0 <= s.drain_timeout <= MAX_DRAIN_TIMEOUT:  # also rejects nan
-        raise ConfigError(f"--drain-timeout must be 0..{MAX_DRAIN_TIMEOUT:.0f} seconds, "
+        raise ConfigError(f"--drain-timeout must be 0..{MAX_DRAIN_TIMEOUT:g} seconds, "
                           f"got {s.drain_timeout}")
     for name in ("heartbeat_timeout", "ping_interval", "session_days", "flush_interval",
                  "login_failure_window"):

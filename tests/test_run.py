@@ -315,7 +315,7 @@ def test_sigterm_lets_requests_finish_or_refuses_them_having_done_nothing(start_
 def test_sigterm_lets_running_requests_finish(start_server, tmp_path):
     """Within the drain timeout, the requests running at a SIGTERM all complete."""
     server = start_server(None, "--bcrypt-rounds", SLOW_COST, "--bcrypt-threads", "1",
-                          "--drain-timeout", "3")
+                          "--drain-timeout", "2.5")
     url, _ = server.wait_for_url()
     codes, took = asyncio.run(_sign_ups_across_a_sigterm(url, server.proc, count=3))
     with sqlite3.connect(tmp_path / "data" / "presence.db") as db:
