@@ -261,7 +261,7 @@ async def test_a_load_of_logins_from_one_address_is_never_refused(
         c.login(f"load{i % 5}", PASSWORD, check=False) for i, c in enumerate(clients)))
     watcher.cancel()
     assert [r.code for r in responses] == [302] * len(clients)
-    assert most >= 20  # they did queue up at once
+    assert most >= 10  # they did wait together (one thread), yet none was refused
 
 
 @pytest.mark.gen_test(timeout=60)
