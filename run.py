@@ -90,8 +90,12 @@ async def serve(settings: Settings, sockets: list[socket.socket], announce: bool
                   f"node {settings.node_id}); Ctrl+C to stop", flush=True)
         await stop.wait()
         start_shutdown_watchdog()
-        log.info("Shutting down: no new connections, closing sockets with 1001")
+        log.info("Shutting down: no new connections; running requests get %.1f s",
+                 settings.drain_timeout)
         server.stop()
+        # Requests finish (or are refused, having done nothing) before anything closes.
+        await services.drain(settings.drain_timeout)
+        log.info("Closing sockets with 1001")
     try:
         await asyncio.wait_for(server.close_all_connections(), timeout=1.0)
     except asyncio.TimeoutError:

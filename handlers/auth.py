@@ -67,24 +67,26 @@ class LoginHandler(BaseHandler):
         password = self.get_body_argument("password", "", strip=False)
         target = safe_next(self.get_body_argument("next", ""))
         throttle, address = self.services.throttle, self.request.remote_ip or ""
-        wait = throttle.retry_after(username[:64], address)
+        wait = await throttle.reserve(username[:64], address)  # simultaneous guesses wait
         if wait > 0:
             self.set_status(429)
             self.set_header("Retry-After", str(int(wait) + 1))
             self.render("login.html", title="Log in", username=username[:64], next=target,
                         error=f"Too many failed attempts. Try again in {int(wait) + 1} s.")
             return
-        user = None
-        if len(username) <= MAX_FIELD and len(password) <= MAX_FIELD:
-            user = await self.accounts.authenticate(username, password)
+        user, ok = None, None
+        try:  # over-long fields are failures too, without a bcrypt check
+            if len(username) <= MAX_FIELD and len(password) <= MAX_FIELD:
+                user = await self.accounts.authenticate(username, password)
+            ok = user is not None
+        finally:
+            throttle.release(username[:64], address, ok)
         if user is None:
             log.info("Failed login for %r from %s", username[:64], address)
-            throttle.failed(username[:64], address)
             self.set_status(401)
             self.render("login.html", title="Log in", error=LOGIN_FAILED,
                         username=username[:64], next=target)
             return
-        throttle.succeeded(username[:64], address)
         # Rotation: a fresh token on every login; the one presented before is revoked, and
         # its sockets are closed in every process, as at logout.
         opened = await self.accounts.open_session(user, replaces=self.session_token())

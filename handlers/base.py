@@ -14,6 +14,8 @@ from markupsafe import Markup
 from handlers.xsrf import SessionXsrfMixin
 from presence_app.accounts import AccountService, SessionUser
 from presence_app.db import DatabaseWriteError
+from presence_app.inflight import RequestScope
+from presence_app.passwords import HashingBusy, ShuttingDown
 from presence_app.presence import PresenceService
 from presence_app.services import Services
 
@@ -36,6 +38,10 @@ INVALID_TEXT = "A form field is not valid UTF-8 text."
 SERVICE_ERRORS: dict[type[Exception], tuple[int, str]] = {
     DatabaseWriteError: (503, "The server cannot save anything right now, so this did not "
                               "happen. Please try again in a moment."),
+    ShuttingDown: (503, "The server is restarting, so this did not happen. Please try again "
+                        "in a moment."),
+    HashingBusy: (429, "Too many password checks from your address are waiting. Please try "
+                       "again in a moment."),
 }
 
 #: Seconds a client is told to wait (``Retry-After``) after a 503 of SERVICE_ERRORS.
@@ -103,6 +109,8 @@ class SessionMixin:
 
 
 class BaseHandler(SessionMixin, SessionXsrfMixin, tornado.web.RequestHandler):
+    _scope: RequestScope | None = None
+
     def set_default_headers(self) -> None:
         set_security_headers(self)
 
@@ -115,7 +123,16 @@ class BaseHandler(SessionMixin, SessionXsrfMixin, tornado.web.RequestHandler):
             raise tornado.web.HTTPError(400, INVALID_TEXT) from None
 
     async def prepare(self) -> None:
+        # Counted until on_finish, so that a stop can let this request finish first.
+        self._scope = self.services.requests.begin(self.request.remote_ip or "")
+        if self._scope is None:
+            raise tornado.web.HTTPError(503, "shutting down")
         await self.load_user()
+
+    def on_finish(self) -> None:
+        if self._scope is not None:
+            self.services.requests.end(self._scope)
+            self._scope = None
 
     def set_cookie(self, name: str, value: str | bytes, *args: Any, **kwargs: Any) -> None:
         """Every cookie (session and _xsrf) is Secure when the request came over HTTPS."""
@@ -155,15 +172,19 @@ class BaseHandler(SessionMixin, SessionXsrfMixin, tornado.web.RequestHandler):
         the database layer has already said why, once."""
         known = service_error(value)
         if known is not None:
-            log.warning("%s %s answered %d: %s", self.request.method, self.request.path,
-                        known[0], value)
+            # A stop refuses many at once and says how many (Services.drain): one line each
+            # only when debugging. A busy address is worth a line, a failing database more.
+            level = (logging.DEBUG if isinstance(value, ShuttingDown) else
+                     logging.INFO if isinstance(value, HashingBusy) else logging.WARNING)
+            log.log(level, "%s %s from %s answered %d: %s", self.request.method,
+                    self.request.path, self.request.remote_ip, known[0], value)
             return
         super().log_exception(typ, value, tb)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Errors as a short page or JSON; never a traceback, whatever ``debug`` says."""
-        reason = self._reason or http.client.responses.get(status_code, "Error")
         exc = kwargs.get("exc_info", (None, None, None))[1]
+        reason = self._reason or http.client.responses.get(status_code, "Error")
         if (isinstance(exc, tornado.web.HTTPError) and exc.log_message
                 and (status_code < 500 or status_code == 503)):  # 503s say what to do
             reason = exc.log_message % exc.args if exc.args else exc.log_message
@@ -171,7 +192,9 @@ class BaseHandler(SessionMixin, SessionXsrfMixin, tornado.web.RequestHandler):
         if known is not None:
             status_code, reason = known
             self.set_status(status_code)
-        if status_code == 503:
+        if isinstance(exc, HashingBusy):
+            self.set_header("Retry-After", str(exc.retry_after))
+        elif status_code == 503:
             self.set_header("Retry-After", str(RETRY_AFTER))
         if self.wants_json():
             self.set_header("Content-Type", "application/json")

@@ -52,6 +52,9 @@ class Settings:
     write_probe_interval: float = 5.0
     login_max_failures: int = 10
     login_failure_window: float = 300.0
+    login_throttle_entries: int = 100_000
+    bcrypt_queue_per_address: int = 1000
+    drain_timeout: float = 2.0
     log_level: str = "INFO"
 
     @property
@@ -69,6 +72,9 @@ class Settings:
             return self
         return replace(self, node_id=f"{self.node_id}:{worker}")
 
+
+# A SIGTERM'd process exits within 5 s: the drain, the sockets' 1001 and the cleanup share them.
+MAX_DRAIN_TIMEOUT = 2.5
 
 _OPTIONS: list[tuple[str, type, str]] = [
     ("address", str, "interface to listen on"),
@@ -104,6 +110,12 @@ _OPTIONS: list[tuple[str, type, str]] = [
      "wrote (/healthz is 503 while writes fail)"),
     ("login-max-failures", int, "failed logins per name and address before a wait (0: off)"),
     ("login-failure-window", float, "seconds over which failed logins are counted"),
+    ("login-throttle-entries", int, "(name, address) pairs the failed-login throttle "
+     "remembers; the oldest unlocked ones are forgotten first"),
+    ("bcrypt-queue-per-address", int, "bcrypt jobs one address may have waiting; more are "
+     "answered 429 (0: no cap)"),
+    ("drain-timeout", float, f"seconds a stopping process lets running HTTP requests finish "
+     f"(0..{MAX_DRAIN_TIMEOUT:g}); those still waiting for bcrypt then get 503"),
     ("log-level", str, "DEBUG, INFO, WARNING or ERROR"),
 ]
 _FLAGS = ("debug", "xheaders")
@@ -176,8 +188,15 @@ def validate(s: Settings) -> Settings:
     if s.client_message_burst < 1:
         raise ConfigError(f"--client-message-burst must be at least 1, got "
                           f"{s.client_message_burst}")
-    if s.login_max_failures < 0:
-        raise ConfigError("--login-max-failures must not be negative")
+    if s.login_max_failures < 0 or s.bcrypt_queue_per_address < 0:
+        raise ConfigError("--login-max-failures and --bcrypt-queue-per-address must not be "
+                          "negative")
+    if s.login_throttle_entries < 1:
+        raise ConfigError(f"--login-throttle-entries must be at least 1, "
+                          f"got {s.login_throttle_entries}")
+    if not 0 <= s.drain_timeout <= MAX_DRAIN_TIMEOUT:  # also rejects nan
+        raise ConfigError(f"--drain-timeout must be 0..{MAX_DRAIN_TIMEOUT:g} seconds, "
+                          f"got {s.drain_timeout}")
     for name in ("heartbeat_timeout", "ping_interval", "session_days", "flush_interval",
                  "login_failure_window", "body_timeout", "write_probe_interval"):
         if not 0 < getattr(s, name) <= MAX_SECONDS_OR_DAYS:  # also rejects nan

@@ -20,6 +20,8 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from presence_app.inflight import mark_wrote
+
 log = logging.getLogger(__name__)
 
 # Any constant works; it only has to be the same in every process of a deployment.
@@ -145,6 +147,7 @@ class Database:
             self._record_write(reason)
             raise DatabaseWriteError(reason) from exc
         self._record_write(None)
+        mark_wrote()  # committed: a stop must now let this request finish (inflight.py)
 
     def _record_write(self, problem: str | None) -> None:
         """Log the transitions only: one warning when writes start failing, one info line

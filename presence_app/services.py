@@ -11,6 +11,7 @@ from presence_app.accounts import AccountService
 from presence_app.broker import Broker, LocalBroker, RedisBroker, make_broker
 from presence_app.config import Settings
 from presence_app.db import Database
+from presence_app.inflight import RequestTracker
 from presence_app.ledger import OnlineLedger
 from presence_app.limits import SocketCaps
 from presence_app.passwords import PasswordHasher
@@ -20,6 +21,10 @@ from presence_app.sync import PresenceSync
 from presence_app.throttle import LoginThrottle
 
 log = logging.getLogger(__name__)
+
+
+#: Seconds requests that have already written get, after the drain timeout, to finish.
+DRAIN_GRACE = 0.75
 
 
 class StartupError(Exception):
@@ -39,11 +44,29 @@ class Services:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     #: Open WebSockets per user and per address (the caps are off unless configured).
     caps: SocketCaps = field(default_factory=lambda: SocketCaps(0, 0))
+    requests: RequestTracker = field(default_factory=RequestTracker)
+
+    async def drain(self, timeout: float, grace: float = DRAIN_GRACE) -> None:
+        """A stop's first step (the server no longer accepts): new requests get 503, running
+        ones get ``timeout`` s to finish. Then the ones still waiting for bcrypt, which have
+        changed nothing, are refused (503), and those that have written get ``grace`` s more:
+        a request either completes or does nothing."""
+        running = self.requests.count
+        if await self.requests.drain(timeout):
+            if running:
+                log.info("Drained %d running request(s)", running)
+            return
+        refused = self.accounts.hasher.stop_waiting()
+        log.info("Drain timeout: %d request(s) still running, %d of them refused (503)",
+                 self.requests.count, refused)
+        if not await self.requests.wait_idle(grace):
+            log.warning("%d request(s) still running after the drain; closing anyway",
+                        self.requests.count)
 
     async def health(self) -> tuple[bool, dict[str, object]]:
         """Readiness: the database answers and can write and, where configured, Redis
-        answers."""
-        problems = []
+        answers; not while stopping."""
+        problems = ["shutting down"] if self.requests.draining else []
         try:
             await asyncio.wait_for(self.db.ping(), timeout=2.0)
         except Exception as exc:
@@ -77,7 +100,8 @@ def make_store(broker: Broker, prefix: str, grace: float = 0.0) -> PresenceStore
 @asynccontextmanager
 async def open_services(settings: Settings) -> AsyncIterator[Services]:
     db = Database(settings.database_url)
-    hasher = PasswordHasher(settings.bcrypt_rounds, settings.bcrypt_threads)
+    hasher = PasswordHasher(settings.bcrypt_rounds, settings.bcrypt_threads,
+                            settings.bcrypt_queue_per_address)
     broker = make_broker(settings.broker_url, settings.redis_prefix)
     tasks: list[asyncio.Task[None]] = []
     try:
@@ -105,7 +129,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         tasks.append(asyncio.create_task(ledger.run(settings.flush_interval)))
         tasks.append(asyncio.create_task(
             db.run_write_probe(settings.node_id, settings.write_probe_interval)))
-        throttle = LoginThrottle(settings.login_max_failures, settings.login_failure_window)
+        throttle = LoginThrottle(settings.login_max_failures, settings.login_failure_window,
+                                 settings.login_throttle_entries)
         services = Services(settings, db, accounts, broker, presence, sync, ledger, throttle,
                             tasks, SocketCaps(settings.max_sockets_per_user,
                                               settings.max_sockets_per_address))

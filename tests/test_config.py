@@ -85,6 +85,10 @@ BAD = [
     (["--send-buffer-limit", "10"], {}, "--send-buffer-limit"),
     (["--cookie-secret", "short"], {}, "--cookie-secret"),
     (["--node-id", "bad id!"], {}, "--node-id"),
+    (["--login-throttle-entries", "0"], {}, "--login-throttle-entries"),
+    (["--bcrypt-queue-per-address", "-1"], {}, "--bcrypt-queue-per-address"),
+    (["--drain-timeout", "4"], {}, "--drain-timeout"),
+    ([], {"PRESENCE_DRAIN_TIMEOUT": "nan"}, "--drain-timeout"),
 ]
 
 
@@ -144,3 +148,13 @@ def test_ensure_cookie_secret_unusable_data_dir(tmp_path):
     with pytest.raises(ConfigError) as info:
         ensure_cookie_secret(Settings(data_dir=blocker / "data"))
     assert "data directory" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_throttle_budget_and_drain_settings():
+    s = load_settings([], env={})
+    assert (s.login_throttle_entries, s.bcrypt_queue_per_address, s.drain_timeout) == \
+        (100_000, 1000, 2.0)
+    s = load_settings(["--login-throttle-entries", "50", "--drain-timeout", "0"],
+                      env={"PRESENCE_BCRYPT_QUEUE_PER_ADDRESS": "0"})
+    assert (s.login_throttle_entries, s.bcrypt_queue_per_address, s.drain_timeout) == \
+        (50, 0, 0.0)

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any, Awaitable, Callable
 
 import pytest
 
-from presence_app.passwords import MAX_PASSWORD_BYTES, PasswordHasher
+from presence_app.inflight import RequestTracker
+from presence_app.passwords import MAX_PASSWORD_BYTES, HashingBusy, PasswordHasher, ShuttingDown
 
 COST = 10
 LOOP_COST = 12  # ~0.2 s a hash: a stalled loop cannot hide in scheduler noise
@@ -132,5 +134,82 @@ async def test_dummy_hash_never_matches():
     try:
         for password in ("", "not the password", "dummy password for timing"):
             assert await hasher.check(password, None) is False
+    finally:
+        hasher.close()
+
+
+# -- the queue: fair across addresses, and a stop that refuses what has changed nothing -------
+def in_request(tracker: RequestTracker, address: str, wrote: bool,
+               work: Callable[[], Awaitable[Any]]) -> asyncio.Future[Any]:
+    """Run ``work`` as a request of ``address`` would (its own task, its own scope)."""
+    async def request() -> Any:
+        scope = tracker.begin(address)
+        assert scope is not None
+        scope.wrote = wrote
+        try:
+            return await work()
+        finally:
+            tracker.end(scope)
+    return asyncio.ensure_future(request())
+
+
+@pytest.mark.gen_test
+async def test_jobs_take_turns_across_addresses():
+    hasher = PasswordHasher(4, threads=1)
+    tracker = RequestTracker()
+    order: list[str] = []
+    try:
+        def job(address: str, i: int) -> asyncio.Future[Any]:
+            async def work() -> None:
+                await hasher.hash("password")
+                order.append(f"{address}{i}")
+            return in_request(tracker, address, False, work)
+        jobs = [job("a", i) for i in range(4)] + [job("b", i) for i in range(2)]
+        await asyncio.gather(*jobs)
+        # a0 started at once; then the queue alternates a, b while both have jobs waiting.
+        assert order == ["a0", "a1", "b0", "a2", "b1", "a3"]
+    finally:
+        hasher.close()
+
+
+@pytest.mark.gen_test
+async def test_stop_waiting_refuses_only_requests_that_have_not_written():
+    hasher = PasswordHasher(COST, threads=1)
+    tracker = RequestTracker()
+    try:
+        hashed = await hasher.hash("password")
+        check = lambda: hasher.check("password", hashed)
+        running = in_request(tracker, "a", False, check)
+        waiting = [in_request(tracker, "a", False, check) for _ in range(3)]
+        written = in_request(tracker, "b", True, check)
+        await asyncio.sleep(0.01)  # every job is queued, the first one runs
+        assert hasher.waiting == 4
+        assert hasher.stop_waiting() == 3
+        results = await asyncio.gather(running, written, *waiting, return_exceptions=True)
+        assert results[:2] == [True, True]  # the running job and the one that wrote finish
+        assert all(isinstance(r, ShuttingDown) for r in results[2:]), results
+        late = await asyncio.gather(in_request(tracker, "c", False, check),
+                                    in_request(tracker, "c", True, check),
+                                    return_exceptions=True)
+        assert isinstance(late[0], ShuttingDown) and late[1] is True
+        assert tracker.count == 0
+    finally:
+        hasher.close()
+    with pytest.raises(ShuttingDown):  # not "cannot schedule new futures after shutdown"
+        await hasher.check("password", None)
+
+
+@pytest.mark.gen_test
+async def test_a_full_queue_of_one_address_is_busy_with_a_retry_after():
+    hasher = PasswordHasher(COST, threads=1, queue_per_address=2)
+    tracker = RequestTracker()
+    try:
+        jobs = [in_request(tracker, "a", False, lambda: hasher.hash("password"))
+                for _ in range(5)]
+        other = in_request(tracker, "b", False, lambda: hasher.hash("password"))
+        results = await asyncio.gather(*jobs, other, return_exceptions=True)
+        busy = [r for r in results if isinstance(r, HashingBusy)]
+        assert len(busy) == 2 and all(r.retry_after >= 1 for r in busy)  # 1 runs, 2 wait
+        assert isinstance(results[-1], str)  # the other address was not refused
     finally:
         hasher.close()

@@ -8,6 +8,7 @@ import queue
 import re
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import psutil
 import pytest
@@ -246,3 +248,78 @@ def test_listen_backlog_holds_a_reconnect_storm() -> None:
             c.close()
         for s in sockets:
             s.close()
+
+
+SIGNUPS = 40
+SLOW_COST = "11"  # ~0.1-0.3 s a hash here: 40 sign-ups on one thread outlast any drain
+
+
+async def _sign_ups_across_a_sigterm(url: str, proc: subprocess.Popen,
+                                     count: int = SIGNUPS) -> tuple[dict, float]:
+    """``count`` sign-ups at once; SIGTERM as soon as the first one is through. Returns
+    each name's status (599: no answer) and how long the process took to exit."""
+    from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+    http = AsyncHTTPClient(force_instance=True, max_clients=count + 10)
+    try:
+        client = PresenceClient(url)
+        client.http = http
+        token = await client.xsrf()
+
+        async def signup(name: str) -> int:
+            body = urlencode({"username": name, "password": PASSWORD, "confirm": PASSWORD,
+                              "_xsrf": token})
+            try:
+                response = await http.fetch(
+                    url + "signup", method="POST", body=body, raise_error=False,
+                    headers={"Cookie": client.cookie_header()}, follow_redirects=False,
+                    request_timeout=15)
+            except (HTTPClientError, OSError):  # refused, reset or closed: no answer
+                return 599
+            return response.code
+
+        names = [f"drain{i:02d}" for i in range(count)]
+        tasks = [asyncio.ensure_future(signup(name)) for name in names]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        proc.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        await asyncio.to_thread(proc.wait, STOP_SECONDS + 5)
+        took = time.monotonic() - start
+        codes = await asyncio.gather(*tasks)
+        return dict(zip(names, codes)), took
+    finally:
+        http.close()
+
+
+def test_sigterm_lets_requests_finish_or_refuses_them_having_done_nothing(start_server,
+                                                                          tmp_path):
+    """Each request in flight at a SIGTERM either completes (302, the account exists) or is
+    refused having done nothing (503 or no connection: no account); never a 500, and the
+    process is still gone within 5 s."""
+    server = start_server(None, "--bcrypt-rounds", SLOW_COST, "--bcrypt-threads", "1")
+    url, _ = server.wait_for_url()
+    codes, took = asyncio.run(_sign_ups_across_a_sigterm(url, server.proc))
+    log = server.stderr()
+    with sqlite3.connect(tmp_path / "data" / "presence.db") as db:
+        created = {row[0] for row in db.execute("SELECT username FROM users")}
+    print(f"\nsign-ups across a SIGTERM: {sorted(codes.values()).count(302)} completed, "
+          f"{list(codes.values()).count(503)} refused with 503, "
+          f"{list(codes.values()).count(599)} without an answer; exit after {took:.2f} s")
+    assert server.proc.returncode == 0, log
+    assert took < STOP_SECONDS
+    assert set(codes.values()) <= {302, 503, 599}, codes
+    assert {name for name, code in codes.items() if code == 302} == created
+    assert 302 in codes.values() and 503 in codes.values(), codes  # both paths were taken
+    assert "cannot schedule new futures" not in log and "Traceback" not in log, log
+
+
+def test_sigterm_lets_running_requests_finish(start_server, tmp_path):
+    """Within the drain timeout, the requests running at a SIGTERM all complete."""
+    server = start_server(None, "--bcrypt-rounds", SLOW_COST, "--bcrypt-threads", "1",
+                          "--drain-timeout", "2.5")
+    url, _ = server.wait_for_url()
+    codes, took = asyncio.run(_sign_ups_across_a_sigterm(url, server.proc, count=3))
+    with sqlite3.connect(tmp_path / "data" / "presence.db") as db:
+        created = {row[0] for row in db.execute("SELECT username FROM users")}
+    assert list(codes.values()) == [302] * 3 and set(codes) == created, codes
+    assert server.proc.returncode == 0 and took < STOP_SECONDS
+    assert "Traceback" not in server.stderr()
