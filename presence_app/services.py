@@ -71,7 +71,7 @@ def make_store(broker: Broker, prefix: str, grace: float = 0.0) -> PresenceStore
 async def open_services(settings: Settings) -> AsyncIterator[Services]:
     db = Database(settings.database_url)
     hasher = PasswordHasher(settings.bcrypt_rounds, settings.bcrypt_threads)
-    broker = make_broker(settings.broker_url, settings.redis_prefix)
+    broker = make_broker(settings.broker_url, settings.redis_prefix, settings.redis_timeout)
     tasks: list[asyncio.Task[None]] = []
     try:
         try:

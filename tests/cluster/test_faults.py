@@ -103,7 +103,7 @@ async def still(sockets: list[PresenceSocket], truth: dict[str, bool], seconds: 
 
 
 def test_partitioned_process_keeps_serving_is_reaped_and_rejoins(
-        start_app: Any, sqlite_url: str, prefix: str, redis_proxy: Any) -> None:
+        redis_proxy: Any, start_app: Any, sqlite_url: str, prefix: str) -> None:
     """One process loses Redis for 30 s (connections reset, new ones refused); the other is
     fine. The cut-off process keeps serving its pages and sockets; the other reaps it after
     the heartbeat timeout; when the partition ends it rejoins, and every client of both
@@ -171,3 +171,51 @@ def test_partitioned_process_keeps_serving_is_reaped_and_rejoins(
 async def _both_healthy(*bases: str) -> bool:
     codes = [(await health(base))[0] for base in bases]
     return codes == [200] * len(bases)
+
+
+def test_half_open_connections_are_noticed_and_replaced(
+        redis_proxy: Any, start_app: Any, sqlite_url: str, prefix: str) -> None:
+    """The proxy stops forwarding on B's Redis connections without closing them (as a NAT or
+    firewall that lost their state would), and on new ones until it heals. B must notice by
+    itself (timeouts, pings on the idle subscription): /healthz 503 meanwhile, then new
+    connections, a resync, and live events again, on the subscription too."""
+    proxy = redis_proxy()
+    a = start_app("node-a", sqlite_url, REDIS_URL, prefix)
+    b = start_app("node-b", sqlite_url, via(proxy), prefix)
+
+    async def scenario() -> None:
+        alice, carol = await signed_up(a.url, "alice"), await signed_up(a.url, "carol")
+        bob = await signed_up(b.url, "bob")
+        alice_ws, carol_ws, bob_ws = (await alice.connect(), await carol.connect(),
+                                      await bob.connect())
+        await converge([alice_ws, bob_ws], {"alice": True, "bob": True, "carol": True}, 5)
+
+        proxy.half_open()
+        stalled = time.monotonic()
+        noticed = await poll(lambda: _status_is(b.url, 503), 15, "503 from B's /healthz")
+        await carol_ws.close()  # missed by B while its subscription is stalled
+        await alice_ws.wait_status("bob", False, timeout=HEARTBEAT_TIMEOUT + 4)  # reaped
+        assert (await bob_ws.ping(timeout=3))["type"] == "pong"
+        await asyncio.sleep(max(0.0, 8.0 - (time.monotonic() - stalled)))
+
+        proxy.heal()
+        recovered = await poll(lambda: _status_is(b.url, 200), 15, "200 from B again")
+        truth = {"alice": True, "bob": True, "carol": False}
+        await converge([alice_ws, bob_ws], truth, timeout=10)
+        # Live again, the subscription included: a change on A after the heal reaches B.
+        await asyncio.sleep(6)  # past any redis-py retry or health-check window
+        carol_ws = await carol.connect()
+        await bob_ws.wait_status("carol", True, timeout=5)
+        await carol_ws.close()
+        await bob_ws.wait_status("carol", False, timeout=5)
+        assert (await health(b.url))[0] == 200
+        print(f"\nhalf-open: B's /healthz 503 after {noticed:.2f} s, 200 {recovered:.2f} s "
+              "after the heal")
+        for sock in (alice_ws, bob_ws):
+            await sock.close()
+
+    asyncio.run(scenario())
+
+
+async def _status_is(base: str, code: int) -> bool:
+    return (await health(base))[0] == code
