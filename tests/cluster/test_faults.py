@@ -219,3 +219,68 @@ def test_half_open_connections_are_noticed_and_replaced(
 
 async def _status_is(base: str, code: int) -> bool:
     return (await health(base))[0] == code
+
+
+def recording(sock: PresenceSocket) -> list[dict[str, Any]]:
+    """Every presence event ``sock`` receives from now on, in arrival order."""
+    seen: list[dict[str, Any]] = []
+    apply = sock.apply
+
+    def record(message: dict[str, Any]) -> None:
+        if message.get("type") == "presence":
+            seen.append(message)
+        apply(message)
+    sock.apply = record  # type: ignore[method-assign]
+    return seen
+
+
+def test_redis_latency_converges_in_order(
+        redis_proxy: Any, start_app: Any, sqlite_url: str, prefix: str) -> None:
+    """200 ms each way between every process and Redis: users coming and going on both
+    processes (overlapping sockets included) end up right everywhere, each client receives
+    every user's events in version order, and no live process is mistaken for dead."""
+    proxy_a, proxy_b = redis_proxy(), redis_proxy()
+    a = start_app("node-a", sqlite_url, via(proxy_a), prefix)
+    b = start_app("node-b", sqlite_url, via(proxy_b), prefix)
+
+    async def scenario() -> None:
+        alice, bob = await signed_up(a.url, "alice"), await signed_up(b.url, "bob")
+        alice_ws, bob_ws = await alice.connect(), await bob.connect()
+        users = [f"user{i}" for i in range(4)]
+        clients = {u: await signed_up((a.url, b.url)[i % 2], u) for i, u in enumerate(users)}
+        await converge([alice_ws, bob_ws], {"alice": True, "bob": True}, timeout=5)
+        for proxy in (proxy_a, proxy_b):
+            proxy.latency(0.2)
+        logs = [recording(alice_ws), recording(bob_ws)]
+
+        async def churn(i: int, user: str) -> None:
+            client = clients[user]
+            for k in range(3):
+                here = await client.connect()            # on its own process
+                there = PresenceClient((b.url, a.url)[i % 2])
+                there.cookies = dict(client.cookies)
+                other = await there.connect()            # and on the other one
+                await asyncio.sleep(0.05 * k)
+                await here.close()
+                if k < 2 or i % 2:
+                    await other.close()                  # odd users end offline
+        await asyncio.gather(*(churn(i, u) for i, u in enumerate(users)))
+        truth = {"alice": True, "bob": True, **{u: i % 2 == 0 for i, u in enumerate(users)}}
+        started = time.monotonic()
+        await converge([alice_ws, bob_ws], truth, timeout=15)
+        converged = time.monotonic() - started
+        await still([alice_ws, bob_ws], truth, 1.5)
+        for log in logs:
+            for user in users:
+                versions = [e["version"] for e in log if e["username"] == user]
+                assert versions == sorted(set(versions)), f"{user}: {versions}"
+                assert versions, f"no event for {user}"
+            assert not [e for e in log if e["username"] in ("alice", "bob") and not e["online"]], \
+                f"a live process's user was shown offline (reaped under latency?): {log}"
+        for client, base in ((alice, a.url), (bob, b.url)):
+            assert await api_view(client, base) == truth
+        print(f"\nlatency 200 ms each way: converged {converged:.2f} s after the last change")
+        for sock in (alice_ws, bob_ws):
+            await sock.close()
+
+    asyncio.run(scenario())
