@@ -69,14 +69,17 @@ async def poll(predicate: Callable[[], Any], timeout: float, what: str,
 
 async def converge(sockets: list[PresenceSocket], truth: dict[str, bool],
                    timeout: float) -> None:
-    """Every socket's view matches ``truth`` (read events until it does)."""
+    """Every socket's view matches ``truth`` at once (read events until it does; ``still``
+    then checks that it stays so)."""
     async def one(sock: PresenceSocket) -> None:
-        for user, online in truth.items():
-            await sock.wait_status(user, online, timeout=timeout)
+        right = lambda _message=None: {u: sock.online(u) for u in truth} == truth
+        if not right():
+            try:
+                await sock.wait_for(right, timeout)
+            except asyncio.TimeoutError:
+                view = {u: sock.online(u) for u in truth}
+                raise AssertionError(f"{sock.me} sees {view} after {timeout} s") from None
     await asyncio.gather(*(one(s) for s in sockets))
-    for sock in sockets:
-        view = {u: sock.online(u) for u in truth}
-        assert view == truth, f"{sock.me} sees {view}"
 
 
 async def api_view(client: PresenceClient, base: str) -> dict[str, bool]:
@@ -222,13 +225,13 @@ async def _status_is(base: str, code: int) -> bool:
 
 
 def recording(sock: PresenceSocket) -> list[dict[str, Any]]:
-    """Every presence event ``sock`` receives from now on, in arrival order."""
+    """Every presence event ``sock`` receives from now on, in arrival order (``_at``: when)."""
     seen: list[dict[str, Any]] = []
     apply = sock.apply
 
     def record(message: dict[str, Any]) -> None:
         if message.get("type") == "presence":
-            seen.append(message)
+            seen.append({**message, "_at": time.monotonic()})
         apply(message)
     sock.apply = record  # type: ignore[method-assign]
     return seen
@@ -268,8 +271,8 @@ def test_redis_latency_converges_in_order(
         truth = {"alice": True, "bob": True, **{u: i % 2 == 0 for i, u in enumerate(users)}}
         started = time.monotonic()
         await converge([alice_ws, bob_ws], truth, timeout=15)
-        converged = time.monotonic() - started
         await still([alice_ws, bob_ws], truth, 1.5)
+        converged = max(e["_at"] for log in logs for e in log) - started
         for log in logs:
             for user in users:
                 versions = [e["version"] for e in log if e["username"] == user]
