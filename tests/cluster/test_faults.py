@@ -196,6 +196,8 @@ def test_half_open_connections_are_noticed_and_replaced(
         proxy.half_open()
         stalled = time.monotonic()
         noticed = await poll(lambda: _status_is(b.url, 503), 15, "503 from B's /healthz")
+        # Commands time out after half the heartbeat timeout (1 s here), pings likewise.
+        assert noticed < HEARTBEAT_TIMEOUT + 3, f"503 only after {noticed:.1f} s"
         await carol_ws.close()  # missed by B while its subscription is stalled
         await alice_ws.wait_status("bob", False, timeout=HEARTBEAT_TIMEOUT + 4)  # reaped
         assert (await bob_ws.ping(timeout=3))["type"] == "pong"
