@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import time
 from typing import Any
 
 import bcrypt
@@ -64,7 +65,9 @@ def test_kill_during_signups_leaves_only_complete_accounts(
                     pass  # no answer: the process died under it
 
         tasks = [asyncio.ensure_future(signup(name)) for name in names]
+        deadline = time.monotonic() + 30
         while len(answered) < SIGNUPS // 3:
+            assert time.monotonic() < deadline, f"only {len(answered)} sign-ups answered"
             await asyncio.sleep(0.01)
         assert app.proc is not None
         app.proc.send_signal(signal.SIGKILL)
