@@ -122,6 +122,8 @@ class RedisBroker(Broker):
 
     def _make_client(self, **kwargs: Any) -> Any:
         import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
 
         if not self.url.startswith(SENTINEL_SCHEME + "://"):
             return aioredis.from_url(self.url, **kwargs)
@@ -129,10 +131,12 @@ class RedisBroker(Broker):
 
         target = parse_sentinel_url(self.url)
         if self._sentinel is None:
-            socket_options = {k: v for k, v in kwargs.items() if k.startswith("socket_")}
-            self._sentinel = Sentinel(
-                target.sentinels, decode_responses=True,
-                sentinel_kwargs=dict(password=target.sentinel_password, **socket_options))
+            # One attempt per sentinel: discovery moves on to the next one by itself, and
+            # redis-py's default retries would take seconds per dead sentinel.
+            options = {k: v for k, v in kwargs.items() if k.startswith("socket_")}
+            options.update(password=target.sentinel_password, retry=Retry(NoBackoff(), 0))
+            self._sentinel = Sentinel(target.sentinels, decode_responses=True,
+                                      sentinel_kwargs=options)
         return self._sentinel.master_for(target.service, db=target.db,
                                          username=target.username, password=target.password,
                                          **kwargs)
