@@ -15,7 +15,7 @@ from presence_app.redis_urls import SENTINEL_SCHEME, mask_url, parse_sentinel_ur
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF = 5.0  # seconds between attempts to resubscribe, at most
+MAX_BACKOFF = 2.0  # seconds between attempts to resubscribe, at most (a failover is over soon)
 MessageHandler = Callable[[str], None]
 ReconnectHandler = Callable[[], Awaitable[None]]
 
