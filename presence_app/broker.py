@@ -11,8 +11,11 @@ import random
 from abc import ABC, abstractmethod
 from typing import Any, Awaitable, Callable
 
+from presence_app.redis_urls import SENTINEL_SCHEME, mask_url, parse_sentinel_url
+
 log = logging.getLogger(__name__)
 
+MAX_BACKOFF = 2.0  # seconds between attempts to resubscribe, at most (a failover is over soon)
 MessageHandler = Callable[[str], None]
 ReconnectHandler = Callable[[], Awaitable[None]]
 
@@ -87,24 +90,56 @@ class RedisBroker(Broker):
     redis-py's PubSub would otherwise reconnect and re-subscribe on its own without telling
     anyone; its client is built with retries off so that every lost connection surfaces
     here, and the loop backs off, resubscribes and asks presence to resynchronise.
+
+    ``timeout`` bounds every command and the silence of the subscription: a connection that
+    stops answering without being closed (half-open: a NAT or firewall that lost its state, a
+    peer that vanished) is given up after it, whereas the kernel would wait for many minutes.
+    With ``redis+sentinel://`` URLs the clients ask the sentinels for the current primary on
+    every new connection, so a failover looks like any other lost connection.
     """
 
     name = "redis"
 
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(self, url: str, prefix: str, timeout: float = 5.0) -> None:
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        self.url = url
+        self.safe_url = mask_url(url)
+        self.channel = f"{prefix}:events"
+        self.timeout = timeout
+        self._sentinel: Any = None
+        common: dict[str, Any] = dict(decode_responses=True, health_check_interval=0,
+                                      socket_connect_timeout=min(2.0, timeout),
+                                      socket_timeout=timeout)
+        # Commands (scripts, heartbeats) fail fast: one retry on a fresh connection when a
+        # pooled one turns out closed, none after a timeout (it would double the wait).
+        self.client = self._make_client(
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)), **common)
+        self._sub_client = self._make_client(retry=Retry(NoBackoff(), 0), **common)
+        self.problem = "not connected yet"
+
+    def _make_client(self, **kwargs: Any) -> Any:
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
-        self.url = url
-        self.channel = f"{prefix}:events"
-        common: dict[str, Any] = dict(decode_responses=True, socket_connect_timeout=2.0,
-                                      health_check_interval=0)
-        # Commands (scripts, heartbeats) fail fast instead of retrying for long.
-        self.client = aioredis.from_url(url, socket_timeout=5.0,
-                                        retry=Retry(NoBackoff(), 1), **common)
-        self._sub_client = aioredis.from_url(url, retry=Retry(NoBackoff(), 0), **common)
-        self.problem = "not connected yet"
+        if not self.url.startswith(SENTINEL_SCHEME + "://"):
+            return aioredis.from_url(self.url, **kwargs)
+        from redis.asyncio.sentinel import Sentinel
+
+        target = parse_sentinel_url(self.url)
+        if self._sentinel is None:
+            # One attempt per sentinel: discovery moves on to the next one by itself, and
+            # redis-py's default retries would take seconds per dead sentinel.
+            options = {k: v for k, v in kwargs.items() if k.startswith("socket_")}
+            options.update(password=target.sentinel_password, retry=Retry(NoBackoff(), 0))
+            self._sentinel = Sentinel(target.sentinels, decode_responses=True,
+                                      sentinel_kwargs=options)
+        return self._sentinel.master_for(target.service, db=target.db,
+                                         username=target.username, password=target.password,
+                                         **kwargs)
 
     async def connect(self) -> None:
         try:
@@ -112,11 +147,13 @@ class RedisBroker(Broker):
             self.problem = None
         except Exception as exc:  # keep serving; listen() retries with backoff
             self.problem = f"redis unreachable: {exc}"
-            log.warning("Redis at %s is unreachable (%s); will keep retrying", self.url, exc)
+            log.warning("Redis at %s is unreachable (%s); will keep retrying", self.safe_url, exc)
 
     async def close(self) -> None:
         await self._sub_client.aclose()
         await self.client.aclose()
+        if self._sentinel is not None:
+            await _quietly(self._sentinel.aclose())
 
     async def publish(self, message: str) -> None:
         await self.client.publish(self.channel, message)
@@ -142,23 +179,38 @@ class RedisBroker(Broker):
                 first = False
                 log.warning("Redis subscription lost (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, MAX_BACKOFF)
             finally:
                 await _quietly(pubsub.aclose())
 
     async def _confirmed(self, pubsub: Any) -> None:
         """Wait for Redis to confirm the subscription: from then on nothing is missed."""
         while True:
-            message = await pubsub.get_message(timeout=5.0)
+            message = await pubsub.get_message(timeout=self.timeout)
             if message is None:
                 raise ConnectionError("no subscription confirmation from Redis")
             if message.get("type") == "subscribe":
                 return
 
     async def _receive(self, pubsub: Any, on_message: MessageHandler) -> None:
+        """Deliver messages; after ``timeout`` of silence PING, and give the connection up if
+        the PONG does not come within another ``timeout``: a half-open subscription would
+        otherwise wait for messages forever, and this process would miss every event."""
+        loop = asyncio.get_running_loop()
+        heard, pinged = loop.time(), False
         while True:
-            message = await pubsub.get_message(timeout=1.0)
-            if message is None or message.get("type") != "message":
+            message = await pubsub.get_message(timeout=min(1.0, self.timeout))
+            now = loop.time()
+            if message is None:
+                if now - heard < self.timeout:
+                    continue
+                if pinged:
+                    raise ConnectionError(f"no answer from Redis for {now - heard:.1f} s")
+                await pubsub.ping()
+                pinged = True
+                continue
+            heard, pinged = now, False
+            if message.get("type") != "message":
                 continue
             try:
                 on_message(message["data"])
@@ -173,8 +225,9 @@ async def _quietly(awaitable: Awaitable[Any]) -> None:
         pass
 
 
-def make_broker(url: str, prefix: str) -> Broker:
-    """``memory://`` (default) or ``redis://``/``rediss://``; redis is imported lazily."""
+def make_broker(url: str, prefix: str, timeout: float = 5.0) -> Broker:
+    """``memory://`` (default), ``redis://``, ``rediss://`` or ``redis+sentinel://``; redis is
+    imported lazily. ``timeout`` bounds Redis commands and silences (see RedisBroker)."""
     if url.startswith("memory://"):
         return LocalBroker()
-    return RedisBroker(url, prefix)
+    return RedisBroker(url, prefix, timeout)

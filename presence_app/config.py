@@ -10,7 +10,8 @@ import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Sequence
-from urllib.parse import urlsplit
+
+from presence_app.redis_urls import check_redis_url, mask_url
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,13 @@ class Settings:
         """How often a node refreshes its liveness key and looks for dead nodes."""
         return max(self.heartbeat_timeout / 4.0, 0.1)
 
+    @property
+    def redis_timeout(self) -> float:
+        """Seconds a Redis command, or silence on the subscription, may last before the
+        connection is given up: about half the heartbeat timeout (1..5 s), so a process whose
+        Redis connections hang says so on /healthz about when others would reap it."""
+        return min(max(self.heartbeat_timeout / 2.0, 1.0), 5.0)
+
     def for_worker(self, worker: int | None) -> "Settings":
         """The settings of one forked worker: node id ``<node id>:<worker>`` keeps ids unique."""
         if worker is None:
@@ -81,7 +89,8 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("port", int, "TCP port to listen on"),
     ("data-dir", str, "directory for the SQLite file and the generated cookie secret"),
     ("database-url", str, "SQLAlchemy URL (sqlite+aiosqlite:///..., postgresql+asyncpg://...)"),
-    ("redis-url", str, "redis:// or rediss:// URL; empty: in-process broker"),
+    ("redis-url", str, "redis://, rediss:// or redis+sentinel://host:port[,host:port]/service[/db] "
+     "URL; empty: in-process broker"),
     ("redis-prefix", str, "prefix of every Redis key and channel"),
     ("cookie-secret", str, "secret signing cookies; default: generated into the data dir"),
     ("bcrypt-rounds", int, "bcrypt cost factor (4..31)"),
@@ -209,8 +218,11 @@ def validate(s: Settings) -> Settings:
         raise ConfigError("--max-message-size must be >= 128 and --send-buffer-limit >= 1024")
     if s.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {s.log_level}")
-    if s.redis_url and urlsplit(s.redis_url).scheme not in {"redis", "rediss", "unix"}:
-        raise ConfigError(f"--redis-url must start with redis:// or rediss://, got {s.redis_url!r}")
+    if s.redis_url:
+        try:
+            check_redis_url(s.redis_url)
+        except ValueError as exc:
+            raise ConfigError(f"--redis-url {exc}, got {mask_url(s.redis_url)!r}") from None
     if s.processes != 1 and not s.redis_url:
         raise ConfigError("--processes needs --redis-url: processes share presence through Redis")
     if s.processes != 1 and s.debug:

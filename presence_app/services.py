@@ -102,7 +102,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     db = Database(settings.database_url)
     hasher = PasswordHasher(settings.bcrypt_rounds, settings.bcrypt_threads,
                             settings.bcrypt_queue_per_address)
-    broker = make_broker(settings.broker_url, settings.redis_prefix)
+    broker = make_broker(settings.broker_url, settings.redis_prefix, settings.redis_timeout)
     tasks: list[asyncio.Task[None]] = []
     try:
         try:

@@ -40,6 +40,7 @@ class PresenceSync:
         self._wake = asyncio.Event()
         self._settling: asyncio.Future[None] | None = None
         self._to_settle: set[str] = set()
+        self._reap_from = 0.0  # loop time before which no other process is reaped (see beat)
 
     async def start(self) -> None:
         """Clear what an earlier process with our node id left behind, then load the view."""
@@ -88,6 +89,10 @@ class PresenceSync:
             self._epoch = epoch
             if self.problem:
                 log.info("Presence store reachable again")
+                # The others probably lost the store too (an outage, a Sentinel failover) and
+                # their keys expired meanwhile: give them a heartbeat timeout to come back
+                # before reaping anyone, or all their users would flicker offline.
+                self._reap_from = asyncio.get_running_loop().time() + self.timeout
             self.problem = None
         except asyncio.CancelledError:
             raise
@@ -184,6 +189,8 @@ class PresenceSync:
             log.warning("Could not delete expired sessions: %s", exc)
 
     async def reap_dead(self) -> None:
+        if asyncio.get_running_loop().time() < self._reap_from:
+            return
         for node in await self.store.dead_nodes(self.node_id):
             events = await self.store.reap(node, iso_now())
             self.ledger.record(events)

@@ -72,6 +72,13 @@ BAD = [
     (["--database-url", "mysql://x"], {}, "--database-url"),
     (["--database-url", "presence.db"], {}, "--database-url"),
     (["--redis-url", "http://x"], {}, "--redis-url"),
+    (["--redis-url", "redis+sentinel://h/mymaster"], {}, "--redis-url"),
+    (["--redis-url", "redis+sentinel://h:26379"], {}, "--redis-url"),
+    (["--redis-url", "redis+sentinel://h:26379,h2/mymaster"], {}, "--redis-url"),
+    (["--redis-url", "redis+sentinel://h:26379/mymaster/x"], {}, "--redis-url"),
+    (["--redis-url", "redis+sentinel://h:26379/a/0/extra"], {}, "--redis-url"),
+    (["--redis-url", "redis+sentinel://h:99999/mymaster"], {}, "--redis-url"),
+    (["--redis-url", "redis+sentinel://h:26379/mymaster?db=2"], {}, "--redis-url"),
     (["--log-level", "LOUD"], {}, "--log-level"),
     (["--heartbeat-timeout", "0"], {}, "--heartbeat-timeout"),
     (["--heartbeat-timeout", "nan"], {}, "--heartbeat-timeout"),
@@ -158,3 +165,18 @@ def test_throttle_budget_and_drain_settings():
                       env={"PRESENCE_BCRYPT_QUEUE_PER_ADDRESS": "0"})
     assert (s.login_throttle_entries, s.bcrypt_queue_per_address, s.drain_timeout) == \
         (50, 0, 0.0)
+
+
+@pytest.mark.parametrize("url", [
+    "redis+sentinel://127.0.0.1:26379/mymaster",
+    "redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26380,sentinel-3:26381/mymaster/2",
+    "redis+sentinel://app:pw@h:26379/mymaster/0?sentinel_password=other",
+])
+def test_sentinel_urls_are_accepted(url):
+    assert load_settings(["--redis-url", url], env={}).broker_url == url
+
+
+def test_a_bad_redis_url_is_reported_without_its_password():
+    with pytest.raises(ConfigError) as info:
+        load_settings(["--redis-url", "redis+sentinel://:hunter2@h/mymaster"], env={})
+    assert "hunter2" not in str(info.value) and ":***@" in str(info.value)

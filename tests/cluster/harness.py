@@ -137,9 +137,10 @@ class AppProcess:
 class RedisServer:
     """A private redis-server for tests that stop or restart Redis."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *extra: str) -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.extra = list(extra)  # e.g. "--replicaof", "127.0.0.1", "6379"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -151,7 +152,7 @@ class RedisServer:
         assert binary, "redis-server not installed"
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
+             "--appendonly", "no", "--dir", str(self.workdir), *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(self._pings, 10, "redis-server to answer")
         return self
@@ -165,6 +166,40 @@ class RedisServer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+class RedisSentinel:
+    """A Redis Sentinel (``redis-server <conf> --sentinel``) watching one primary as
+    ``service``; tuned to notice a dead primary after ``down_after_ms``."""
+
+    def __init__(self, workdir: Path, name: str, primary_port: int, service: str,
+                 down_after_ms: int = 1000, quorum: int = 2) -> None:
+        self.port = free_port()
+        self.conf = workdir / f"{name}.conf"
+        self.conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {workdir}\n"
+            f"logfile {workdir / (name + '.log')}\n"
+            f"sentinel monitor {service} 127.0.0.1 {primary_port} {quorum}\n"
+            f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
+            f"sentinel failover-timeout {service} 10000\n"
+            f"sentinel parallel-syncs {service} 1\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "RedisSentinel":
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server not installed"
+        self.proc = subprocess.Popen([binary, str(self.conf), "--sentinel"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self._pings, 10, "redis-sentinel to answer")
+        return self
+
+    def _pings(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+
+    def stop(self) -> None:
+        stop_process(self.proc, signal.SIGKILL)
 
 
 def nginx_config(template: str, listen_port: int, upstream_ports: list[int],
