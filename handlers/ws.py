@@ -19,6 +19,9 @@ __all__ = ["PresenceSocketHandler", "deflate_offer", "text_frame"]
 
 log = logging.getLogger(__name__)
 
+#: Frames a client may still send after our close frame before the TCP connection is cut.
+AFTER_CLOSE = 100
+
 EXTENSIONS = "Sec-WebSocket-Extensions"
 #: What the server answers to an acceptable permessage-deflate offer. No context takeover on
 #: either side: Tornado then keeps no zlib state per socket (it would be ~300 KiB each), the
@@ -63,6 +66,7 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
     writer: BoundedWriter | None = None
     rate: MessageRate | None = None
     counted = False  # this socket is counted in ``services.caps``
+    after_close = 0  # frames received after our close frame
 
     def set_default_headers(self) -> None:
         """The refusals (401, 403, 400) and the 101 carry the same headers as every page."""
@@ -121,7 +125,13 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
     def on_message(self, message: str | bytes) -> None:
         conn = self.ws_connection
         if conn is None or conn.is_closing() or self.rate is None:
-            return  # closing (or refused at open): what the client still sends is ignored
+            # Closing (Tornado drops ws_connection at close) or refused at open: what the
+            # client still sends is ignored, and a client that goes on sending instead of
+            # answering the close frame is cut off.
+            self.after_close += 1
+            if self.writer is not None and self.after_close > AFTER_CLOSE:
+                self.writer.cut()
+            return
         if not self.rate.allow():
             settings = self.services.settings
             self.presence.reply(self, json.dumps({

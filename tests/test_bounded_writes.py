@@ -6,6 +6,7 @@ import asyncio
 import gc
 import json
 import socket
+import time
 import tracemalloc
 import weakref
 from dataclasses import replace
@@ -152,6 +153,18 @@ class TestMessageRate:
         assert kinds.count("pong") <= 21 and kinds[-1] == "error", kinds
         assert "too many messages" in replies[-1]["error"]
         assert await sock.wait_closed() == 1008
+
+    @pytest.mark.gen_test
+    async def test_a_flooder_that_ignores_the_close_is_cut_off_at_once(
+            self, user_factory: Any, http_port: int) -> None:
+        """Not after Tornado's 5 s wait for the client's close frame, parsing its flood."""
+        alice = await user_factory("alice")
+        sock = await RawSocket.open(http_port, alice.cookie_header())
+        await sock.read_frame()  # the snapshot
+        started = time.monotonic()
+        sock.writer.write(PING_FRAME * 5000)
+        await sock.close_code(timeout=10)  # whatever arrives before the connection ends
+        assert time.monotonic() - started < 1.5
 
     @pytest.mark.gen_test
     async def test_within_the_rate_nothing_happens(self, user_factory: Any) -> None:
