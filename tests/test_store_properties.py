@@ -48,7 +48,7 @@ nodes, users = st.sampled_from(NODES), st.sampled_from(USERS)
 
 # Small enough for CI (each configuration a few seconds), derandomized there so a run is
 # reproducible; locally hypothesis explores new cases and replays failures from .hypothesis/.
-RUNS = settings(max_examples=int(os.environ.get("PRESENCE_PROPERTY_EXAMPLES", "40")),
+RUNS = settings(max_examples=int(os.environ.get("PRESENCE_PROPERTY_EXAMPLES", "100")),
                 stateful_step_count=40, deadline=None, derandomize=IN_CI,
                 database=None if IN_CI else settings.default.database,
                 report_multiple_bugs=False,
