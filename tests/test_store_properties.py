@@ -25,7 +25,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Coroutine, TypeVar
+from typing import Any, Coroutine, Mapping, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -51,9 +51,10 @@ nodes, users = st.sampled_from(NODES), st.sampled_from(USERS)
 # reproducible; locally hypothesis explores new cases and replays failures from .hypothesis/.
 RUNS = settings(max_examples=int(os.environ.get("PRESENCE_PROPERTY_EXAMPLES", "100")),
                 stateful_step_count=40, deadline=None, derandomize=IN_CI,
-                database=None if IN_CI else settings.default.database,
                 report_multiple_bugs=False,
                 suppress_health_check=[HealthCheck.too_slow])
+if IN_CI:  # the same cases on every run, and no example database left behind
+    RUNS = settings(RUNS, database=None)
 
 
 @dataclass
@@ -160,8 +161,8 @@ class StoreMachine(RuleBasedStateMachine):
     def store(self, node: str) -> PresenceStore:
         return self.backend.stores[node]
 
-    def check(self, returned: list[str], expected: dict[str, tuple[bool, str | None]],
-              optional: dict[str, tuple[bool, str | None]] | None = None) -> set[str]:
+    def check(self, returned: list[str], expected: Mapping[str, tuple[bool, str | None]],
+              optional: Mapping[str, tuple[bool, str | None]] | None = None) -> set[str]:
         """The events published since the last step are ``returned``, one per user in
         ``expected`` (plus maybe some of ``optional``), with growing versions. Returns the
         users announced."""
