@@ -158,14 +158,19 @@ class RedisServer:
         return self
 
     def _pings(self) -> bool:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
+        return redis_pings(self.port)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def redis_pings(port: int) -> bool:
+    """A Redis (or Sentinel) on ``port`` answers PING."""
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+        sock.sendall(b"PING\r\n")
+        return sock.recv(16).startswith(b"+PONG")
 
 
 class RedisSentinel:
@@ -194,9 +199,7 @@ class RedisSentinel:
         return self
 
     def _pings(self) -> bool:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
+        return redis_pings(self.port)
 
     def stop(self) -> None:
         stop_process(self.proc, signal.SIGKILL)

@@ -67,6 +67,16 @@ async def poll(predicate: Callable[[], Any], timeout: float, what: str,
     return time.monotonic() - started
 
 
+async def three_online(a_url: str, b_url: str) -> tuple[tuple[PresenceClient, ...],
+                                                        tuple[PresenceSocket, ...]]:
+    """alice and carol on process A, bob on B, each with a socket; every view agrees."""
+    alice, carol = await signed_up(a_url, "alice"), await signed_up(a_url, "carol")
+    bob = await signed_up(b_url, "bob")
+    sockets = (await alice.connect(), await carol.connect(), await bob.connect())
+    await converge([sockets[0], sockets[2]], {"alice": True, "bob": True, "carol": True}, 5)
+    return (alice, carol, bob), sockets
+
+
 async def converge(sockets: list[PresenceSocket], truth: dict[str, bool],
                    timeout: float) -> None:
     """Every socket's view matches ``truth`` at once (read events until it does; ``still``
@@ -187,11 +197,7 @@ def test_half_open_connections_are_noticed_and_replaced(
     b = start_app("node-b", sqlite_url, via(proxy), prefix)
 
     async def scenario() -> None:
-        alice, carol = await signed_up(a.url, "alice"), await signed_up(a.url, "carol")
-        bob = await signed_up(b.url, "bob")
-        alice_ws, carol_ws, bob_ws = (await alice.connect(), await carol.connect(),
-                                      await bob.connect())
-        await converge([alice_ws, bob_ws], {"alice": True, "bob": True, "carol": True}, 5)
+        (alice, carol, bob), (alice_ws, carol_ws, bob_ws) = await three_online(a.url, b.url)
 
         proxy.half_open()
         stalled = time.monotonic()

@@ -16,8 +16,8 @@ import redis
 
 from presence_app.client import PresenceClient
 from tests.cluster.harness import RedisSentinel, RedisServer, wait_until
-from tests.cluster.test_faults import (api_view, converge, health, poll, recording, signed_up,
-                                       still)
+from tests.cluster.test_faults import (api_view, converge, health, poll, recording, still,
+                                       three_online)
 from tests.conftest import PASSWORD, unavailable
 
 pytestmark = pytest.mark.cluster
@@ -100,11 +100,7 @@ def test_primary_killed_every_client_converges_after_failover(
     figures: dict[str, float] = {}
 
     async def scenario() -> None:
-        alice, carol = await signed_up(a.url, "alice"), await signed_up(a.url, "carol")
-        bob = await signed_up(b.url, "bob")
-        alice_ws, carol_ws, bob_ws = (await alice.connect(), await carol.connect(),
-                                      await bob.connect())
-        await converge([alice_ws, bob_ws], {"alice": True, "bob": True, "carol": True}, 5)
+        (alice, carol, bob), (alice_ws, carol_ws, bob_ws) = await three_online(a.url, b.url)
         logs = [recording(alice_ws), recording(bob_ws)]
         subscribed = asyncio.Event()
         switch = asyncio.ensure_future(switched(sentinel_setup.sentinels[0].port, subscribed))
