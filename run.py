@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
 import logging
 import os
 import signal
 import socket
 import sys
 import threading
+from pathlib import Path
 
 import tornado.httpserver
 import tornado.netutil
@@ -25,6 +27,9 @@ log = logging.getLogger("presence")
 #: drops the SYNs of a restart's reconnect storm, and the clients' TCP retries them after 1, 3,
 #: 7, 15 s: 10,000 clients took 27-40 s to come back.
 LISTEN_BACKLOG = 4096
+
+#: First arguments that start a one-shot admin command instead of the server.
+ADMIN_COMMANDS = ("db", "users")
 
 #: A SIGTERM'd process is gone within 5 s whatever hangs (a database thread stuck in a
 #: query, a peer that never answers): past this, the shutdown is cut short.
@@ -103,41 +108,66 @@ async def serve(settings: Settings, sockets: list[socket.socket], announce: bool
     log.info("Stopped")
 
 
-def fail(message: str) -> int:
-    print(f"run.py: error: {message}", file=sys.stderr)
+def program_name(argv0: str) -> str:
+    """How the operator started us, for usage and error lines: the ``presence`` console
+    script or ``python run.py`` (anything else, pytest say, reads as run.py)."""
+    return "presence" if Path(argv0).name == "presence" else "run.py"
+
+
+def fail(message: str, prog: str = "run.py") -> int:
+    print(f"{prog}: error: {message}", file=sys.stderr)
     return 2
 
 
-def run_server(settings: Settings, sockets: list[socket.socket], announce: bool) -> int:
+def run_server(settings: Settings, sockets: list[socket.socket], announce: bool,
+               prog: str = "run.py") -> int:
     try:
         asyncio.run(serve(settings, sockets, announce))
     except StartupError as exc:
-        return fail(str(exc))
+        return fail(str(exc), prog)
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_admin(args: list[str], prog: str) -> int:
+    """``db ...`` and ``users ...``: one-shot commands in presence_app.admin, imported only
+    when asked for, since the server never needs them."""
     try:
-        settings = load_settings(argv)
+        admin = importlib.import_module("presence_app.admin")
+    except ModuleNotFoundError as exc:
+        if exc.name != "presence_app.admin":
+            raise  # a dependency of admin is missing: let its own name show
+        return fail(f"{args[0]!r} commands are not available in this version", prog)
+    return int(admin.main(args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python run.py [options]`` and the ``presence`` console script; ``db``/``users``
+    as the first argument run an admin command instead of the server."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    prog = program_name(sys.argv[0])
+    if args and args[0] in ADMIN_COMMANDS:
+        return run_admin(args, prog)
+    try:
+        settings = load_settings(args, prog=prog)
     except ConfigError as exc:
-        return fail(str(exc))
+        return fail(str(exc), prog)
     setup_logging(settings)  # before the cookie secret, so that generating it is logged
     try:  # bind first: a port in use is reported before anything is created
         sockets = tornado.netutil.bind_sockets(settings.port, settings.address,
                                                backlog=LISTEN_BACKLOG)
     except OSError as exc:
-        return fail(f"cannot listen on {settings.address}:{settings.port}: {exc.strerror}")
+        return fail(f"cannot listen on {settings.address}:{settings.port}: {exc.strerror}", prog)
     try:
         settings = ensure_cookie_secret(settings)
         if settings.database_url.startswith("sqlite") and ":memory:" not in settings.database_url:
             db_path = settings.database_url.split(":///", 1)[1]
             os.makedirs(os.path.dirname(os.path.abspath(db_path)), mode=0o700, exist_ok=True)
     except ConfigError as exc:
-        return fail(str(exc))
+        return fail(str(exc), prog)
     except OSError as exc:
-        return fail(f"cannot create the database directory: {exc.strerror}")
+        return fail(f"cannot create the database directory: {exc.strerror}", prog)
     if settings.processes == 1:
-        return run_server(settings, sockets, announce=True)
+        return run_server(settings, sockets, announce=True, prog=prog)
     count = settings.processes or os.cpu_count() or 1
     host, port = sockets[0].getsockname()[:2]
     print(f"Presence is running at http://{host}:{port}/ with {count} worker processes "
@@ -146,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     def run_worker(worker: int) -> int:
         worker_settings = settings.for_worker(worker)
         setup_logging(worker_settings)
-        return run_server(worker_settings, sockets, announce=False)
+        return run_server(worker_settings, sockets, announce=False, prog=prog)
 
     return fork_workers(count, run_worker)
 

@@ -14,13 +14,30 @@ from handlers.users import (HealthHandler, SessionApiHandler, UsersApiHandler,
 from handlers.ws import PresenceSocketHandler
 from presence_app.services import Services
 
-ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+CHECKOUT = PACKAGE_DIR.parent
+
+
+def asset_dir(name: str, package_dir: Path = PACKAGE_DIR) -> Path:
+    """``templates`` or ``static``. Installed, they ship inside this package
+    (pyproject.toml maps them to ``handlers/templates`` and ``handlers/static``); in a
+    checkout they are the top-level directories beside ``handlers/``. The checkout is
+    recognised by its pyproject.toml, so that an installed copy missing its files fails here,
+    by name, instead of serving another package's ``site-packages/templates``."""
+    shipped = package_dir / name
+    if shipped.is_dir():
+        return shipped
+    checkout = package_dir.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / name).is_dir():
+        return checkout / name
+    raise RuntimeError(f"the web layer's {name}/ directory is missing: looked in {shipped} "
+                       f"and {checkout / name}")
 
 
 def make_app(services: Services) -> tornado.web.Application:
     settings = services.settings
     jinja_env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(ROOT / "templates")),
+        loader=jinja2.FileSystemLoader(str(asset_dir("templates"))),
         autoescape=True, trim_blocks=True, lstrip_blocks=True, auto_reload=settings.debug)
     routes = [
         (r"/", UsersPageHandler),
@@ -40,7 +57,7 @@ def make_app(services: Services) -> tornado.web.Application:
         xsrf_cookies=True,
         xsrf_cookie_kwargs={"httponly": True, "samesite": "Lax"},
         login_url="/login",
-        static_path=str(ROOT / "static"),
+        static_path=str(asset_dir("static")),
         static_handler_class=StaticHandler,
         default_handler_class=NotFoundHandler,
         debug=settings.debug,

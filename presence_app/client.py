@@ -17,8 +17,13 @@ from typing import Any, AsyncIterator, Callable
 from urllib.parse import urlencode, urlsplit
 
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+try:  # the server does not need websockets; only this client does (the "client" extra)
+    from websockets.asyncio.client import ClientConnection, connect
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+except ImportError as exc:  # pragma: no cover - depends on what is installed
+    raise ImportError("presence_app.client needs the websockets package: "
+                      "pip install 'presence[client]'") from exc
 
 
 class ClientError(Exception):

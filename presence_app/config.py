@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from presence_app.redis_urls import check_redis_url, mask_url
+from presence_app.version import version
 
 log = logging.getLogger(__name__)
 
@@ -138,11 +139,14 @@ def env_name(option: str) -> str:
     return "PRESENCE_" + option.replace("-", "_").upper()
 
 
-def make_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+def make_parser(env: Mapping[str, str], prog: str = "run.py") -> argparse.ArgumentParser:
+    """``prog`` is how the operator started it: ``run.py`` or the ``presence`` script."""
     defaults = Settings()
     parser = argparse.ArgumentParser(
-        prog="run.py", description="Presence: who is online, live.",
-        epilog="Every option can also be set as an environment variable PRESENCE_<NAME>.")
+        prog=prog, description="Presence: who is online, live.",
+        epilog=f"Every option can also be set as an environment variable PRESENCE_<NAME>. "
+               f"Admin commands: {prog} db --help, {prog} users --help.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     for name, kind, help_text in _OPTIONS:
         attr = name.replace("-", "_")
         default = env.get(env_name(name), getattr(defaults, attr))
@@ -167,10 +171,10 @@ def _convert(name: str, kind: type, raw: str) -> object:
 
 
 def load_settings(argv: Sequence[str] | None = None,
-                  env: Mapping[str, str] | None = None) -> Settings:
+                  env: Mapping[str, str] | None = None, prog: str = "run.py") -> Settings:
     """Parse flags and environment into validated Settings (ConfigError on bad values)."""
     env = os.environ if env is None else env
-    args = make_parser(env).parse_args(argv)
+    args = make_parser(env, prog).parse_args(argv)
     values: dict[str, object] = {}
     for name, kind, _ in _OPTIONS:
         attr = name.replace("-", "_")
