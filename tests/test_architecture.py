@@ -8,8 +8,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# presence_app reaches sockets through callbacks; it never imports the web layer.
-DOMAIN_FORBIDDEN = ("handlers", "tornado.web", "tornado.websocket")
+# presence_app reaches sockets through callbacks; it never imports the web layer, nor the
+# composition root (run.py, installed as the top-level module ``run``).
+DOMAIN_FORBIDDEN = ("handlers", "tornado.web", "tornado.websocket", "run")
 # handlers call services; SQL, hashing and Redis live in presence_app.
 WEB_FORBIDDEN = ("sqlalchemy", "bcrypt", "redis", "asyncpg", "aiosqlite", "sqlite3",
                  "psycopg", "psycopg2", "hiredis")
@@ -62,6 +63,17 @@ def test_handlers_do_no_sql_hashing_or_redis(path):
     assert violations(imported_modules(path.read_text()), WEB_FORBIDDEN) == []
 
 
+@pytest.mark.parametrize("path", sources("handlers"), ids=lambda p: p.name)
+def test_handlers_do_not_import_the_composition_root(path):
+    assert violations(imported_modules(path.read_text()), ("run",)) == []
+
+
+def test_the_composition_root_reaches_admin_commands_through_presence_app():
+    """run.py dispatches ``db``/``users`` to presence_app.admin (lazily, by name): the
+    checker sees that import, and admin, being in presence_app, is held to its rules."""
+    assert "presence_app.admin" in imported_modules((ROOT / "run.py").read_text())
+
+
 def test_presence_app_modules_are_importable_without_the_web_layer():
     """The checks above see real imports: handlers imports presence_app, not the reverse."""
     handler_imports = set().union(*(imported_modules(p.read_text())
@@ -79,6 +91,8 @@ def test_presence_app_modules_are_importable_without_the_web_layer():
     ("def f():\n    import tornado.web as w\n", DOMAIN_FORBIDDEN),
     ("m = __import__('handlers')", DOMAIN_FORBIDDEN),
     ("import importlib\nimportlib.import_module('tornado.web')", DOMAIN_FORBIDDEN),
+    ("import run", DOMAIN_FORBIDDEN),
+    ("from run import main", DOMAIN_FORBIDDEN),
     ("from sqlalchemy import select", WEB_FORBIDDEN),
     ("import bcrypt", WEB_FORBIDDEN),
     ("import redis.asyncio as aioredis", WEB_FORBIDDEN),
@@ -92,6 +106,7 @@ def test_the_checker_catches_forbidden_imports(snippet, forbidden):
     ("import tornado.httpclient", DOMAIN_FORBIDDEN),
     ("from tornado.ioloop import IOLoop", DOMAIN_FORBIDDEN),
     ("import handlers_extra", DOMAIN_FORBIDDEN),
+    ("import runpy", DOMAIN_FORBIDDEN),
     ("from presence_app.accounts import AccountService", WEB_FORBIDDEN),
     ("import redisish", WEB_FORBIDDEN),
 ])
