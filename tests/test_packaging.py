@@ -12,6 +12,7 @@ import http.client
 import importlib
 import importlib.util
 import re
+import select
 import shutil
 import subprocess
 import sys
@@ -222,13 +223,17 @@ def get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
 
 
 def wait_for_url(proc: subprocess.Popen[str], timeout: float = 30.0) -> str:
+    """The URL line the server prints (and flushes) once it listens; select() bounds the
+    wait, so a server that hangs silently fails the test instead of blocking it."""
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
-    for line in proc.stdout:  # the server prints its URL line and flushes it
+    while (remaining := deadline - time.monotonic()) > 0:
+        readable, _, _ = select.select([proc.stdout], [], [], remaining)
+        line = proc.stdout.readline() if readable else ""
         found = URL_LINE.search(line)
         if found:
             return found.group(1)
-        if time.monotonic() > deadline:
+        if readable and not line:  # end of output: the server exited
             break
     pytest.fail(f"presence printed no URL line (exit code {proc.poll()})")
 
