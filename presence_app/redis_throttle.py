@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from typing import Any
 
 from presence_app.throttle import Key, LoginThrottle
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 TURN_LEASE = 30.0
 #: Seconds between looks at Redis while another process holds the free turns.
 POLL = 0.05
+#: Seconds logins skip Redis after it failed to answer: a Redis that hangs (rather than
+#: refusing) would otherwise cost every login a full command timeout.
+RETRY_REDIS = 1.0
 
 _NOW = r"""
 local t = redis.call('TIME')
@@ -89,6 +93,7 @@ class RedisLoginThrottle:
         self._local_turns: dict[Key, int] = {}  # turns taken from the fallback
         self._released: dict[Key, asyncio.Event] = {}
         self.redis_down = False
+        self._retry_at = 0.0  # monotonic time before which Redis is not asked
 
     def __len__(self) -> int:
         return len(self.local)
@@ -105,6 +110,8 @@ class RedisLoginThrottle:
         key = (username.lower(), address)
         token = secrets.token_hex(8)
         while True:
+            if time.monotonic() < self._retry_at:
+                return await self._reserve_locally(key, username, address)
             try:
                 state, wait_ms = await self._reserve(
                     keys=self.keys(username, address),
@@ -112,10 +119,7 @@ class RedisLoginThrottle:
                           token])
             except Exception as exc:  # Redis down or hung: count in this process meanwhile
                 self._redis_failed(exc)
-                wait = await self.local.reserve(username, address)
-                if wait <= 0:
-                    self._local_turns[key] = self._local_turns.get(key, 0) + 1
-                return wait
+                return await self._reserve_locally(key, username, address)
             self._redis_answered()
             if state == 1:
                 return int(wait_ms) / 1000.0
@@ -128,6 +132,12 @@ class RedisLoginThrottle:
                 await asyncio.wait_for(released.wait(), POLL)
             except asyncio.TimeoutError:
                 pass
+
+    async def _reserve_locally(self, key: Key, username: str, address: str) -> float:
+        wait = await self.local.reserve(username, address)
+        if wait <= 0:
+            self._local_turns[key] = self._local_turns.get(key, 0) + 1
+        return wait
 
     async def release(self, username: str, address: str, ok: bool | None) -> None:
         """Give a turn back, counting a failure (``ok`` False) or clearing them (True)."""
@@ -160,6 +170,7 @@ class RedisLoginThrottle:
                 released.set()
 
     def _redis_failed(self, exc: Exception) -> None:
+        self._retry_at = time.monotonic() + RETRY_REDIS
         if not self.redis_down:
             self.redis_down = True
             log.warning("Redis does not answer the login throttle (%s); counting failed logins "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +18,7 @@ import tornado.testing
 
 from presence_app.client import PresenceClient
 from presence_app.config import Settings
+from presence_app import redis_throttle
 from presence_app.redis_throttle import RedisLoginThrottle
 from tests.cluster.harness import free_port
 from tests.conftest import PASSWORD, REDIS_URL
@@ -133,3 +135,36 @@ async def test_redis_down_falls_back_to_local_counters_and_logs_once(
         assert len(warnings) == 1
     finally:
         await client.aclose()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_redis_restart_falls_back_then_shares_again(tmp_path: Path, caplog: Any) -> None:
+    import redis.asyncio as aioredis
+
+    from tests.cluster.harness import RedisServer
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(tmp_path).start()
+    client = aioredis.from_url(server.url, socket_connect_timeout=1, socket_timeout=1)
+    throttle = RedisLoginThrottle(client, "restart", 2, 60.0)
+    caplog.set_level(logging.INFO, logger="presence_app.redis_throttle")
+    try:
+        assert await throttle.reserve("erin", "10.0.0.1") == 0
+        await throttle.release("erin", "10.0.0.1", False)
+        server.stop()
+        for _ in range(3):  # logins go on while Redis is away, counted here
+            assert await throttle.reserve("frank", "10.0.0.1") == 0
+            await throttle.release("frank", "10.0.0.1", True)
+        assert throttle.redis_down and len(throttle) == 0
+        server.start()  # the same port, emptied: erin's failure is gone with it
+        await asyncio.sleep(redis_throttle.RETRY_REDIS + 0.1)
+        assert await throttle.reserve("erin", "10.0.0.1") == 0
+        await throttle.release("erin", "10.0.0.1", False)
+        assert not throttle.redis_down
+        assert await client.zcard("restart:login-failures:10.0.0.1|erin") == 1
+        messages = [r.getMessage() for r in caplog.records]
+        assert sum("does not answer" in m for m in messages) == 1, messages
+        assert sum("answers the login throttle again" in m for m in messages) == 1, messages
+    finally:
+        await client.aclose()
+        server.stop()
