@@ -22,7 +22,7 @@ import pytest
 
 from presence_app.client import PresenceClient
 from tests.cluster.harness import free_port, stop_process, wait_until
-from tests.cluster.nginx_site import SERVER_NAME, site_config, user_line
+from tests.cluster.nginx_site import SERVER_NAME, site_config, throwaway_cert, user_line
 from tests.conftest import PASSWORD, REDIS_URL, nginx_binary, unavailable
 
 STOCK = Path("/etc/nginx")
@@ -64,20 +64,29 @@ def debian_copy(workdir: Path, http_port: int) -> Path:
 
 
 class TLSClient(PresenceClient):
-    """A PresenceClient that accepts the throwaway certificate."""
+    """A PresenceClient that trusts the throwaway certificate (and checks it is served)."""
+
+    def __init__(self, base_url: str, ca_certs: Path) -> None:
+        super().__init__(base_url)
+        self.ca_certs = str(ca_certs)
 
     async def request(self, method: str, path: str, body: Any = None, headers: Any = None,
                       **kwargs: Any) -> Any:
-        return await super().request(method, path, body, headers, validate_cert=False,
+        return await super().request(method, path, body, headers, ca_certs=self.ca_certs,
                                      **kwargs)
 
 
-def fetch(port: int, path: str, host: str, tls: bool, source: str = "127.0.0.1") -> Any:
-    """One GET, redirects not followed: (status, headers, body)."""
-    if tls:
+def tls_context(workdir: Path) -> ssl.SSLContext:
+    """Verifies nginx's certificate against the throwaway one site_config put in."""
+    return ssl.create_default_context(cafile=str(throwaway_cert(workdir)[0]))
+
+
+def fetch(port: int, path: str, host: str, tls: ssl.SSLContext | None = None,
+          source: str = "127.0.0.1") -> Any:
+    """One GET (over TLS with a context), redirects not followed: (status, headers, body)."""
+    if tls is not None:
         conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-            "127.0.0.1", port, timeout=5, source_address=(source, 0),
-            context=ssl._create_unverified_context())
+            "127.0.0.1", port, timeout=5, source_address=(source, 0), context=tls)
     else:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5,
                                           source_address=(source, 0))
@@ -98,6 +107,7 @@ def debian_nginx(tmp_path: Path) -> Any:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(upstream_ports: list[int]) -> tuple[Path, int, int, subprocess.Popen[bytes]]:
+        """Returns the copy's nginx.conf, the HTTP and HTTPS ports and the master process."""
         http_port, https_port = free_port(), free_port()
         conf = debian_copy(tmp_path, http_port)
         # The install step of docs/DEPLOY.md: the shipped file as conf.d/presence.conf.
@@ -110,7 +120,8 @@ def debian_nginx(tmp_path: Path) -> Any:
         proc = subprocess.Popen([*args, "-g", "daemon off;"], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         procs.append(proc)
-        wait_until(lambda: fetch(https_port, "/healthz", SERVER_NAME, True)[0] == 200, 10,
+        tls = tls_context(tmp_path)
+        wait_until(lambda: fetch(https_port, "/healthz", SERVER_NAME, tls)[0] == 200, 10,
                    "nginx to proxy /healthz over TLS")
         return conf, http_port, https_port, proc
 
@@ -124,31 +135,32 @@ def test_shipped_site_wins_in_debian_layout_with_default_site(
     a = start_app("node-a", sqlite_url, REDIS_URL, prefix)
     b = start_app("node-b", sqlite_url, REDIS_URL, prefix)
     conf, http_port, https_port, proc = debian_nginx([a.port, b.port])
+    tls = tls_context(conf.parent.parent)
 
     # HTTPS: the app answers (any name: our TLS server is the default one), with HSTS.
     for host in (SERVER_NAME, f"127.0.0.1:{https_port}"):
-        status, headers, body = fetch(https_port, "/login", host, True)
+        status, headers, body = fetch(https_port, "/login", host, tls)
         assert status == 200 and WELCOME not in body and b'name="username"' in body
         assert headers["Strict-Transport-Security"] == "max-age=31536000"
-    assert fetch(https_port, "/healthz", SERVER_NAME, True)[0] == 200
+    assert fetch(https_port, "/healthz", SERVER_NAME, tls)[0] == 200
     # /metrics only from this host: 403 from another address (127.0.0.2 is loopback too).
-    assert fetch(https_port, "/metrics", SERVER_NAME, True, source="127.0.0.2")[0] == 403
-    assert fetch(https_port, "/metrics", SERVER_NAME, True)[0] != 403
+    assert fetch(https_port, "/metrics", SERVER_NAME, tls, source="127.0.0.2")[0] == 403
+    assert fetch(https_port, "/metrics", SERVER_NAME, tls)[0] != 403
     # HTTP for our name: a redirect to HTTPS although the default site is still enabled.
-    status, headers, _ = fetch(http_port, "/login?next=%2F", SERVER_NAME, False)
+    status, headers, _ = fetch(http_port, "/login?next=%2F", SERVER_NAME)
     assert status == 301 and headers["Location"] == f"https://{SERVER_NAME}/login?next=%2F"
     # Other names still reach the default site: that is why DEPLOY.md removes it.
-    assert WELCOME in fetch(http_port, "/", "127.0.0.1", False)[2]
+    assert WELCOME in fetch(http_port, "/", "127.0.0.1")[2]
 
     async def scenario() -> None:
         url = f"https://127.0.0.1:{https_port}"
-        ctx = ssl._create_unverified_context()
-        alice, bob = TLSClient(url), TLSClient(url)
+        cert = throwaway_cert(conf.parent.parent)[0]
+        alice, bob = TLSClient(url, cert), TLSClient(url, cert)
         signed = await alice.signup("alice", PASSWORD)
         assert all("secure" in c.lower() for c in signed.headers.get_list("Set-Cookie"))
         await bob.signup("bob", PASSWORD)
-        watcher = await alice.connect(origin=url, ssl=ctx)  # wss:// through nginx
-        bob_sock = await bob.connect(origin=url, ssl=ctx)
+        watcher = await alice.connect(origin=url, ssl=tls)  # wss:// through nginx
+        bob_sock = await bob.connect(origin=url, ssl=tls)
         await watcher.wait_status("bob", True, timeout=5)
         await bob_sock.close()
         await watcher.wait_status("bob", False, timeout=5)
@@ -159,7 +171,7 @@ def test_shipped_site_wins_in_debian_layout_with_default_site(
     # DEPLOY.md's step: remove the default site; then every name is redirected.
     (conf.parent / "sites-enabled" / "default").unlink()
     proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: fetch(http_port, "/", "127.0.0.1", False)[0] == 301, 10,
+    wait_until(lambda: fetch(http_port, "/", "127.0.0.1")[0] == 301, 10,
                "nginx to reload without the default site")
-    status, headers, _ = fetch(http_port, "/login", "127.0.0.1", False)
+    status, headers, _ = fetch(http_port, "/login", "127.0.0.1")
     assert headers["Location"] == "https://127.0.0.1/login"
