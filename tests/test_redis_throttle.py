@@ -21,13 +21,13 @@ from presence_app.config import Settings
 from presence_app import redis_throttle
 from presence_app.redis_throttle import RedisLoginThrottle
 from tests.cluster.harness import free_port
-from tests.conftest import PASSWORD, REDIS_URL
+from tests.conftest import PASSWORD, REDIS_URL, unavailable
 
 
 @pytest.fixture(params=["redis"])
 def redis_url(request: Any, redis_available: bool) -> str:
     if not redis_available:
-        pytest.skip(f"Redis at {REDIS_URL} is not reachable")
+        unavailable(f"Redis at {REDIS_URL} is not reachable")
     return REDIS_URL
 
 
@@ -143,7 +143,7 @@ async def test_redis_restart_falls_back_then_shares_again(tmp_path: Path, caplog
 
     from tests.cluster.harness import RedisServer
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
+        unavailable("redis-server is not installed")
     server = RedisServer(tmp_path).start()
     client = aioredis.from_url(server.url, socket_connect_timeout=1, socket_timeout=1)
     throttle = RedisLoginThrottle(client, "restart", 2, 60.0)
