@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 
 import tornado.web
 
@@ -68,11 +69,12 @@ class LoginHandler(BaseHandler):
         target = safe_next(self.get_body_argument("next", ""))
         throttle, address = self.services.throttle, self.request.remote_ip or ""
         wait = await throttle.reserve(username[:64], address)  # simultaneous guesses wait
-        if wait > 0:
+        if wait > 0:  # also with the right password: a different answer would give it away
+            seconds = max(math.ceil(wait), 1)
             self.set_status(429)
-            self.set_header("Retry-After", str(int(wait) + 1))
+            self.set_header("Retry-After", str(seconds))
             self.render("login.html", title="Log in", username=username[:64], next=target,
-                        error=f"Too many failed attempts. Try again in {int(wait) + 1} s.")
+                        error=f"Too many failed attempts. Try again in {seconds} s.")
             return
         user, ok = None, None
         try:  # over-long fields are failures too, without a bcrypt check
@@ -80,7 +82,7 @@ class LoginHandler(BaseHandler):
                 user = await self.accounts.authenticate(username, password)
             ok = user is not None
         finally:
-            throttle.release(username[:64], address, ok)
+            await throttle.release(username[:64], address, ok)
         if user is None:
             log.info("Failed login for %r from %s", username[:64], address)
             self.set_status(401)

@@ -18,7 +18,7 @@ from presence_app.passwords import PasswordHasher
 from presence_app.presence import PresenceService
 from presence_app.store import MemoryStore, PresenceStore
 from presence_app.sync import PresenceSync
-from presence_app.throttle import LoginThrottle
+from presence_app.throttle import LoginThrottle, Throttle
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class Services:
     presence: PresenceService
     sync: PresenceSync
     ledger: OnlineLedger
-    throttle: LoginThrottle
+    throttle: Throttle
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     #: Open WebSockets per user and per address (the caps are off unless configured).
     caps: SocketCaps = field(default_factory=lambda: SocketCaps(0, 0))
@@ -97,6 +97,17 @@ def make_store(broker: Broker, prefix: str, grace: float = 0.0) -> PresenceStore
     return RedisStore(broker, prefix, grace)
 
 
+def make_throttle(broker: Broker, settings: Settings) -> Throttle:
+    """Failed logins counted in this process, or in Redis for the whole deployment."""
+    if isinstance(broker, LocalBroker):
+        return LoginThrottle(settings.login_max_failures, settings.login_failure_window,
+                             settings.login_throttle_entries)
+    from presence_app.redis_throttle import RedisLoginThrottle
+    assert isinstance(broker, RedisBroker)
+    return RedisLoginThrottle(broker.client, settings.redis_prefix, settings.login_max_failures,
+                              settings.login_failure_window, settings.login_throttle_entries)
+
+
 @asynccontextmanager
 async def open_services(settings: Settings) -> AsyncIterator[Services]:
     db = Database(settings.database_url)
@@ -129,8 +140,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         tasks.append(asyncio.create_task(ledger.run(settings.flush_interval)))
         tasks.append(asyncio.create_task(
             db.run_write_probe(settings.node_id, settings.write_probe_interval)))
-        throttle = LoginThrottle(settings.login_max_failures, settings.login_failure_window,
-                                 settings.login_throttle_entries)
+        throttle = make_throttle(broker, settings)
         services = Services(settings, db, accounts, broker, presence, sync, ledger, throttle,
                             tasks, SocketCaps(settings.max_sockets_per_user,
                                               settings.max_sockets_per_address))

@@ -1,7 +1,10 @@
 """Failed-login throttling: after too many failures for one name from one address, wait.
 
-Per process and in memory (a deployment of N processes allows up to N times the limit);
-successful logins are never throttled, as the contract requires for load tests.
+This is the in-memory version, for one process (with Redis configured, services use
+``redis_throttle.RedisLoginThrottle``, which shares the counters across processes). Successful
+logins never count and are never refused while the pair is not locked (load tests log in
+thousands of times from one address). A locked pair is refused even with the right password:
+otherwise a different answer would tell the attacker which guess was right.
 
 Memory is bounded by ``max_entries`` (name, address) pairs. When a new pair needs room, the
 pair whose last failure is oldest goes, and pairs that are still counting go before locked
@@ -19,8 +22,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict, deque
+from typing import Protocol
 
 Key = tuple[str, str]
+
+
+class Throttle(Protocol):
+    """What the login handler uses: in memory (one process) or in Redis (a deployment)."""
+
+    async def reserve(self, username: str, address: str) -> float:
+        ...
+
+    async def release(self, username: str, address: str, ok: bool | None) -> None:
+        ...
 
 
 class LoginThrottle:
@@ -94,7 +108,7 @@ class LoginThrottle:
                 if not waiters and self._waiters.get(key) is waiters:
                     del self._waiters[key]
 
-    def release(self, username: str, address: str, ok: bool | None) -> None:
+    async def release(self, username: str, address: str, ok: bool | None) -> None:
         """Give a turn back: ``ok`` True for a success, False for a failure, None for a check
         that did not happen (an error): it counts neither way."""
         if not self.max_failures:

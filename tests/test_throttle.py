@@ -1,5 +1,6 @@
-"""Failed-login throttling (an extension the contract welcomes; successful logins are free),
-its bounded memory under a spray of names, and the per-address budget of bcrypt work."""
+"""Failed-login throttling (an extension the contract welcomes; a lockout refuses the right
+password too, other logins are never refused), its bounded memory under a spray of names,
+and the per-address budget of bcrypt work."""
 from __future__ import annotations
 
 import asyncio
@@ -78,7 +79,7 @@ async def test_too_many_failures_wait_then_429(make_client: Any, user_factory: A
     assert blocked.code == 429
     assert int(blocked.headers["Retry-After"]) > 0
     assert b"Too many failed attempts" in blocked.body
-    # Another name is not affected, and successful logins are never throttled.
+    # Another name is not affected, and its successful logins are never refused.
     for _ in range(10):
         assert (await make_client().login("bob", PASSWORD, check=False)).code == 302
 

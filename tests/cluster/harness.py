@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -17,6 +16,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from tests.cluster.nginx_site import site_config, user_line
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -205,18 +206,15 @@ class RedisSentinel:
         stop_process(self.proc, signal.SIGKILL)
 
 
-def nginx_config(template: str, listen_port: int, upstream_ports: list[int],
-                 workdir: Path) -> str:
-    """A runnable nginx.conf wrapping deploy/nginx.conf with only ports replaced."""
-    servers = "".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;\n"
-                      for p in upstream_ports)
-    site = re.sub(r"(upstream presence \{\n)(?:.*\n)*?(    keepalive)",
-                  lambda m: m.group(1) + servers + m.group(2), template)
-    site = site.replace("listen 80;", f"listen 127.0.0.1:{listen_port};")
-    assert f"127.0.0.1:{listen_port}" in site and servers in site, "template changed shape"
+def nginx_config(listen_port: int, upstream_ports: list[int], workdir: Path,
+                 tls: bool = False, http_port: int | None = None) -> str:
+    """A runnable nginx.conf around the shipped deploy/nginx.conf (``site_config``): the
+    app's server block on ``listen_port``, its port-80 redirect block on ``http_port``."""
+    site = site_config(upstream_ports, listen_port, http_port or free_port(), workdir, tls)
     temp = workdir / "nginx-tmp"
     temp.mkdir(exist_ok=True)
     return f"""daemon off;
+{user_line()}
 worker_processes 1;
 pid {workdir}/nginx.pid;
 error_log {workdir}/nginx-error.log warn;
@@ -237,9 +235,8 @@ class Nginx:
     def __init__(self, workdir: Path, upstream_ports: list[int]) -> None:
         self.port = free_port()
         self.workdir = workdir
-        template = (ROOT / "deploy" / "nginx.conf").read_text()
         self.conf = workdir / "nginx.conf"
-        self.conf.write_text(nginx_config(template, self.port, upstream_ports, workdir))
+        self.conf.write_text(nginx_config(self.port, upstream_ports, workdir))
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

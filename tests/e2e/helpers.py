@@ -20,7 +20,9 @@ try:
 except ImportError:  # the ``browser`` fixture skips (or, under CI=true, fails) first
     expect = None  # type: ignore[assignment]
 
-from tests.cluster.harness import free_port, http_json, stop_process, wait_until
+from tests.cluster.harness import (
+    free_port, http_json, nginx_config, stop_process, wait_until,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -118,59 +120,18 @@ class AppServer:
             return ""
 
 
-NGINX_CONF = """\
-daemon off;
-master_process on;
-worker_processes 1;
-{user}
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
-events {{ worker_connections 512; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/client_body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    map $http_upgrade $connection_upgrade {{
-        default upgrade;
-        ''      close;
-    }}
-    upstream presence {{
-        least_conn;
-{servers}
-    }}
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://presence;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection $connection_upgrade;
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Real-IP $remote_addr;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_read_timeout 1h;
-        }}
-    }}
-}}
-"""
-
-
 class Nginx:
-    """A private nginx in front of the given app ports (least_conn: sockets spread out)."""
+    """A private nginx running the shipped deploy/nginx.conf (its least_conn spreads the
+    sockets over the processes) in front of the given app ports; only ports and paths are
+    templated (tests/cluster/nginx_site.py)."""
 
     def __init__(self, binary: str, workdir: Path, upstream_ports: list[int]) -> None:
         self.binary = binary
         self.tmp = workdir / "nginx"
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        servers = "\n".join(f"        server 127.0.0.1:{p};" for p in upstream_ports)
-        user = "user root;" if os.geteuid() == 0 else ""
         self.conf = self.tmp / "nginx.conf"
-        self.conf.write_text(NGINX_CONF.format(tmp=self.tmp, port=self.port, servers=servers,
-                                               user=user))
+        self.conf.write_text(nginx_config(self.port, upstream_ports, self.tmp))
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -181,7 +142,7 @@ class Nginx:
         with open(self.tmp / "stdout.log", "ab") as out:
             self.proc = subprocess.Popen(
                 [self.binary, "-c", str(self.conf), "-p", str(self.tmp),
-                 "-e", str(self.tmp / "error.log")],
+                 "-e", str(self.tmp / "nginx-error.log")],
                 stdout=out, stderr=subprocess.STDOUT)
 
         def ready() -> bool:
@@ -197,7 +158,7 @@ class Nginx:
 
     def log(self) -> str:
         text = ""
-        for name in ("stdout.log", "error.log"):
+        for name in ("stdout.log", "nginx-error.log"):
             try:
                 text += (self.tmp / name).read_text(errors="replace")[-3000:]
             except OSError:
