@@ -42,6 +42,7 @@ class SignupHandler(BaseHandler):
                         username=username[:64])
             return
         log.info("New account %s", username)
+        self.services.metrics.signups.inc()
         if created.revoked:  # the browser's earlier session: its sockets close everywhere
             await self.presence.end_session(created.revoked)
         await self.presence.user_signed_up(username)
@@ -69,6 +70,7 @@ class LoginHandler(BaseHandler):
         throttle, address = self.services.throttle, self.request.remote_ip or ""
         wait = await throttle.reserve(username[:64], address)  # simultaneous guesses wait
         if wait > 0:
+            self.services.metrics.logins.labels("throttled").inc()
             self.set_status(429)
             self.set_header("Retry-After", str(int(wait) + 1))
             self.render("login.html", title="Log in", username=username[:64], next=target,
@@ -81,6 +83,7 @@ class LoginHandler(BaseHandler):
             ok = user is not None
         finally:
             throttle.release(username[:64], address, ok)
+        self.services.metrics.logins.labels("ok" if user is not None else "failed").inc()
         if user is None:
             log.info("Failed login for %r from %s", username[:64], address)
             self.set_status(401)
