@@ -86,7 +86,7 @@ async def serve(settings: Settings, sockets: list[socket.socket], announce: bool
 
 
 def fail(message: str) -> int:
-    print(f"run.py: error: {message}", file=sys.stderr)
+    print(f"run.py: error: {logs.mask_secrets(message)}", file=sys.stderr)
     return 2
 
 

@@ -122,3 +122,16 @@ def test_the_redis_password_never_appears_in_the_output(tmp_path: Path,
                              for line in lines)
         assert any(line.get("path") == "/healthz" and line.get("status") == 503
                    for line in lines)
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_the_database_password_never_appears_in_the_output(tmp_path: Path,
+                                                           log_format: str) -> None:
+    """A database that cannot be reached stops the start with a one-line error."""
+    url = f"postgresql://presence:{SECRET}@127.0.0.1:{free_port()}/presence"
+    args = [sys.executable, str(ROOT / "run.py"), "--port", "0", "--data-dir",
+            str(tmp_path / "data"), "--database-url", url, "--log-format", log_format]
+    done = subprocess.run(args, capture_output=True, cwd=ROOT, timeout=60)
+    output = (done.stdout + done.stderr).decode()
+    assert done.returncode == 2 and "cannot open the database" in output
+    assert SECRET not in output and "presence:***@127.0.0.1" in output
