@@ -193,3 +193,13 @@ async def test_fanout_counts_frames_and_bytes_per_flush() -> None:
     assert early.received == len(b"snap") + 7 and late.received == len(b"snap") + 4
     assert stats.dropped == {"send buffer full": 1}
     assert len(seen) == 1 and seen[0] >= 0
+
+
+def test_worker_health_ports() -> None:
+    settings = validate(Settings(worker_health_port=9100))
+    assert settings.health_port == 0  # the only process: its own port is enough
+    assert settings.for_worker(0).health_port == 9100
+    assert settings.for_worker(3).health_port == 9103
+    assert validate(Settings()).for_worker(1).health_port == 0  # off by default
+    with pytest.raises(ConfigError, match="--worker-health-port"):
+        validate(Settings(worker_health_port=65535))
