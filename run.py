@@ -17,6 +17,8 @@ import tornado.httpserver
 import tornado.netutil
 
 from handlers import make_app
+from handlers.ops import listen_worker_health
+from presence_app import logs
 from presence_app.config import ConfigError, Settings, ensure_cookie_secret, load_settings
 from presence_app.launcher import fork_workers
 from presence_app.services import StartupError, open_services
@@ -50,30 +52,9 @@ def start_shutdown_watchdog(deadline: float = SHUTDOWN_DEADLINE) -> threading.Ti
     return timer
 
 
-class NodeFilter(logging.Filter):
-    """Puts the node id into every log line."""
-
-    def __init__(self, node_id: str) -> None:
-        super().__init__()
-        self.node_id = node_id
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.node = self.node_id
-        return True
-
-
 def setup_logging(settings: Settings) -> None:
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    handler = logging.StreamHandler()
-    handler.addFilter(NodeFilter(settings.node_id))
-    handler.setFormatter(logging.Formatter(
-        "%(asctime)s %(levelname)s [%(node)s] %(name)s: %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(settings.log_level)
-    logging.getLogger("tornado.access").setLevel(
-        logging.INFO if settings.debug else logging.WARNING)
+    logs.setup_logging(settings.node_id, settings.log_level, settings.log_format,
+                       access_log=settings.debug)
 
 
 async def serve(settings: Settings, sockets: list[socket.socket], announce: bool) -> None:
@@ -88,6 +69,7 @@ async def serve(settings: Settings, sockets: list[socket.socket], announce: bool
             app, xheaders=settings.xheaders, max_body_size=64 * 1024, idle_connection_timeout=60,
             body_timeout=settings.body_timeout)  # a body trickled byte by byte is cut off
         server.add_sockets(sockets)
+        listen_worker_health(app, settings)
         gc.freeze()  # everything allocated so far lives forever: keep it out of GC passes
         host, port = sockets[0].getsockname()[:2]
         if announce:
@@ -97,7 +79,7 @@ async def serve(settings: Settings, sockets: list[socket.socket], announce: bool
         start_shutdown_watchdog()
         log.info("Shutting down: no new connections; running requests get %.1f s",
                  settings.drain_timeout)
-        server.stop()
+        server.stop()  # the worker's health port stays open: it answers 503 while stopping
         # Requests finish (or are refused, having done nothing) before anything closes.
         await services.drain(settings.drain_timeout)
         log.info("Closing sockets with 1001")
@@ -115,7 +97,7 @@ def program_name(argv0: str) -> str:
 
 
 def fail(message: str, prog: str = "run.py") -> int:
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    print(f"{prog}: error: {logs.mask_secrets(message)}", file=sys.stderr)
     return 2
 
 

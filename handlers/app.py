@@ -8,9 +8,9 @@ import tornado.web
 
 from handlers.auth import LoginHandler, LogoutHandler, SignupHandler
 from handlers.base import NotFoundHandler
+from handlers.ops import HealthHandler, MetricsHandler, request_logger
 from handlers.static import StaticHandler
-from handlers.users import (HealthHandler, SessionApiHandler, UsersApiHandler,
-                            UsersPageHandler)
+from handlers.users import SessionApiHandler, UsersApiHandler, UsersPageHandler
 from handlers.ws import PresenceSocketHandler
 from presence_app.services import Services
 
@@ -48,7 +48,11 @@ def make_app(services: Services) -> tornado.web.Application:
         (r"/api/users", UsersApiHandler),
         (r"/api/session", SessionApiHandler),
         (r"/healthz", HealthHandler),
+        (r"/metrics", MetricsHandler),
     ]
+    # Route labels of the request metrics: the pattern, never the raw path.
+    route_names: dict[type, str] = {handler: pattern for pattern, handler in routes}
+    route_names[StaticHandler] = "/static/"
     return tornado.web.Application(
         routes,
         services=services,
@@ -60,6 +64,7 @@ def make_app(services: Services) -> tornado.web.Application:
         static_path=str(asset_dir("static")),
         static_handler_class=StaticHandler,
         default_handler_class=NotFoundHandler,
+        log_function=request_logger(route_names),
         debug=settings.debug,
         serve_traceback=False,
         websocket_ping_interval=settings.ping_interval,

@@ -43,6 +43,7 @@ class SignupHandler(BaseHandler):
                         username=username[:64])
             return
         log.info("New account %s", username)
+        self.services.metrics.signups.inc()
         if created.revoked:  # the browser's earlier session: its sockets close everywhere
             await self.presence.end_session(created.revoked)
         await self.presence.user_signed_up(username)
@@ -70,6 +71,7 @@ class LoginHandler(BaseHandler):
         throttle, address = self.services.throttle, self.request.remote_ip or ""
         wait = await throttle.reserve(username[:64], address)  # simultaneous guesses wait
         if wait > 0:  # also with the right password: a different answer would give it away
+            self.services.metrics.logins.labels("throttled").inc()
             seconds = max(math.ceil(wait), 1)
             self.set_status(429)
             self.set_header("Retry-After", str(seconds))
@@ -83,6 +85,7 @@ class LoginHandler(BaseHandler):
             ok = user is not None
         finally:
             await throttle.release(username[:64], address, ok)
+        self.services.metrics.logins.labels("ok" if user is not None else "failed").inc()
         if user is None:
             log.info("Failed login for %r from %s", username[:64], address)
             self.set_status(401)

@@ -1,7 +1,6 @@
 """The live users page, the users API and the health check."""
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import tornado.web
@@ -87,15 +86,3 @@ class UsersApiHandler(BaseHandler):
             return
         self.set_header("Cache-Control", "no-store")
         self.write({"users": self.presence.users()})
-
-
-class HealthHandler(BaseHandler):
-    async def prepare(self) -> None:
-        """No session lookup: the health check must answer even when the database does not."""
-
-    async def get(self) -> None:
-        ok, body = await self.services.health()
-        self.set_status(200 if ok else 503)
-        self.set_header("Content-Type", "application/json")
-        self.set_header("Cache-Control", "no-store")
-        self.finish(json.dumps(body))

@@ -67,6 +67,7 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
     rate: MessageRate | None = None
     counted = False  # this socket is counted in ``services.caps``
     after_close = 0  # frames received after our close frame
+    closed_with: int | None = None  # the code of our close frame, if we closed first
 
     def set_default_headers(self) -> None:
         """The refusals (401, 403, 400) and the 101 carry the same headers as every page."""
@@ -168,6 +169,8 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
                                               "error": f"unknown message type: {kind!r}"[:200]}))
 
     def on_close(self) -> None:
+        # Ours if we closed first (a dropped socket may never answer), else the client's.
+        self.services.metrics.websocket_closed(self.closed_with or self.close_code)
         if self.writer is not None:
             self.writer.release()
             self.writer = None
@@ -175,6 +178,11 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
             self.counted = False
             self.services.caps.close(self.username, self.address)
         self.presence.remove(self)
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        if self.closed_with is None and self.ws_connection is not None:
+            self.closed_with = code
+        super().close(code, reason)
 
     def send(self, parts: Sequence[bytes]) -> bool:
         """Write pre-built frames (or pieces of one): the one place where bytes meet this

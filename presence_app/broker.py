@@ -26,7 +26,13 @@ class Broker(ABC):
     name = "broker"
     #: Why the broker is unusable right now, or None when it is fine.
     problem: str | None = None
+    #: Subscriptions re-established after a loss (read by /metrics).
+    reconnects = 0
     _subscribed: asyncio.Event | None = None
+
+    def retry_now(self) -> None:
+        """Redis answers again (a heartbeat got through): resubscribe without waiting for the
+        backoff, so that presence and /healthz are back within a round trip."""
 
     def _subscribed_event(self) -> asyncio.Event:
         if self._subscribed is None:
@@ -119,6 +125,7 @@ class RedisBroker(Broker):
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)), **common)
         self._sub_client = self._make_client(retry=Retry(NoBackoff(), 0), **common)
         self.problem = "not connected yet"
+        self._retry = asyncio.Event()
 
     def _make_client(self, **kwargs: Any) -> Any:
         import redis.asyncio as aioredis
@@ -158,6 +165,9 @@ class RedisBroker(Broker):
     async def publish(self, message: str) -> None:
         await self.client.publish(self.channel, message)
 
+    def retry_now(self) -> None:
+        self._retry.set()
+
     async def listen(self, on_message: MessageHandler, on_resubscribed: ReconnectHandler) -> None:
         delay, first = 0.1, True
         while True:
@@ -167,6 +177,7 @@ class RedisBroker(Broker):
                 await self._confirmed(pubsub)
                 self._subscribed_event().set()
                 if not first:
+                    self.reconnects += 1
                     log.info("Resubscribed to Redis; resynchronising presence")
                     await on_resubscribed()
                 first, delay = False, 0.1
@@ -178,7 +189,11 @@ class RedisBroker(Broker):
                 self.problem = f"redis unreachable: {exc}"
                 first = False
                 log.warning("Redis subscription lost (%s); retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                self._retry.clear()
+                try:  # the backoff, cut short by retry_now()
+                    await asyncio.wait_for(self._retry.wait(), delay * (0.5 + random.random() / 2))
+                except asyncio.TimeoutError:
+                    pass
                 delay = min(delay * 2, MAX_BACKOFF)
             finally:
                 await _quietly(pubsub.aclose())

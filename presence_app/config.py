@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from presence_app.metrics import parse_allow_list
 from presence_app.redis_urls import check_redis_url, mask_url
 from presence_app.version import version
 
@@ -58,6 +59,11 @@ class Settings:
     bcrypt_queue_per_address: int = 1000
     drain_timeout: float = 2.0
     log_level: str = "INFO"
+    log_format: str = "text"
+    metrics_address: str = "127.0.0.1,::1"
+    worker_health_port: int = 0
+    #: This process's worker number under --processes (None: the only process).
+    worker: int | None = None
 
     @property
     def broker_url(self) -> str:
@@ -79,7 +85,15 @@ class Settings:
         """The settings of one forked worker: node id ``<node id>:<worker>`` keeps ids unique."""
         if worker is None:
             return self
-        return replace(self, node_id=f"{self.node_id}:{worker}")
+        return replace(self, node_id=f"{self.node_id}:{worker}", worker=worker)
+
+    @property
+    def health_port(self) -> int:
+        """The 127.0.0.1 port on which this worker answers /healthz and /metrics alone
+        (0: none; only forked workers have one)."""
+        if not self.worker_health_port or self.worker is None:
+            return 0
+        return self.worker_health_port + self.worker
 
 
 # A SIGTERM'd process exits within 5 s: the drain, the sockets' 1001 and the cleanup share them.
@@ -127,6 +141,11 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("drain-timeout", float, f"seconds a stopping process lets running HTTP requests finish "
      f"(0..{MAX_DRAIN_TIMEOUT:g}); those still waiting for bcrypt then get 503"),
     ("log-level", str, "DEBUG, INFO, WARNING or ERROR"),
+    ("log-format", str, "text (one line per record) or json (one object per line)"),
+    ("metrics-address", str, "client addresses or CIDRs (comma-separated) allowed to read "
+     "/metrics and the detail of /healthz; others get 404 and the bare status"),
+    ("worker-health-port", int, "with --processes: worker i also serves /healthz and /metrics "
+     "on 127.0.0.1:(this port + i) (0: off)"),
 ]
 _FLAGS = ("debug", "xheaders")
 MAX_SECONDS_OR_DAYS = 36500  # inf or 1e9 days would overflow datetimes at runtime
@@ -222,6 +241,15 @@ def validate(s: Settings) -> Settings:
         raise ConfigError("--max-message-size must be >= 128 and --send-buffer-limit >= 1024")
     if s.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {s.log_level}")
+    if s.log_format not in {"text", "json"}:
+        raise ConfigError(f"--log-format must be text or json, got {s.log_format!r}")
+    try:
+        parse_allow_list(s.metrics_address)
+    except ValueError as exc:
+        raise ConfigError(f"--metrics-address: {exc}") from None
+    if not 0 <= s.worker_health_port <= 65535 - max(s.processes, os.cpu_count() or 1):
+        raise ConfigError(f"--worker-health-port must leave room for one port per worker, "
+                          f"got {s.worker_health_port}")
     if s.redis_url:
         try:
             check_redis_url(s.redis_url)

@@ -74,6 +74,24 @@ SnapshotSource = Callable[[], Snapshot]
 DropHandler = Callable[[Connection], None]
 
 
+class FanoutStats:
+    """What fan-out wrote and dropped, for /metrics: plain integers bumped once per flush
+    (never per socket: a flush to 10,000 sockets must not pay for its own accounting)."""
+
+    __slots__ = ("frames", "bytes", "dropped", "observe")
+
+    def __init__(self) -> None:
+        self.frames = {"event": 0, "snapshot": 0, "reply": 0}
+        self.bytes = {"event": 0, "snapshot": 0, "reply": 0}
+        self.dropped: dict[str, int] = {}
+        #: Called with each event flush's duration in seconds (a histogram's ``observe``).
+        self.observe: Callable[[float], None] | None = None
+
+    def sent(self, kind: str, frames: int, size: int) -> None:
+        self.frames[kind] += frames
+        self.bytes[kind] += size
+
+
 class Pacer:
     """Runs a callback soon, coalescing the requests that come while it is busy.
 
@@ -129,6 +147,7 @@ class Fanout:
         self._joining: dict[Connection, list[bytes]] = {}  # socket -> replies held for it
         self._covered: dict[Connection, int] = {}         # queued events its snapshot had
         self._frames: list[bytes] = []
+        self.stats = FanoutStats()
         self._events = Pacer(self._write_events, LOAD_FACTOR, MAX_DELAY)
         # A snapshot build is costly (every user encoded and compressed) and a connect storm
         # sends requests every few ms: builds wait unless the loop was idle as long as the
@@ -170,8 +189,11 @@ class Fanout:
                 return
             early.append(frame)
             return
-        if conn in self._members and not conn.send((frame,)):
-            self._drop(conn, CLOSE_GOING_AWAY, "send buffer full")
+        if conn in self._members:
+            if conn.send((frame,)):
+                self.stats.sent("reply", 1, len(frame))
+            else:
+                self._drop(conn, CLOSE_GOING_AWAY, "send buffer full")
 
     # -- flushing -----------------------------------------------------------------------
     def flush(self) -> None:
@@ -189,13 +211,18 @@ class Fanout:
             return
         snapshot, covered = self._snapshot(), len(self._frames)
         dropped = []
+        frames = size = 0
         for conn, early in joining.items():
-            if conn.send(snapshot.parts(conn.username, conn.deflate) + early):
+            parts = snapshot.parts(conn.username, conn.deflate) + early
+            if conn.send(parts):
                 self._members[conn] = None
                 if covered:
                     self._covered[conn] = covered
+                frames += 1 + len(early)  # once per connect, not per event: cheap enough
+                size += sum(map(len, parts))
             else:
                 dropped.append(conn)
+        self.stats.sent("snapshot", frames, size)
         self._drop_all(dropped)
 
     def _write_events(self) -> None:
@@ -203,20 +230,31 @@ class Fanout:
         covered, self._covered = self._covered, {}
         if not frames:
             return
+        started = time.perf_counter()
         batch: tuple[bytes, ...] = (b"".join(frames),)
         tails: dict[int, tuple[bytes, ...]] = {}  # for sockets whose snapshot had the first k
         dropped = []
+        # Accounting per flush: every member gets the whole batch, except the few whose
+        # snapshot already had some of it (counted in the branch they take anyway).
+        full, fewer_frames, fewer_bytes, size = len(self._members), 0, 0, len(batch[0])
         for conn in self._members:
             parts = batch
             if covered:
                 k = covered.get(conn, 0)
                 if k >= len(frames):
+                    fewer_frames, fewer_bytes = fewer_frames + len(frames), fewer_bytes + size
                     continue
                 if k:
                     parts = tails.get(k) or tails.setdefault(k, (b"".join(frames[k:]),))
+                    fewer_frames, fewer_bytes = fewer_frames + k, fewer_bytes + size - len(parts[0])
             if not conn.send(parts):
                 dropped.append(conn)
+        sockets = full - len(dropped)
+        self.stats.sent("event", sockets * len(frames) - fewer_frames,
+                        sockets * size - fewer_bytes)
         self._drop_all(dropped)
+        if self.stats.observe is not None:
+            self.stats.observe(time.perf_counter() - started)
 
     def _drop_all(self, conns: list[Connection]) -> None:
         for conn in conns:
@@ -224,6 +262,8 @@ class Fanout:
 
     def _drop(self, conn: Connection, code: int, reason: str) -> None:
         log.info("Dropping socket of %s: %s", conn.username, reason)
+        dropped = self.stats.dropped
+        dropped[reason] = dropped.get(reason, 0) + 1
         self.leave(conn)
         self._on_drop(conn)
         conn.close(code, reason)

@@ -46,12 +46,14 @@ class OnlineLedger:
         self._seen: dict[str, dt.datetime] = {}  # username -> last seen, pending write
         self._lock = asyncio.Lock()
         self.problem: str | None = None
+        self.published = 0  # presence changes this process caused (and published): /metrics
 
     def mark(self, user_id: int, connections: int) -> None:
         self._counts[user_id] = connections
 
     def record(self, events: list[str]) -> None:
         """Remember ``last_seen`` of transitions this process caused."""
+        self.published += len(events)
         for text in events:
             event = json.loads(text)
             if event.get("last_seen"):

@@ -46,6 +46,7 @@ class _Job:
     future: asyncio.Future[Any]
     scope: RequestScope | None
     started: float = field(default=0.0)
+    queued: float = field(default_factory=time.monotonic)
 
 
 class PasswordHasher:
@@ -70,6 +71,8 @@ class PasswordHasher:
         self._job_seconds = 0.0  # moving average, for Retry-After
         self._stopping = False
         self._closed = False
+        #: Called with each job's wait for a thread, in seconds (a histogram's ``observe``).
+        self.observe_wait: Callable[[float], None] | None = None
 
     async def hash(self, password: str) -> str:
         secret = password.encode("utf-8")
@@ -128,6 +131,8 @@ class PasswordHasher:
     def _start(self, job: _Job) -> None:
         self._running += 1
         job.started = time.monotonic()
+        if self.observe_wait is not None:
+            self.observe_wait(job.started - job.queued)
         done = asyncio.get_running_loop().run_in_executor(self._pool, job.fn, *job.args)
         done.add_done_callback(lambda result: self._finished(job, result))
 

@@ -69,6 +69,7 @@ class PresenceService:
         self._reconciling: dict[str, asyncio.Task[None]] = {}
         self.needs_resync = False
         self.closing = False
+        self.events_applied = self.events_stale = 0  # read by /metrics
         self.gc = GcPolicy()
         self.fanout = Fanout(self.shared_snapshot, self.remove)
 
@@ -229,7 +230,9 @@ class PresenceService:
         """Take a newer state into the view; False for a stale or repeated one."""
         current = self._view.get(username)
         if current is not None and current.version >= state.version:
+            self.events_stale += 1
             return False
+        self.events_applied += 1
         self._view[username] = state
         self._rows.pop(username, None)
         self._snapshot = None

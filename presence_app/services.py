@@ -14,6 +14,7 @@ from presence_app.db import Database
 from presence_app.inflight import RequestTracker
 from presence_app.ledger import OnlineLedger
 from presence_app.limits import SocketCaps
+from presence_app.metrics import Metrics
 from presence_app.passwords import PasswordHasher
 from presence_app.presence import PresenceService
 from presence_app.store import MemoryStore, PresenceStore
@@ -45,6 +46,7 @@ class Services:
     #: Open WebSockets per user and per address (the caps are off unless configured).
     caps: SocketCaps = field(default_factory=lambda: SocketCaps(0, 0))
     requests: RequestTracker = field(default_factory=RequestTracker)
+    metrics: Metrics = field(default_factory=Metrics)
 
     async def drain(self, timeout: float, grace: float = DRAIN_GRACE) -> None:
         """A stop's first step (the server no longer accepts): new requests get 503, running
@@ -63,20 +65,25 @@ class Services:
             log.warning("%d request(s) still running after the drain; closing anyway",
                         self.requests.count)
 
+    def problems(self) -> list[str]:
+        """What is known to be wrong without asking anyone (no database round trip)."""
+        problems = ["shutting down"] if self.requests.draining else []
+        if self.db.write_problem:  # reads work, writes do not (a full disk, say)
+            problems.append("database cannot write")
+        for problem in (self.broker.problem, self.sync.problem):
+            if problem and problem not in problems:
+                problems.append(problem)
+        return problems
+
     async def health(self) -> tuple[bool, dict[str, object]]:
         """Readiness: the database answers and can write and, where configured, Redis
         answers; not while stopping."""
-        problems = ["shutting down"] if self.requests.draining else []
+        problems = []
         try:
             await asyncio.wait_for(self.db.ping(), timeout=2.0)
         except Exception as exc:
             problems.append(f"database unreachable: {exc.__class__.__name__}")
-        else:
-            if self.db.write_problem:  # reads work, writes do not (a full disk, say)
-                problems.append("database cannot write")
-        for problem in (self.broker.problem, self.sync.problem):
-            if problem and problem not in problems:
-                problems.append(problem)
+        problems += self.problems()
         body: dict[str, object] = {
             "status": "unavailable" if problems else "ok",
             "node": self.settings.node_id,
@@ -133,6 +140,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         # Subscribe before loading state, so nothing published in between is missed.
         # Cached sessions are served only while revocations can reach this process.
         accounts.guard_cache(lambda: broker.problem is None and sync.problem is None)
+        sync.on_recovered = broker.retry_now
         tasks.append(asyncio.create_task(broker.listen(presence.on_message, sync.resubscribed)))
         await broker.wait_subscribed(timeout=3.0)
         await sync.start()
@@ -143,7 +151,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         throttle = make_throttle(broker, settings)
         services = Services(settings, db, accounts, broker, presence, sync, ledger, throttle,
                             tasks, SocketCaps(settings.max_sockets_per_user,
-                                              settings.max_sockets_per_address))
+                                              settings.max_sockets_per_address),
+                            metrics=Metrics(settings.metrics_address))
+        services.metrics.watch(services)
         log.info("Services ready: node %s, database %s, broker %s", settings.node_id,
                  db.engine.url.render_as_string(hide_password=True), broker.name)
         try:

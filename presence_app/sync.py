@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Callable
 
 from presence_app.ledger import OnlineLedger
 from presence_app.presence import PresenceService, iso, iso_now
@@ -20,6 +21,9 @@ from presence_app.store import PresenceStore, UserState
 
 log = logging.getLogger(__name__)
 PURGE_INTERVAL = 3600.0
+#: Seconds between heartbeats while the store is unreachable: /healthz (and the resync)
+#: follow Redis's return within a fraction of a second, not a heartbeat interval later.
+RETRY_INTERVAL = 0.25
 # A sweep runs this long after the deadline it waits for, so that deadlines this close together
 # are finalised by one sweep (fewer round trips in a storm of closes).
 GRACE_SLACK = 0.05
@@ -35,6 +39,9 @@ class PresenceSync:
         self.timeout = heartbeat_timeout
         self.interval = heartbeat_interval
         self.problem: str | None = None
+        self.resyncs = self.reaped = 0  # read by /metrics
+        #: Called when the store answers again after a problem (the broker retries at once).
+        self.on_recovered: Callable[[], None] | None = None
         self._epoch: str | None = None
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -73,7 +80,8 @@ class PresenceSync:
     async def _liveness(self) -> None:
         while True:
             await self.beat()
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(min(self.interval, RETRY_INTERVAL) if self.problem
+                                else self.interval)
 
     async def beat(self) -> None:
         """Refresh our liveness key; flag a resync if the store was reset or reaped us."""
@@ -87,13 +95,7 @@ class PresenceSync:
                 log.warning("This process had been reaped as dead; resynchronising")
                 self.presence.needs_resync = True
             self._epoch = epoch
-            if self.problem:
-                log.info("Presence store reachable again")
-                # The others probably lost the store too (an outage, a Sentinel failover) and
-                # their keys expired meanwhile: give them a heartbeat timeout to come back
-                # before reaping anyone, or all their users would flicker offline.
-                self._reap_from = asyncio.get_running_loop().time() + self.timeout
-            self.problem = None
+            self._answered()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -102,6 +104,18 @@ class PresenceSync:
             self.problem = f"presence store unreachable: {exc}"
             self.presence.needs_resync = True
         self._wake.set()
+
+    def _answered(self) -> None:
+        """The store answered a heartbeat: whatever problem it had is over."""
+        if self.problem:
+            log.info("Presence store reachable again")
+            # The others probably lost the store too (an outage, a Sentinel failover) and
+            # their keys expired meanwhile: give them a heartbeat timeout to come back
+            # before reaping anyone, or all their users would flicker offline.
+            self._reap_from = asyncio.get_running_loop().time() + self.timeout
+            self.problem = None
+            if self.on_recovered is not None:
+                self.on_recovered()
 
     async def _maintenance(self) -> None:
         loop = asyncio.get_running_loop()
@@ -193,6 +207,7 @@ class PresenceSync:
             return
         for node in await self.store.dead_nodes(self.node_id):
             events = await self.store.reap(node, iso_now())
+            self.reaped += 1
             self.ledger.record(events)
             await self.ledger.clear_node(node)
             log.warning("Process %s stopped heartbeating; %d user(s) went offline",
@@ -203,7 +218,9 @@ class PresenceSync:
         async with self._lock:
             p = self.presence
             p.needs_resync = False
+            self.resyncs += 1
             self._epoch, _ = await self.store.heartbeat(self.node_id, self.timeout)
+            self._answered()
             held = await self.store.members(self.node_id)
             p.registered.clear()
             p.registered.update(held)
