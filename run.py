@@ -117,6 +117,10 @@ def run_server(settings: Settings, sockets: list[socket.socket], announce: bool)
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in ("db", "users"):  # operator commands (presence_app/admin.py)
+        from presence_app import admin
+        return admin.main(args)
     try:
         settings = load_settings(argv)
     except ConfigError as exc:

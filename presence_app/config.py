@@ -57,6 +57,7 @@ class Settings:
     bcrypt_queue_per_address: int = 1000
     drain_timeout: float = 2.0
     log_level: str = "INFO"
+    signup: str = "open"
 
     @property
     def broker_url(self) -> str:
@@ -126,6 +127,7 @@ _OPTIONS: list[tuple[str, type, str]] = [
     ("drain-timeout", float, f"seconds a stopping process lets running HTTP requests finish "
      f"(0..{MAX_DRAIN_TIMEOUT:g}); those still waiting for bcrypt then get 503"),
     ("log-level", str, "DEBUG, INFO, WARNING or ERROR"),
+    ("signup", str, "open: anyone may sign up; closed: accounts come from `presence users add`"),
 ]
 _FLAGS = ("debug", "xheaders")
 MAX_SECONDS_OR_DAYS = 36500  # inf or 1e9 days would overflow datetimes at runtime
@@ -170,7 +172,12 @@ def load_settings(argv: Sequence[str] | None = None,
                   env: Mapping[str, str] | None = None) -> Settings:
     """Parse flags and environment into validated Settings (ConfigError on bad values)."""
     env = os.environ if env is None else env
-    args = make_parser(env).parse_args(argv)
+    return settings_from_args(make_parser(env).parse_args(argv))
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Validated Settings from a namespace parsed by ``make_parser`` (or a parser built on
+    it: the admin commands add their own arguments)."""
     values: dict[str, object] = {}
     for name, kind, _ in _OPTIONS:
         attr = name.replace("-", "_")
@@ -218,6 +225,8 @@ def validate(s: Settings) -> Settings:
         raise ConfigError("--max-message-size must be >= 128 and --send-buffer-limit >= 1024")
     if s.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError(f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {s.log_level}")
+    if s.signup not in {"open", "closed"}:
+        raise ConfigError(f"--signup must be open or closed, got {s.signup!r}")
     if s.redis_url:
         try:
             check_redis_url(s.redis_url)

@@ -64,7 +64,8 @@ async def _reset_pg(url: str) -> None:
     conn = await asyncpg.connect(url, timeout=5)
     try:
         await conn.execute(
-            "DROP TABLE IF EXISTS pending_offline, online_users, sessions, users CASCADE")
+            "DROP TABLE IF EXISTS pending_offline, online_users, sessions, users, write_probes, "
+            "alembic_version CASCADE")
     finally:
         await conn.close()
 
