@@ -144,14 +144,20 @@ class PresenceSync:
     async def _database_check(self) -> None:
         """One process without Redis: an admin command (another process) cannot reach its
         sockets, so every ``DATABASE_CHECK_INTERVAL`` s it closes the sockets of sessions
-        revoked in the database (disabled, reset, revoked) and removes deleted accounts."""
+        revoked in the database (disabled, reset, revoked), removes deleted accounts and
+        lists added ones."""
         p = self.presence
         while True:
             await asyncio.sleep(DATABASE_CHECK_INTERVAL)
             try:
                 await p.recheck_sessions()
                 before = p.usernames()
-                p.prune({user.username for user in await p.accounts.all_users()}, before)
+                accounts = await p.accounts.all_users()
+                p.prune({user.username for user in accounts}, before)
+                for user in accounts:  # added by `presence users add`
+                    if not p.known(user.username):
+                        p.apply_and_broadcast(user.username,
+                                              UserState(False, 0, iso(user.last_seen)))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
