@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import datetime as dt
 import getpass
+import logging
 import os
 import sys
 from typing import Callable, Sequence, TextIO
@@ -75,7 +76,7 @@ def main(argv: Sequence[str], out: TextIO | None = None, err: TextIO | None = No
             raise UsageError(f"users {args.action} " + ("needs a NAME" if args.action in
                                                         NEEDS_NAME else "takes no NAME"))
         if group == "db":
-            return asyncio.run(run_db(settings, args.action, out))
+            return asyncio.run(run_db(settings, args.action, out, err))
         password = read_password() if args.action in ("add", "reset-password") else ""
         return asyncio.run(run_users(settings, args.action, name or "", password, out, err))
     except (ConfigError, UsageError) as exc:
@@ -97,21 +98,30 @@ def read_password(env: dict[str, str] | None = None,
     return password
 
 
-async def run_db(settings: Settings, action: str, out: TextIO) -> int:
+async def run_db(settings: Settings, action: str, out: TextIO, err: TextIO) -> int:
     prepare_sqlite_dir(settings)
     db = Database(settings.database_url)
     try:
-        if action == "upgrade":
-            before, after = await db.upgrade_schema()
-            print(f"database at revision {after}" + (
-                "" if before == after else f" (was {before or 'empty'})"), file=out)
-        else:
-            from presence_app import migrations
-            print(f"current: {await db.schema_revision() or 'none'}\n"
-                  f"latest: {migrations.head_revision()}", file=out)
-        return OK
+        return await db_action(db, action, out)
+    except Exception as exc:  # unreachable, refused, a failing migration: one clear line
+        url = db.engine.url.render_as_string(hide_password=True)
+        print(f"error: database {url}: {exc.__class__.__name__}: "
+              f"{str(exc).splitlines()[0][:200]}", file=err)
+        return FAILED
     finally:
         await db.close()
+
+
+async def db_action(db: Database, action: str, out: TextIO) -> int:
+    if action == "upgrade":
+        before, after = await db.upgrade_schema()
+        print(f"database at revision {after}" + (
+            "" if before == after else f" (was {before or 'empty'})"), file=out)
+    else:
+        from presence_app import migrations
+        print(f"current: {await db.schema_revision() or 'none'}\n"
+              f"latest: {migrations.head_revision()}", file=out)
+    return OK
 
 
 def prepare_sqlite_dir(settings: Settings) -> None:
@@ -131,8 +141,15 @@ async def run_users(settings: Settings, action: str, name: str, password: str,
     db = Database(settings.database_url)
     hasher = PasswordHasher(settings.bcrypt_rounds, 1)
     broker = make_broker(settings.broker_url, settings.redis_prefix, settings.redis_timeout)
+    logging.getLogger("presence_app.broker").setLevel(logging.ERROR)  # reported below
     try:
-        await db.upgrade_schema()
+        try:
+            await db.upgrade_schema()
+        except Exception as exc:
+            url = db.engine.url.render_as_string(hide_password=True)
+            print(f"error: cannot open the database {url}: {exc.__class__.__name__}: "
+                  f"{str(exc).splitlines()[0][:200]}", file=err)
+            return FAILED
         if action in CHANGES and settings.redis_url:
             await broker.connect()
             if broker.problem:  # change nothing that running servers would not hear of

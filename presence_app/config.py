@@ -144,7 +144,9 @@ def make_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     defaults = Settings()
     parser = argparse.ArgumentParser(
         prog="run.py", description="Presence: who is online, live.",
-        epilog="Every option can also be set as an environment variable PRESENCE_<NAME>.")
+        epilog="Every option can also be set as an environment variable PRESENCE_<NAME>. "
+               "Operator commands: `db upgrade|current` and `users list|show|add|disable|"
+               "enable|delete|reset-password|revoke-sessions NAME` (README: Admin commands).")
     for name, kind, help_text in _OPTIONS:
         attr = name.replace("-", "_")
         default = env.get(env_name(name), getattr(defaults, attr))

@@ -204,3 +204,14 @@ def test_signup_option_is_validated() -> None:
     assert load_settings([], env={"PRESENCE_SIGNUP": "closed"}).signup == "closed"
     with pytest.raises(ConfigError, match="--signup must be open or closed"):
         load_settings(["--signup", "invite"], env={})
+
+
+@pytest.mark.parametrize("args", [["users", "list"], ["users", "delete", "bob"],
+                                  ["db", "upgrade"], ["db", "current"]])
+def test_an_unreachable_database_is_one_clear_line(args: list[str]) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    code = admin.main([*args, "--database-url", "postgresql://u:secret@127.0.0.1:1/none"],
+                      out, err)
+    assert code == 1
+    assert err.getvalue().startswith("error: ") and err.getvalue().count("\n") == 1
+    assert "127.0.0.1:1" in err.getvalue() and "secret" not in err.getvalue()
