@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select, update
 
-from presence_app.accounts import AccountService, check_new_password, check_username
+from presence_app.accounts import (
+    AccountError, AccountService, check_new_password, check_username,
+)
 from presence_app.broker import Broker
 from presence_app.db import Database, Session, User, aware, utcnow
 from presence_app.presence import user_removed_message, user_sessions_ended_message
@@ -140,5 +142,5 @@ def check_username_or_missing(username: str) -> None:
     """A name no account can have is simply not found (no query needed)."""
     try:
         check_username(username)
-    except Exception:
+    except AccountError:
         raise UserNotFound(username) from None
