@@ -215,3 +215,26 @@ def test_an_unreachable_database_is_one_clear_line(args: list[str]) -> None:
     assert code == 1
     assert err.getvalue().startswith("error: ") and err.getvalue().count("\n") == 1
     assert "127.0.0.1:1" in err.getvalue() and "secret" not in err.getvalue()
+
+
+@pytest.mark.gen_test
+async def test_a_pending_row_of_a_deleted_account_does_not_block_the_ledger(
+        services: Any, user_factory: Any) -> None:
+    """A socket count waiting to be written for an account deleted meanwhile (a foreign key
+    violation) must not make every later write of the online-users table fail."""
+    from sqlalchemy import delete, select
+
+    from presence_app.db import OnlineUser, User
+    await user_factory("alice")
+    await user_factory("bob")
+    async with services.db.read() as session:
+        ids = dict((await session.execute(select(User.username, User.id))).all())
+    async with services.db.write() as session:
+        await session.execute(delete(User).where(User.username == "bob"))
+    services.ledger.mark(ids["bob"], 1)
+    services.ledger.mark(ids["alice"], 2)
+    await services.ledger.flush()
+    async with services.db.read() as session:
+        rows = (await session.execute(select(OnlineUser.user_id, OnlineUser.connections)
+                                      .where(OnlineUser.node_id == "test-node"))).all()
+    assert [tuple(r) for r in rows] == [(ids["alice"], 2)]
