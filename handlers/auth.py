@@ -19,15 +19,27 @@ MAX_FIELD = 1024  # characters; anything longer is an error, not something to ha
 NOT_A_PASSWORD = "\x00" * 73
 #: Pauses between the attempts of a logout whose database write fails (then: 503).
 LOGOUT_RETRIES = (0.1, 0.4)
+SIGNUP_CLOSED = ("Sign-up is closed on this server: ask an administrator for an account "
+                 "(presence users add).")
 NOT_LOGGED_OUT = ("You are NOT logged out: the server could not end your session. "
                   "Please try again in a moment.")
 
 
 class SignupHandler(BaseHandler):
     def get(self) -> None:
-        self.render("signup.html", title="Sign up", error=None, username="")
+        self.render("signup.html", title="Sign up", error=None, username="",
+                    closed=self.closed())
+
+    def closed(self) -> str | None:
+        """The message of a closed sign-up (``--signup closed``), else None."""
+        return SIGNUP_CLOSED if self.services.settings.signup == "closed" else None
 
     async def post(self) -> None:
+        if self.closed():
+            self.set_status(403)
+            self.render("signup.html", title="Sign up", error=None, username="",
+                        closed=self.closed())
+            return
         username = self.get_body_argument("username", "").strip()
         password = self.get_body_argument("password", "", strip=False)
         confirm = self.get_body_argument("confirm", "", strip=False)
@@ -40,7 +52,7 @@ class SignupHandler(BaseHandler):
         except AccountError as exc:
             self.set_status(exc.status)
             self.render("signup.html", title="Sign up", error=exc.message,
-                        username=username[:64])
+                        username=username[:64], closed=None)
             return
         log.info("New account %s", username)
         self.services.metrics.signups.inc()

@@ -199,7 +199,9 @@ class AccountService:
                 user = await session.scalar(
                     select(User).where(User.username_key == username.lower()))
         ok = await self.hasher.check(password, user.password_hash if user else None)
-        if not ok or user is None:
+        # A disabled account fails like a wrong password, after the same bcrypt: the login
+        # page must not tell anyone which names exist (see README, "Admin commands").
+        if not ok or user is None or user.disabled_at is not None:
             return None
         return SessionUser(user.id, user.username, "")
 
@@ -281,7 +283,7 @@ class AccountService:
             rows = (await session.execute(
                 select(Session.token_hash, User.id, User.username, Session.expires_at)
                 .join(Session, Session.user_id == User.id)
-                .where(Session.token_hash.in_(keys)))).all()
+                .where(Session.token_hash.in_(keys), User.disabled_at.is_(None)))).all()
         # Cache only what no revocation can have overtaken: the broker was healthy all along
         # and the cache was not cleared meanwhile.
         cache = generation == self._generation and self._cache_usable()
@@ -313,7 +315,9 @@ class AccountService:
             async with self.db.read() as session:
                 rows = (await session.execute(
                     select(Session.token_hash, Session.expires_at)
-                    .where(Session.token_hash.in_(ids[start:start + SESSION_BATCH])))).all()
+                    .join(User, Session.user_id == User.id)
+                    .where(Session.token_hash.in_(ids[start:start + SESSION_BATCH]),
+                           User.disabled_at.is_(None)))).all()
             live.update(r.token_hash for r in rows if (aware(r.expires_at) or now) > now)
         return live
 

@@ -174,6 +174,8 @@ class PresenceSocket:
                 self.state[message["username"]] = message
             else:
                 self.stale.append(message)
+        elif message.get("type") == "removed":  # an account deleted by an operator
+            self.state.pop(str(message.get("username")), None)
 
     async def events(self, timeout: float | None = None) -> AsyncIterator[dict[str, Any]]:
         """Every further message until the socket closes."""

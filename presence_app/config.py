@@ -64,6 +64,7 @@ class Settings:
     worker_health_port: int = 0
     #: This process's worker number under --processes (None: the only process).
     worker: int | None = None
+    signup: str = "open"
 
     @property
     def broker_url(self) -> str:
@@ -146,6 +147,7 @@ _OPTIONS: list[tuple[str, type, str]] = [
      "/metrics and the detail of /healthz; others get 404 and the bare status"),
     ("worker-health-port", int, "with --processes: worker i also serves /healthz and /metrics "
      "on 127.0.0.1:(this port + i) (0: off)"),
+    ("signup", str, "open: anyone may sign up; closed: accounts come from `presence users add`"),
 ]
 _FLAGS = ("debug", "xheaders")
 MAX_SECONDS_OR_DAYS = 36500  # inf or 1e9 days would overflow datetimes at runtime
@@ -193,7 +195,12 @@ def load_settings(argv: Sequence[str] | None = None,
                   env: Mapping[str, str] | None = None, prog: str = "run.py") -> Settings:
     """Parse flags and environment into validated Settings (ConfigError on bad values)."""
     env = os.environ if env is None else env
-    args = make_parser(env, prog).parse_args(argv)
+    return settings_from_args(make_parser(env, prog).parse_args(argv))
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Validated Settings from a namespace parsed by ``make_parser`` (or a parser built on
+    it: the admin commands add their own arguments)."""
     values: dict[str, object] = {}
     for name, kind, _ in _OPTIONS:
         attr = name.replace("-", "_")
@@ -250,6 +257,8 @@ def validate(s: Settings) -> Settings:
     if not 0 <= s.worker_health_port <= 65535 - max(s.processes, os.cpu_count() or 1):
         raise ConfigError(f"--worker-health-port must leave room for one port per worker, "
                           f"got {s.worker_health_port}")
+    if s.signup not in {"open", "closed"}:
+        raise ConfigError(f"--signup must be open or closed, got {s.signup!r}")
     if s.redis_url:
         try:
             check_redis_url(s.redis_url)

@@ -7,6 +7,7 @@ import logging
 import os
 import time
 from contextlib import asynccontextmanager
+from types import ModuleType
 from typing import AsyncIterator
 
 from sqlalchemy import (
@@ -45,6 +46,8 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(80))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_seen: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: Set by ``presence users disable``: no login, no session (revision 0002).
+    disabled_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Session(Base):
@@ -183,12 +186,30 @@ class Database:
                 log.exception("The database write probe failed unexpectedly")
 
     async def create_schema(self) -> None:
-        """Create missing tables; safe when several processes start at once."""
-        async with self.engine.begin() as conn:
-            if not self.is_sqlite:
-                await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
-                                   {"k": SCHEMA_LOCK_KEY})
-            await conn.run_sync(Base.metadata.create_all)
+        """Create or upgrade the schema to the latest migration (``upgrade_schema``)."""
+        await self.upgrade_schema()
+
+    async def upgrade_schema(self, target: str = "head") -> tuple[str | None, str | None]:
+        """Run the migrations up to ``target``; the revisions before and after.
+
+        Safe when several processes start at once: on PostgreSQL under the schema advisory
+        lock (held to the commit), on SQLite inside ``BEGIN IMMEDIATE`` (the write lock; the
+        others wait on the busy timeout). The later ones then find the schema up to date.
+        """
+        migrations = _migrations()
+        async with self.engine.connect() as conn:
+            if self.is_sqlite:
+                conn = await conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")
+            async with conn.begin():
+                if not self.is_sqlite:
+                    await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
+                                       {"k": SCHEMA_LOCK_KEY})
+                return await conn.run_sync(migrations.upgrade, target)
+
+    async def schema_revision(self) -> str | None:
+        """The revision the database is at (None: never migrated)."""
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(_migrations().current_revision)
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
@@ -196,6 +217,14 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+def _migrations() -> ModuleType:
+    """The migrations module, imported when first needed, with Alembic's INFO lines ("Context
+    impl ...", its plugins, at import and on every start) silenced: only its warnings."""
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from presence_app import migrations
+    return migrations
 
 
 def restrict_sqlite_files(url: str) -> None:

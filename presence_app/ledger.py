@@ -89,9 +89,11 @@ class OnlineLedger:
         if gone:
             await session.execute(delete(OnlineUser).where(
                 OnlineUser.node_id == self.node_id, OnlineUser.user_id.in_(gone)))
-        rows = [{"user_id": uid, "node_id": self.node_id, "connections": n,
-                 "since": utcnow(), "updated_at": utcnow()}
-                for uid, n in counts.items() if n > 0]
+        live = [uid for uid, n in counts.items() if n > 0]
+        if live:  # an account deleted meanwhile (`presence users delete`) has no row to get
+            live = list(await session.scalars(select(User.id).where(User.id.in_(live))))
+        rows = [{"user_id": uid, "node_id": self.node_id, "connections": counts[uid],
+                 "since": utcnow(), "updated_at": utcnow()} for uid in live]
         if rows:
             insert = (sqlite.insert if self.db.is_sqlite else postgresql.insert)(OnlineUser)
             await session.execute(insert.on_conflict_do_update(

@@ -40,7 +40,19 @@ def _iso(value: dt.datetime) -> str:
     return value.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
-__all__ = ["Connection", "PresenceService", "iso", "iso_now"]
+__all__ = ["Connection", "PresenceService", "iso", "iso_now", "user_removed_message",
+           "user_sessions_ended_message"]
+
+
+def user_sessions_ended_message(username: str) -> str:
+    """Broker message: every socket of ``username`` closes with 4001, in every process."""
+    return json.dumps({"type": "user_sessions_ended", "username": username})
+
+
+def user_removed_message(username: str) -> str:
+    """Broker message: the account was deleted; every process closes its sockets and drops
+    it from the list (clients get ``{"type": "removed"}``)."""
+    return json.dumps({"type": "user_removed", "username": username})
 
 
 def _row(username: str, state: UserState) -> bytes:
@@ -67,6 +79,8 @@ class PresenceService:
         self._snapshot: SharedSnapshot | None = None   # built at most once per flush
         self._registered: set[str] = set()             # users the store believes we hold
         self._reconciling: dict[str, asyncio.Task[None]] = {}
+        self._gone: dict[str, None] = {}               # deleted accounts (see remove_user)
+        self._forgetting: set[asyncio.Task[None]] = set()
         self.needs_resync = False
         self.closing = False
         self.events_applied = self.events_stale = 0  # read by /metrics
@@ -84,6 +98,8 @@ class PresenceService:
             log.warning("Presence store unavailable at start (%s)", exc)
             self.needs_resync, states = True, {}
         for username, state in states.items():
+            if username not in view and not state.online:
+                continue  # a deleted account the store still remembers
             old = view.get(username)
             if state.last_seen is None and old is not None and old.last_seen:
                 state = UserState(state.online, state.version, old.last_seen)
@@ -225,9 +241,15 @@ class PresenceService:
             self.close_session(message["session"])
         elif kind == "user_sessions_ended":
             self.close_user(message["username"])
+        elif kind == "user_removed":
+            self.remove_user(message["username"])
 
     def _apply(self, username: str, state: UserState) -> bool:
         """Take a newer state into the view; False for a stale or repeated one."""
+        if username in self._gone:
+            if not state.online and state.last_seen is not None:
+                return False  # the deleted account's last sockets detaching: a remnant
+            del self._gone[username]  # signed up again (announced never seen) or online
         current = self._view.get(username)
         if current is not None and current.version >= state.version:
             self.events_stale += 1
@@ -275,7 +297,7 @@ class PresenceService:
         """Close every socket of ``username``, here and in every process (after
         ``AccountService.end_user_sessions`` deleted their sessions: an admin command)."""
         self.close_user(username)
-        await self._announce(json.dumps({"type": "user_sessions_ended", "username": username}))
+        await self._announce(user_sessions_ended_message(username))
 
     async def _announce(self, message: str) -> None:
         try:
@@ -320,6 +342,46 @@ class PresenceService:
             for conn in list(self._by_user.get(name, ())):
                 self.remove(conn)
                 conn.close(CLOSE_SESSION_ENDED, "session ended")
+
+    def remove_user(self, username: str) -> None:
+        """An account was deleted (``presence users delete``): close its sockets here (4001),
+        drop it from the view, tell every client (``removed``), and once this process has
+        detached it, make the store forget it (or a resync would bring it back)."""
+        self.close_user(username)
+        key = username.lower()
+        for name in [name for name in self._view if name.lower() == key]:
+            del self._view[name]
+            self._rows.pop(name, None)
+            self._snapshot = None
+            self._gone[name] = None
+            if len(self._gone) > MAX_UNANNOUNCED:
+                del self._gone[next(iter(self._gone))]
+            self.broadcast(json.dumps({"type": "removed", "username": name}))
+            task = asyncio.ensure_future(self._forget(name))
+            self._forgetting.add(task)
+            task.add_done_callback(self._forgetting.discard)
+
+    async def _forget(self, username: str) -> None:
+        try:
+            running = self._reconciling.get(username)
+            if running is not None:
+                await asyncio.wait([running], timeout=5.0)
+            await self.store.forget(username)
+        except Exception as exc:  # the next resync drops users the database no longer has
+            log.warning("Could not remove deleted user %s from the presence store (%s)",
+                        username, exc)
+
+    def usernames(self) -> set[str]:
+        return set(self._view)
+
+    def prune(self, existing: set[str], among: set[str]) -> int:
+        """Remove from the view (and from clients' lists) the users of ``among`` (the view
+        before ``existing`` was read: a sign-up since is not judged) that are not in
+        ``existing``, the accounts in the database: deletions this process missed."""
+        gone = [name for name in among if name in self._view and name not in existing]
+        for name in gone:
+            self.remove_user(name)
+        return len(gone)
 
     def close_expired(self, now: dt.datetime | None = None) -> int:
         """Close (4001) the sockets of every session that has expired; how many sessions."""

@@ -142,6 +142,15 @@ if first[2] then wait = math.max(tonumber(first[2]) - now, 0) end
 return {wait, out}
 """
 
+# KEYS: state, un:user, pending, closed   ARGV: user
+_FORGET = """
+if redis.call('SCARD', KEYS[2]) > 0 then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+return 1
+"""
+
 SWEEP_BATCH = 1000  # users finalised per script call: keeps each atomic step short
 
 
@@ -157,6 +166,7 @@ class RedisStore(PresenceStore):
         self._announce = self.redis.register_script(_ANNOUNCE)
         self._reap = self.redis.register_script(_REAP)
         self._sweep = self.redis.register_script(_SWEEP)
+        self._forget = self.redis.register_script(_FORGET)
         self._epoch_candidate = secrets.token_hex(8)
         self._grace_ms = str(round(grace * 1000))
 
@@ -184,6 +194,11 @@ class RedisStore(PresenceStore):
     async def announce(self, username: str) -> str | None:
         return await self._announce(keys=[f"{self.p}:state"],
                                     args=[username, self.channel]) or None
+
+    async def forget(self, username: str) -> None:
+        keys = [f"{self.p}:state", f"{self.p}:un:{username}", f"{self.p}:pending",
+                f"{self.p}:closed"]
+        await self._forget(keys=keys, args=[username])
 
     async def states(self) -> dict[str, UserState]:
         # The client decodes responses (decode_responses=True): keys and values are str.

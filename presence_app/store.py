@@ -80,6 +80,11 @@ class PresenceStore(ABC):
         """A new account: publish it once as offline, never seen."""
 
     @abstractmethod
+    async def forget(self, username: str) -> None:
+        """A deleted account: drop its state and pending deadline, unless a node still holds
+        it (that node forgets it after detaching)."""
+
+    @abstractmethod
     async def states(self) -> dict[str, UserState]:
         ...
 
@@ -191,6 +196,11 @@ class MemoryStore(PresenceStore):
 
     async def announce(self, username: str) -> str | None:
         return None if username in self._states else self._set(username, False, None)
+
+    async def forget(self, username: str) -> None:
+        if not self._nodes.get(username):
+            self._states.pop(username, None)
+            self._pending.pop(username, None)
 
     async def states(self) -> dict[str, UserState]:
         return dict(self._states)

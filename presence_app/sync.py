@@ -24,6 +24,9 @@ PURGE_INTERVAL = 3600.0
 #: Seconds between heartbeats while the store is unreachable: /healthz (and the resync)
 #: follow Redis's return within a fraction of a second, not a heartbeat interval later.
 RETRY_INTERVAL = 0.25
+#: Without Redis, how often open sockets' sessions and the accounts are checked against the
+#: database: the bound on how long an admin command takes to reach a running server.
+DATABASE_CHECK_INTERVAL = 5.0
 # A sweep runs this long after the deadline it waits for, so that deadlines this close together
 # are finalised by one sweep (fewer round trips in a storm of closes).
 GRACE_SLACK = 0.05
@@ -73,6 +76,8 @@ class PresenceSync:
         """Liveness and maintenance in separate loops: a slow resync, reap or database write
         must never delay the heartbeat (or others would reap this live process)."""
         loops = [self._liveness(), self._maintenance(), self._expiry()]
+        if not self.store.survives_restart:
+            loops.append(self._database_check())
         if self.store.grace > 0:
             loops.append(self._sweeper())
         await asyncio.gather(*loops)
@@ -149,6 +154,28 @@ class PresenceSync:
                 self.presence.close_expired()
             except Exception:  # never let this loop die: log and carry on
                 log.exception("Could not close the sockets of expired sessions")
+
+    async def _database_check(self) -> None:
+        """One process without Redis: an admin command (another process) cannot reach its
+        sockets, so every ``DATABASE_CHECK_INTERVAL`` s it closes the sockets of sessions
+        revoked in the database (disabled, reset, revoked), removes deleted accounts and
+        lists added ones."""
+        p = self.presence
+        while True:
+            await asyncio.sleep(DATABASE_CHECK_INTERVAL)
+            try:
+                await p.recheck_sessions()
+                before = p.usernames()
+                accounts = await p.accounts.all_users()
+                p.prune({user.username for user in accounts}, before)
+                for user in accounts:  # added by `presence users add`
+                    if not p.known(user.username):
+                        p.apply_and_broadcast(user.username,
+                                              UserState(False, 0, iso(user.last_seen)))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("Could not check sessions and accounts in the database (%s)", exc)
 
     async def resubscribed(self) -> None:
         """The broker resubscribed after losing its subscription: revocations published
@@ -228,12 +255,17 @@ class PresenceSync:
                 p.changed(username)
             await p.settled()
             p.remark_all()
-            for user in await p.accounts.all_users():  # sign-ups we may have missed
+            before = p.usernames()
+            accounts = await p.accounts.all_users()
+            names = {user.username for user in accounts}
+            for user in accounts:  # sign-ups we may have missed
                 if not p.known(user.username):
                     p.apply_and_broadcast(user.username, UserState(False, 0, iso(user.last_seen)))
             states = await self.store.states()
+            p.prune(names | {name for name, state in states.items() if state.online}, before)
             for username, state in states.items():
-                p.apply_and_broadcast(username, state)
+                if username in names or state.online:  # not a deleted account's remnant
+                    p.apply_and_broadcast(username, state)
             # Online in our view but unknown to an emptied store: maybe nobody holds them any
             # more, maybe their process has not re-registered yet. Settle them only after every
             # live process has had time to (two heartbeats), or they would flicker offline.

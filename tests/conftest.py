@@ -59,12 +59,29 @@ def pg_database() -> Any:
     asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fresh_database_url(request: Any, tmp_path: Path, pg_database: Any) -> Any:
+    """An empty database of its own (a new PostgreSQL database per test, dropped after):
+    for tests of migrations and admin commands, which run in other processes too. Not for
+    pytest-tornado tests (asyncio.run here)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
+        return
+    if isinstance(pg_database, Exception):
+        unavailable(f"PostgreSQL at {PG_DSN} is not reachable: {pg_database}")
+    name = f"presence_fresh_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+    yield f"postgresql+asyncpg://{PG_DSN.split('://', 1)[1]}/{name}"
+    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 async def _reset_pg(url: str) -> None:
     import asyncpg
     conn = await asyncpg.connect(url, timeout=5)
     try:
         await conn.execute(
-            "DROP TABLE IF EXISTS pending_offline, online_users, sessions, users CASCADE")
+            "DROP TABLE IF EXISTS pending_offline, online_users, sessions, users, write_probes, "
+            "alembic_version CASCADE")
     finally:
         await conn.close()
 

@@ -271,6 +271,11 @@ export class PresenceConnection {
       case 'presence':
         this.h.presence(msg, this.synced);
         break;
+      case 'removed':  // an account deleted by an operator
+        if (this.h.removed) {
+          this.h.removed(msg, this.synced);
+        }
+        break;
       case 'pong':
         break;
       case 'error':

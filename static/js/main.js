@@ -78,6 +78,15 @@ function start() {
         announcer.say(username + ' is now ' + (current.online ? 'online' : 'offline'));
       }
     },
+    removed(msg, shouldAnnounce) {
+      if (state.remove(msg) === null) {
+        return;
+      }
+      view.changed(msg.username);  // the next render drops its row
+      if (shouldAnnounce) {
+        announcer.say(msg.username + ' was removed');
+      }
+    },
     status(name, text) {
       if (!connEl) {
         return;

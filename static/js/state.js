@@ -207,6 +207,26 @@ export class PresenceState {
     return { username, previous, current };
   }
 
+  /**
+   * A deleted account (a ``removed`` message): forgotten, its row goes with the next render.
+   * Returns the entry removed, or ``null`` for a name not known (or malformed).
+   */
+  remove(raw) {
+    if (!raw || !validName(raw.username) || !this.users.has(raw.username)) {
+      return null;
+    }
+    const username = raw.username;
+    const entry = this.users.get(username);
+    this.users.delete(username);
+    if (entry.online) {
+      this.onlineCount -= 1;
+    }
+    this._moved.delete(username);
+    this._order = this._order.filter((name) => name !== username);
+    this.revision += 1;
+    return entry;
+  }
+
   /** Names matching ``query`` (see normalizeQuery), in list order; cached per revision. */
   matching(query) {
     const q = normalizeQuery(query);

@@ -263,3 +263,15 @@ test('frames and URLs', () => {
   assert.equal(socketUrl({ protocol: 'https:', host: 'example.org' }), 'wss://example.org/ws');
   assert.equal(socketUrl({ protocol: 'http:', host: '127.0.0.1:8888' }), 'ws://127.0.0.1:8888/ws');
 });
+
+test('a removed message reaches the page\'s handler; pages without one ignore it', () => {
+  const h = harness();
+  const removed = [];
+  h.conn.start();
+  const ws = h.live();
+  ws.receive({ type: 'removed', username: 'bob' });  // this harness has no handler: ignored
+  h.conn.h.removed = (msg, synced) => removed.push([msg.username, synced]);
+  ws.receive({ type: 'removed', username: 'carol' });
+  assert.deepEqual(removed, [['carol', true]]);
+  assert.equal(h.sockets.length, 1);  // no reconnect, no error
+});

@@ -34,3 +34,14 @@ test('the window follows the search', () => {
   assert.deepEqual(visibleWindow(state, 'member-00042', 100).names, ['member-00042']);
   assert.deepEqual(visibleWindow(state, 'nobody', 100), { names: [], matched: 0 });
 });
+
+test('a removed user leaves the drawn window; the next one moves up', () => {
+  const state = bigState(300);
+  const before = visibleWindow(state, '', DEFAULT_PAGE_SIZE).names;
+  state.remove({ type: 'removed', username: before[1] });
+  const { names, matched } = visibleWindow(state, '', DEFAULT_PAGE_SIZE);
+  assert.equal(matched, 299);
+  assert.ok(!names.includes(before[1]));
+  assert.deepEqual(names.slice(0, 2), [before[0], before[2]]);
+  assert.equal(names.length, Math.min(DEFAULT_PAGE_SIZE, 299));
+});

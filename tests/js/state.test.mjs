@@ -197,3 +197,31 @@ test('10,000 users: snapshot and 1,000 events stay fast', () => {
   assert.equal(state.size, 10000);
   assert.ok(elapsed < 1000, `took ${elapsed.toFixed(1)} ms`);
 });
+
+test('remove: a deleted account leaves the order, the counts and the search', () => {
+  const state = new PresenceState();
+  state.replace([user('amy', true), user('bob', false), user('cat', true)]);
+  assert.deepEqual(state.order, ['amy', 'cat', 'bob']);
+  const before = state.revision;
+  const gone = state.remove({ type: 'removed', username: 'cat' });
+  assert.equal(gone.online, true);
+  assert.deepEqual(state.order, ['amy', 'bob']);
+  assert.equal(state.onlineCount, 1);
+  assert.equal(state.size, 2);
+  assert.equal(state.has('cat'), false);
+  assert.ok(state.revision > before);
+  assert.deepEqual(state.matching('c'), []);
+  // A name moved by an event still waiting to be settled goes too.
+  state.apply(user('bob', true, 2));
+  state.remove({ username: 'bob' });
+  assert.deepEqual(state.order, ['amy']);
+  assert.equal(state.onlineCount, 1);
+  // Unknown or malformed: nothing happens.
+  assert.equal(state.remove({ username: 'nobody' }), null);
+  assert.equal(state.remove({ username: 42 }), null);
+  assert.equal(state.remove(null), null);
+  assert.deepEqual(state.order, ['amy']);
+  // Signed up again later: a presence event brings the name back.
+  assert.notEqual(state.apply(user('cat', false, 1)), null);
+  assert.deepEqual(state.order, ['amy', 'cat']);
+});
