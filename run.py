@@ -18,9 +18,9 @@ import tornado.netutil
 
 from handlers import make_app
 from handlers.ops import listen_worker_health
-from presence_app import logs
+from presence_app.runtime import logs
 from presence_app.config import ConfigError, Settings, ensure_cookie_secret, load_settings
-from presence_app.launcher import fork_workers
+from presence_app.runtime.launcher import fork_workers
 from presence_app.services import StartupError, open_services
 
 log = logging.getLogger("presence")
@@ -111,12 +111,12 @@ def run_server(settings: Settings, sockets: list[socket.socket], announce: bool,
 
 
 def run_admin(args: list[str], prog: str) -> int:
-    """``db ...`` and ``users ...``: one-shot commands in presence_app.admin, imported only
+    """``db ...`` and ``users ...``: one-shot commands in presence_app.admin.cli, imported only
     when asked for, since the server never needs them."""
     try:
-        admin = importlib.import_module("presence_app.admin")
+        admin = importlib.import_module("presence_app.admin.cli")
     except ModuleNotFoundError as exc:
-        if exc.name != "presence_app.admin":
+        if exc.name != "presence_app.admin.cli":
             raise  # a dependency of admin is missing: let its own name show
         return fail(f"{args[0]!r} commands are not available in this version", prog)
     return int(admin.main(args))

@@ -2,8 +2,8 @@
 
 Sign-up and login over HTTP cost a bcrypt hash and several requests per account (minutes for
 10,000), so the benchmark writes accounts and sessions straight into the run's database
-through the app's own models (``presence_app.db``) and token scheme
-(``presence_app.accounts.token_hash``: the table keeps the sha256 of the token), and signs
+through the app's own models (``presence_app.db.database``) and token scheme
+(``presence_app.accounts.service.token_hash``: the table keeps the sha256 of the token), and signs
 each cookie value like the app does (Tornado's ``create_signed_value`` with the cookie
 secret the runner passes with ``--cookie-secret``). The app is started afterwards, so it
 loads every account as offline. Works for SQLite and PostgreSQL; with Redis nothing is
@@ -22,8 +22,8 @@ import bcrypt
 from sqlalchemy import insert
 from tornado.web import create_signed_value
 
-from presence_app.accounts import token_hash
-from presence_app.db import Database, Session, User
+from presence_app.accounts.service import token_hash
+from presence_app.db.database import Database, Session, User
 
 PASSWORD = "bench-password"
 SESSION_COOKIE = "presence_session"  # handlers.base.SESSION_COOKIE (bench never imports handlers)

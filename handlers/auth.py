@@ -8,8 +8,8 @@ import math
 import tornado.web
 
 from handlers.base import BaseHandler, safe_next
-from presence_app.accounts import LOGIN_FAILED, AccountError
-from presence_app.db import DatabaseWriteError
+from presence_app.accounts.service import LOGIN_FAILED, AccountError
+from presence_app.db.database import DatabaseWriteError
 
 log = logging.getLogger(__name__)
 MAX_FIELD = 1024  # characters; anything longer is an error, not something to hash

@@ -12,11 +12,11 @@ import tornado.web
 from markupsafe import Markup
 
 from handlers.xsrf import SessionXsrfMixin
-from presence_app.accounts import AccountService, SessionUser
-from presence_app.db import DatabaseWriteError
-from presence_app.inflight import RequestScope
-from presence_app.passwords import HashingBusy, ShuttingDown
-from presence_app.presence import PresenceService
+from presence_app.accounts.service import AccountService, SessionUser
+from presence_app.db.database import DatabaseWriteError
+from presence_app.runtime.inflight import RequestScope
+from presence_app.accounts.passwords import HashingBusy, ShuttingDown
+from presence_app.live.presence import PresenceService
 from presence_app.services import Services
 
 log = logging.getLogger(__name__)

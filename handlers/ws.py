@@ -11,9 +11,9 @@ import tornado.websocket
 
 from handlers.base import SessionMixin, set_security_headers
 from handlers.wsio import CLOSE_INVALID_DATA, BoundedWriter, adapt_protocol, set_send_buffer
-from presence_app.fanout import CLOSE_POLICY
-from presence_app.frames import text_frame
-from presence_app.limits import MessageRate
+from presence_app.live.fanout import CLOSE_POLICY
+from presence_app.live.frames import text_frame
+from presence_app.live.limits import MessageRate
 
 __all__ = ["PresenceSocketHandler", "deflate_offer", "text_frame"]
 
@@ -117,7 +117,7 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
         if self.deflate:
             # Below Tornado's public API (6.6): a decompressor for the client's compressed
             # frames, and a compressor that is never used (we send only pre-built frames:
-            # snapshots compressed once, presence_app/frames.py; events, pongs and errors
+            # snapshots compressed once, presence_app/live/frames.py; events, pongs and errors
             # plain, which permessage-deflate allows). Neither keeps state between messages.
             self.ws_connection._create_compressors(  # type: ignore[union-attr]
                 "server", dict(_AGREED_PARAMS))
@@ -186,7 +186,7 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
 
     def send(self, parts: Sequence[bytes]) -> bool:
         """Write pre-built frames (or pieces of one): the one place where bytes meet this
-        socket (presence_app/fanout.py calls it for events, snapshots and replies), bounded
+        socket (presence_app/live/fanout.py calls it for events, snapshots and replies), bounded
         by ``--send-buffer-limit`` (handlers/wsio.py ``BoundedWriter``). False: the socket
         is gone or over its limit, and is dropped."""
         writer = self.writer

@@ -1,8 +1,8 @@
 """Below Tornado's public WebSocket API, in one place: the bounded write path and the
 protocol fixes (close 1007 for invalid UTF-8, a close reason that is not UTF-8).
 
-Relies on Tornado 6.6 internals (pinned in requirements.txt; tests/test_fanout.py and
-tests/test_bounded_writes.py cover them): ``IOStream._write_buffer``, ``IOStream.socket``,
+Relies on Tornado 6.6 internals (pinned in requirements.txt; tests/live/test_fanout.py and
+tests/handlers/test_bounded_writes.py cover them): ``IOStream._write_buffer``, ``IOStream.socket``,
 ``WebSocketProtocol13._handle_message``.
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ class BoundedWriter:
       follow in one ``IOStream.write`` per item once Tornado's buffer has drained: at most
       one write of ours is ever in flight, so Tornado holds at most a handful of Futures.
     - ``send`` returns False when the socket is gone or already holds more than ``limit``:
-      the caller drops the socket (presence_app/fanout.py). What one socket holds is thus
+      the caller drops the socket (presence_app/live/fanout.py). What one socket holds is thus
       at most ``limit`` plus one write (a flush's batch, shared by every socket, or a reply).
     """
 
@@ -57,7 +57,7 @@ class BoundedWriter:
         """The socket closed: drop what waits here and the reference to the connection.
         (handler -> writer -> connection -> handler is a cycle; Tornado breaks its own on
         close so that closed sockets are freed at once, not by the cyclic collector, which
-        presence_app/gcpolicy.py keeps away from connections.)"""
+        presence_app/runtime/gcpolicy.py keeps away from connections.)"""
         self._conn = None
         self._held, self._held_size = [], 0
 

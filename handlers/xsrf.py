@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import tornado.web
 
-from presence_app.accounts import token_hash
+from presence_app.accounts.service import token_hash
 
 XSRF_COOKIE = "_xsrf"
 NONCE_BYTES = 16

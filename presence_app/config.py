@@ -11,9 +11,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from presence_app.metrics import parse_allow_list
-from presence_app.redis_urls import check_redis_url, mask_url
-from presence_app.version import version
+from presence_app.runtime.addresses import parse_allow_list
+from presence_app.backends.urls import check_redis_url, mask_url
+from presence_app.runtime.version import version
 
 log = logging.getLogger(__name__)
 

@@ -7,14 +7,15 @@ once per event. Label values are bounded: routes are patterns, close codes a fix
 """
 from __future__ import annotations
 
-import ipaddress
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+
+from presence_app.runtime.addresses import address_allowed, parse_allow_list
 
 if TYPE_CHECKING:
     from presence_app.services import Services
@@ -27,32 +28,6 @@ KNOWN_CLOSE_CODES = frozenset({1000, 1001, 1003, 1005, 1006, 1007, 1008, 1009, 1
 LOGIN_RESULTS = ("ok", "failed", "throttled")
 FAST_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1.0, 2.5)
 SLOW_BUCKETS = (.001, .005, .01, .025, .05, .1, .25, .5, 1.0, 2.5, 5.0, 10.0)
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def parse_allow_list(text: str) -> tuple[Network, ...]:
-    """``"127.0.0.1,::1,10.0.0.0/8"`` -> networks; ValueError names the bad entry."""
-    networks = []
-    for item in text.replace(" ", ",").split(","):
-        if not item:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise ValueError(f"not an address or CIDR: {item!r}") from None
-    return tuple(networks)
-
-
-def address_allowed(address: str | None, networks: Iterable[Network]) -> bool:
-    """Whether a client address is in the list (IPv4-mapped IPv6 counts as IPv4)."""
-    try:
-        ip = ipaddress.ip_address((address or "").split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in net for net in networks)
 
 
 def close_code_label(code: int | None) -> str:

@@ -7,19 +7,19 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-from presence_app.accounts import AccountService
-from presence_app.broker import Broker, LocalBroker, RedisBroker, make_broker
+from presence_app.accounts.service import AccountService
+from presence_app.backends.broker import Broker, LocalBroker, RedisBroker, make_broker
 from presence_app.config import Settings
-from presence_app.db import Database
-from presence_app.inflight import RequestTracker
-from presence_app.ledger import OnlineLedger
-from presence_app.limits import SocketCaps
+from presence_app.db.database import Database
+from presence_app.runtime.inflight import RequestTracker
+from presence_app.live.ledger import OnlineLedger
+from presence_app.live.limits import SocketCaps
 from presence_app.metrics import Metrics
-from presence_app.passwords import PasswordHasher
-from presence_app.presence import PresenceService
-from presence_app.store import MemoryStore, PresenceStore
-from presence_app.sync import PresenceSync
-from presence_app.throttle import LoginThrottle, Throttle
+from presence_app.accounts.passwords import PasswordHasher
+from presence_app.live.presence import PresenceService
+from presence_app.backends.store import MemoryStore, PresenceStore
+from presence_app.live.sync import PresenceSync
+from presence_app.backends.throttle import LoginThrottle, Throttle
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class Services:
 def make_store(broker: Broker, prefix: str, grace: float = 0.0) -> PresenceStore:
     if isinstance(broker, LocalBroker):
         return MemoryStore(broker, grace)
-    from presence_app.redis_store import RedisStore
+    from presence_app.backends.redis_store import RedisStore
     assert isinstance(broker, RedisBroker)
     return RedisStore(broker, prefix, grace)
 
@@ -109,7 +109,7 @@ def make_throttle(broker: Broker, settings: Settings) -> Throttle:
     if isinstance(broker, LocalBroker):
         return LoginThrottle(settings.login_max_failures, settings.login_failure_window,
                              settings.login_throttle_entries)
-    from presence_app.redis_throttle import RedisLoginThrottle
+    from presence_app.backends.redis_throttle import RedisLoginThrottle
     assert isinstance(broker, RedisBroker)
     return RedisLoginThrottle(broker.client, settings.redis_prefix, settings.login_max_failures,
                               settings.login_failure_window, settings.login_throttle_entries)

@@ -69,9 +69,9 @@ def test_handlers_do_not_import_the_composition_root(path):
 
 
 def test_the_composition_root_reaches_admin_commands_through_presence_app():
-    """run.py dispatches ``db``/``users`` to presence_app.admin (lazily, by name): the
+    """run.py dispatches ``db``/``users`` to presence_app.admin.cli (lazily, by name): the
     checker sees that import, and admin, being in presence_app, is held to its rules."""
-    assert "presence_app.admin" in imported_modules((ROOT / "run.py").read_text())
+    assert "presence_app.admin.cli" in imported_modules((ROOT / "run.py").read_text())
 
 
 def test_presence_app_modules_are_importable_without_the_web_layer():
@@ -107,8 +107,130 @@ def test_the_checker_catches_forbidden_imports(snippet, forbidden):
     ("from tornado.ioloop import IOLoop", DOMAIN_FORBIDDEN),
     ("import handlers_extra", DOMAIN_FORBIDDEN),
     ("import runpy", DOMAIN_FORBIDDEN),
-    ("from presence_app.accounts import AccountService", WEB_FORBIDDEN),
+    ("from presence_app.accounts.service import AccountService", WEB_FORBIDDEN),
     ("import redisish", WEB_FORBIDDEN),
 ])
 def test_the_checker_allows_the_rest(snippet, forbidden):
     assert violations(imported_modules(snippet), forbidden) == []
+
+
+# --- Layers inside presence_app --------------------------------------------------------------
+# A unit is a subpackage of presence_app (``presence_app.live``) or a top-level module
+# (``presence_app.services``). Each may import only the units listed here (and itself); a new
+# unit must be added to this table, or the tests below fail. Lowest first:
+LAYERS: dict[str, set[str]] = {
+    "runtime": set(),                       # versions, logs, in-flight requests, GC, addresses
+    "db": {"runtime"},                      # engine, models, write outcomes, migrations
+    "backends": {"runtime"},                # one per URL scheme: publish, listen, transitions
+    "accounts": {"runtime", "db", "backends"},           # sign-up, login, sessions, hashing
+    "live": {"runtime", "db", "backends", "accounts"},   # view, fan-out, frames, sync, ledger
+    "config": {"runtime", "backends"},      # the option table -> Settings
+    "metrics": {"runtime"},                 # Prometheus; reads Services only for type hints
+    "services": {"runtime", "db", "backends", "accounts", "live", "config", "metrics"},
+    "admin": {"runtime", "db", "backends", "accounts", "live", "config", "services"},
+    "client": set(),                        # the scripted client: usable outside the repo
+}
+# Imports under ``if TYPE_CHECKING:`` that go up a layer (annotations only, no runtime edge).
+TYPE_ONLY = {("metrics", "services")}
+# Third-party libraries each confined to the units that own that concern.
+CONFINED = {
+    "redis": {"backends"},
+    "hiredis": {"backends"},
+    "bcrypt": {"accounts"},
+    "alembic": {"db"},
+    "prometheus_client": {"metrics"},
+    "websockets": {"client"},
+    "sqlalchemy": {"db", "accounts", "live", "admin"},
+}
+
+
+def unit_of(module: str) -> str | None:
+    """``presence_app.live.fanout`` -> ``live``; ``presence_app.services`` -> ``services``."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "presence_app" and len(parts) > 1 else None
+
+
+def runtime_imports(source: str) -> set[str]:
+    """The imports of a source outside ``if TYPE_CHECKING:`` blocks."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
+            node.body = [ast.Pass()]
+    return imported_modules(ast.unparse(tree))
+
+
+def layer_violations(unit: str, source: str) -> list[str]:
+    """Imports of ``source`` (in ``unit``) that the layer table does not allow."""
+    allowed = LAYERS[unit] | {unit}
+    found = []
+    everything, at_runtime = imported_modules(source), runtime_imports(source)
+    for module in sorted(everything):
+        target = unit_of(module)
+        if target is None:
+            owners = CONFINED.get(module.split(".")[0])
+            if owners is not None and unit not in owners:
+                found.append(module)
+        elif target not in allowed and not (
+                (unit, target) in TYPE_ONLY and module not in at_runtime):
+            found.append(module)
+    return found
+
+
+def units_on_disk() -> dict[Path, str]:
+    pkg = ROOT / "presence_app"
+    return {path: (path.relative_to(pkg).parts[0] if path.parent != pkg else path.stem)
+            for path in sources("presence_app") if path.name != "__init__.py" or path.parent != pkg}
+
+
+@pytest.mark.parametrize("path", sorted(units_on_disk()), ids=lambda p: str(p.relative_to(ROOT)))
+def test_presence_app_imports_follow_the_layers(path):
+    unit = units_on_disk()[path]
+    assert unit in LAYERS, f"{unit}: a new unit of presence_app needs a row in LAYERS"
+    assert layer_violations(unit, path.read_text()) == []
+
+
+def test_every_layer_in_the_table_exists():
+    assert set(LAYERS) == set(units_on_disk().values())
+
+
+def test_the_layers_have_no_cycle():
+    seen: list[str] = []
+    pending = dict(LAYERS)
+    while pending:
+        ready = [u for u, deps in pending.items() if deps <= set(seen)]
+        assert ready, f"cycle among {sorted(pending)}"
+        seen.extend(sorted(ready))
+        for u in ready:
+            del pending[u]
+
+
+@pytest.mark.parametrize("unit,snippet", [
+    ("db", "from presence_app.live.presence import PresenceService"),
+    ("backends", "from presence_app.accounts.service import AccountService"),
+    ("live", "from presence_app.services import Services"),
+    ("accounts", "def f():\n    from presence_app.live import fanout\n"),
+    ("live", "import redis.asyncio"),
+    ("accounts", "from redis.exceptions import RedisError"),
+    ("handlers_like", "x = 1"),
+    ("client", "from presence_app.config import Settings"),
+    ("metrics", "from presence_app.services import Services"),
+    ("backends", "import bcrypt"),
+])
+def test_the_layer_checker_catches_upward_imports(unit, snippet):
+    if unit not in LAYERS:
+        with pytest.raises(KeyError):
+            layer_violations(unit, snippet)
+    else:
+        assert layer_violations(unit, snippet)
+
+
+@pytest.mark.parametrize("unit,snippet", [
+    ("live", "from presence_app.backends.store import UserState"),
+    ("metrics", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                "    from presence_app.services import Services\n"),
+    ("backends", "import redis.asyncio as aioredis"),
+    ("services", "from presence_app.live.sync import PresenceSync"),
+    ("runtime", "import logging"),
+])
+def test_the_layer_checker_allows_downward_imports(unit, snippet):
+    assert layer_violations(unit, snippet) == []

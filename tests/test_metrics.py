@@ -10,8 +10,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from handlers.ws import text_frame
 from presence_app.config import ConfigError, Settings, validate
-from presence_app.fanout import Fanout
-from presence_app.metrics import Metrics, address_allowed, parse_allow_list
+from presence_app.live.fanout import Fanout
+from presence_app.metrics import Metrics
+from presence_app.runtime.addresses import address_allowed, parse_allow_list
 from tests.conftest import PASSWORD
 
 

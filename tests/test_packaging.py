@@ -27,7 +27,7 @@ from packaging.requirements import Requirement
 
 import run
 from handlers.app import asset_dir
-from presence_app.version import checkout_version, version
+from presence_app.runtime.version import checkout_version, version
 from tests.test_run import STOP_SECONDS, URL_LINE, clean_env, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +38,7 @@ MAPPED = PYPROJECT["tool"]["setuptools"]["package-dir"]
 COPY_IGNORE = shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".mypy_cache",
                                      ".pytest_cache", ".hypothesis", "data", "results",
                                      "artifacts", "build", "*.egg-info", "venv", "node_modules")
-HAS_ADMIN = importlib.util.find_spec("presence_app.admin") is not None
+HAS_ADMIN = importlib.util.find_spec("presence_app.admin.cli") is not None
 
 
 def python_packages_on_disk() -> set[str]:
@@ -145,16 +145,16 @@ def test_asset_dir_missing_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("argv", [["users", "list"], ["db", "upgrade"],
                                   ["users", "disable", "alice", "--data-dir", "x"]])
-@pytest.mark.skipif(not HAS_ADMIN, reason="presence_app.admin not in this branch yet")
+@pytest.mark.skipif(not HAS_ADMIN, reason="presence_app.admin.cli not in this branch yet")
 def test_admin_commands_are_dispatched(monkeypatch, argv):
-    admin = importlib.import_module("presence_app.admin")
+    admin = importlib.import_module("presence_app.admin.cli")
     seen: list[list[str]] = []
     monkeypatch.setattr(admin, "main", lambda args: seen.append(args) or 3)
     assert run.main(argv) == 3
     assert seen == [argv]
 
 
-@pytest.mark.skipif(not HAS_ADMIN, reason="presence_app.admin not in this branch yet")
+@pytest.mark.skipif(not HAS_ADMIN, reason="presence_app.admin.cli not in this branch yet")
 def test_run_py_users_help():
     done = subprocess.run([sys.executable, "run.py", "users", "--help"], cwd=ROOT,
                           env=clean_env(), capture_output=True, text=True, timeout=60)
@@ -163,7 +163,7 @@ def test_run_py_users_help():
 
 
 def test_admin_commands_missing_is_a_one_line_error(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "presence_app.admin", None)  # import fails by that name
+    monkeypatch.setitem(sys.modules, "presence_app.admin.cli", None)  # import fails by that name
     assert run.main(["users", "list"]) == 2
     assert capsys.readouterr().err == "run.py: error: 'users' commands are not available " \
                                       "in this version\n"

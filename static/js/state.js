@@ -33,7 +33,7 @@ export function isNewer(incoming, known) {
 }
 
 /**
- * The server's order (presence_app/presence.py: ``(name.lower(), name)``): case-folded
+ * The server's order (presence_app/live/presence.py: ``(name.lower(), name)``): case-folded
  * names in code-unit order, ties broken by the exact name. Not localeCompare: the list
  * must not reshuffle when the first live event re-sorts the server-rendered rows.
  * (Usernames are ASCII, so JS toLowerCase equals Python's str.lower here.)

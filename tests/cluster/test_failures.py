@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from presence_app.client import PresenceClient
-from presence_app.db import Database, OnlineUser, User
+from presence_app.db.database import Database, OnlineUser, User
 from tests.cluster.harness import wait_until
 from tests.conftest import PASSWORD, REDIS_URL
 
@@ -170,8 +170,8 @@ def test_live_process_wrongly_reaped_rejoins(start_app: Any, sqlite_url: str,
                                              prefix: str) -> None:
     """If a live process is reaped (its event loop stalled past the timeout, say), its next
     heartbeat notices and re-registers its users: nobody stays wrongly offline."""
-    from presence_app.broker import RedisBroker
-    from presence_app.redis_store import RedisStore
+    from presence_app.backends.broker import RedisBroker
+    from presence_app.backends.redis_store import RedisStore
 
     a = start_app("node-a", sqlite_url, REDIS_URL, prefix)
     b = start_app("node-b", sqlite_url, REDIS_URL, prefix)

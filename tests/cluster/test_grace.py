@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from presence_app.client import PresenceClient, PresenceSocket
-from presence_app.ledger import parse_time
+from presence_app.live.ledger import parse_time
 from tests.cluster.harness import http_json, wait_until
 from tests.conftest import PASSWORD, REDIS_URL
 

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from presence_app.client import ClientError, PresenceClient
-from presence_app.db import Database, Session, User
+from presence_app.db.database import Database, Session, User
 from tests.conftest import REDIS_URL
 
 pytestmark = pytest.mark.cluster

@@ -22,8 +22,8 @@ import bcrypt
 import tornado.web
 from sqlalchemy import insert, select
 
-from presence_app.accounts import token_hash
-from presence_app.db import Database, Session, User, utcnow
+from presence_app.accounts.service import token_hash
+from presence_app.db.database import Database, Session, User, utcnow
 from handlers.base import SESSION_COOKIE
 
 T = TypeVar("T")

@@ -264,7 +264,7 @@ def listed_names(page: Any) -> list[str]:
 
 
 def server_order(users: dict[str, bool]) -> list[str]:
-    """The server's order (presence_app/presence.py): online first, then lower(), then name."""
+    """The server's order (presence_app/live/presence.py): online first, then lower(), then name."""
     return sorted(users, key=lambda name: (not users[name], name.lower(), name))
 
 

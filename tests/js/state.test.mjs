@@ -9,7 +9,7 @@ import {
 const user = (username, online, version = 1, last_seen = null) =>
   ({ username, online, version, last_seen });
 
-/** The server's order (presence_app/presence.py): online first, lower(), then the name. */
+/** The server's order (presence_app/live/presence.py): online first, lower(), then the name. */
 function serverOrder(users) {
   return [...users].sort((a, b) => {
     if (a.online !== b.online) return a.online ? -1 : 1;

@@ -1,0 +1,1 @@
+"""Operator commands: ``presence users ...`` and ``presence db ...``."""

@@ -1,0 +1,1 @@
+"""One backend per URL scheme: publish, listen and the presence transitions."""

@@ -1,0 +1,1 @@
+"""The relational database: engine, models, write outcomes and migrations."""

@@ -1,0 +1,1 @@
+"""Live presence: sockets' view, fan-out, frames, sync and the online ledger."""

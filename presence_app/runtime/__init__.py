@@ -1,0 +1,1 @@
+"""Process plumbing shared by every layer: versions, logs, in-flight requests, GC."""
