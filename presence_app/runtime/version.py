@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 DIST_NAME = "presence"
-CHECKOUT = Path(__file__).resolve().parent.parent
+CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 def checkout_version(root: Path = CHECKOUT) -> str | None:
