@@ -7,7 +7,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from bench.loadgen import decode_ts
+from bench.generator.wire import decode_ts
 
 
 def pct(values: Iterable[float] | np.ndarray, q: float) -> float | None:

@@ -1,5 +1,6 @@
-"""What the distinct-user scenarios share: opening page-like views over the generator's
-processes, waiting for the presence traffic to settle, merging per-worker reports."""
+"""What the scenarios share: the servers they run against, a target of the report; for the
+distinct-user scenarios, opening page-like views over the generator's processes, waiting
+for the presence traffic to settle, merging per-worker reports."""
 from __future__ import annotations
 
 import asyncio
@@ -12,6 +13,14 @@ from typing import Any
 import numpy as np
 
 from bench.servers import Deployment
+
+KINDS = ("app", "reference", "picows")  # ratios stay relative to "reference" (websockets)
+
+
+def target(name: str, value: Any, limit: str, met: bool | None,
+           detail: str = "") -> dict[str, Any]:
+    """One row of the report's targets table (BENCHMARKS.md, Summary, lists the targets)."""
+    return {"target": name, "value": value, "limit": limit, "met": met, "detail": detail}
 
 
 def dist(values: list[float]) -> dict[str, Any]:
