@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from bench.metrics import ratio
 from bench.scenarios.cells import fmt, pair, setup
 from bench.scenarios.common import open_views, report, target, view_options, wait_settled
-from bench.servers import Deployment, Probe
+from bench.servers import AppDeployment, Deployment, Probe
 from bench.users import Seeder, usernames
 
 if TYPE_CHECKING:
@@ -70,6 +70,7 @@ async def one_size(runner: Runner, n: int) -> dict[str, Any]:
                                       ["observer"], f"one user, N={n}")
     seeder = Seeder(names)
     async with runner.deployment("app", seed=seeder) as dep:
+        assert isinstance(dep, AppDeployment)
         runner.log(f"  seeded {n} accounts with a session each in {dep.seed_seconds} s")
         out["distinct"] = await storm(runner, dep, seeder.headers(names), names, names,
                                       f"distinct users, N={n}")

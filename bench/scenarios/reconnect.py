@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from bench.scenarios.cells import fmt, pair, setup
 from bench.scenarios.common import (counts, get_json, open_views, report, target,
                                     view_options, wait_settled)
-from bench.servers import Deployment
+from bench.servers import AppDeployment
 from bench.users import Seeder, usernames
 
 if TYPE_CHECKING:
@@ -47,6 +47,7 @@ async def run(runner: Runner) -> dict[str, Any]:
         return out
     seeder = Seeder(names)
     async with runner.deployment("app", seed=seeder) as dep:
+        assert isinstance(dep, AppDeployment)
         out.update(await restart(runner, dep, seeder, names))
     rep = out["attempts_per_view"]
     runner.log(f"  restart: every client fresh after {out['last_fresh_s']} s, /api/users "
@@ -55,7 +56,7 @@ async def run(runner: Runner) -> dict[str, Any]:
     return out
 
 
-async def restart(runner: Runner, dep: Deployment, seeder: Seeder,
+async def restart(runner: Runner, dep: AppDeployment, seeder: Seeder,
                   names: list[str]) -> dict[str, Any]:
     """Connect every client, restart the app, wait until every client is back."""
     o, n = runner.opts, len(names)
@@ -70,12 +71,7 @@ async def restart(runner: Runner, dep: Deployment, seeder: Seeder,
     runner.log(f"  app down for {(times['t_exit'] - t0) / 1e9:.2f} s, ready again after "
                f"{(times['t_ready'] - t0) / 1e9:.2f} s")
     deadline = time.monotonic() + o.reconnect_timeout
-    c: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        c = await counts(runner, "views", since=t0)
-        if c["fresh"] >= n:
-            break
-        await asyncio.sleep(0.1)
+    c = await wait_fresh(runner, n, t0, deadline)
     all_fresh = c.get("fresh", 0) >= n
     t_api, api_online = 0, 0
     if all_fresh:
@@ -96,6 +92,18 @@ async def restart(runner: Runner, dep: Deployment, seeder: Seeder,
         "server_cpu_since_restart_s": round(dep.cpu(), 2), "settled": settled["settled"],
         **rep,
     }
+
+
+async def wait_fresh(runner: Runner, n: int, since: int, deadline: float) -> dict[str, Any]:
+    """Until ``n`` views have a snapshot on a connection opened after ``since`` (or the
+    deadline): the views' counts at that moment."""
+    c: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        c = await counts(runner, "views", since=since)
+        if c["fresh"] >= n:
+            break
+        await asyncio.sleep(0.1)
+    return c
 
 
 async def wait_api(url: str, cookie: str, names: set[str], deadline: float) -> tuple[int, int]:
