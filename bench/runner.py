@@ -37,6 +37,12 @@ class Runner:
         self._last_progress = 0.0
         self._profiles = 0
 
+    @property
+    def loadgen(self) -> LoadGen:
+        """The load generator: it runs from the start of ``run()`` to its end."""
+        assert self.lg is not None, "Runner.run() starts the load generator"
+        return self.lg
+
     # -- plumbing -------------------------------------------------------------------------
     def log(self, message: str) -> None:
         print(f"[{time.monotonic() - self.started:7.1f}s] {message}", flush=True)
@@ -140,23 +146,21 @@ class Runner:
         await asyncio.sleep(0.3 if self.opts.quick else 1.0)
 
     async def reset_generators(self) -> None:
-        assert self.lg is not None
-        await asyncio.gather(*(self.lg.call(i, "reset") for i in range(len(self.lg.pipes))))
+        lg = self.loadgen
+        await asyncio.gather(*(lg.call(i, "reset") for i in range(len(lg.pipes))))
 
     async def gen_cpu(self) -> float:
-        assert self.lg is not None
-        return sum(await self.lg.cpu())
+        return sum(await self.loadgen.cpu())
 
     def targets(self) -> list[str]:
         return [t for t in KINDS if t in self.opts.targets]
 
     async def open_observers(self, dep: Deployment, count: int,
                              group: str = "obs") -> dict[str, Any]:
-        assert self.lg is not None
         headers = await dep.observer_headers()
         self.log(f"  opening {count} observer sockets")
-        result = await self.lg.open_observers(group, dep.targets, count, headers,
-                                              self.opts.concurrency, timeout=60.0)
+        result = await self.loadgen.open_observers(group, dep.targets, count, headers,
+                                                   self.opts.concurrency, timeout=60.0)
         if result["errors"]:
             self.log(f"  connect errors: {result['errors']}")
         return result

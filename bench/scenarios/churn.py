@@ -47,8 +47,7 @@ async def run_one(runner: Runner) -> dict[str, Any]:
 async def phase(runner: Runner, dep: Deployment, observers: int, movers: int, seconds: float,
                 label: str, watch: Watch | None = None) -> dict[str, Any]:
     """``movers`` users connect, wait for their snapshot, close, and again, at once."""
-    lg = runner.lg
-    assert lg is not None
+    lg = runner.loadgen
     headers = await dep.mover_headers(movers)
     labels = [f"mover-{i}" for i in range(movers)]
     probe = Probe(dep, runner.gen_cpu)
@@ -87,11 +86,10 @@ async def phase(runner: Runner, dep: Deployment, observers: int, movers: int, se
 
 async def drain(runner: Runner) -> None:
     """Let the last events reach everyone: until deliveries stop growing (at most 60 s)."""
-    assert runner.lg is not None
     last, still = -1, 0
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        counts = await runner.lg.call_observers("counts", group="obs")
+        counts = await runner.loadgen.call_observers("counts", group="obs")
         total = sum(c["deliveries"] for c in counts)
         still = still + 1 if total == last else 0
         if still >= (2 if runner.opts.quick else 4):

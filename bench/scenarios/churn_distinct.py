@@ -85,8 +85,7 @@ async def measure(runner: Runner, dep: Deployment, seeder: Seeder, viewers: list
                   mover_names: list[str]) -> dict[str, Any]:
     """The viewers connect and settle; the movers churn; what each worker saw, merged into
     one stream of events with their triggers, and each worker's latencies against it."""
-    o, lg = runner.opts, runner.lg
-    assert lg is not None
+    o, lg = runner.opts, runner.loadgen
     r = await open_views(runner, dep, seeder.headers(viewers), viewers, "views",
                          view_options(o), timeout=o.storm_timeout)
     await wait_settled(runner, "views", timeout=o.storm_timeout)

@@ -31,7 +31,6 @@ async def run(runner: Runner) -> dict[str, Any]:
 
 async def storm(runner: Runner, dep: Deployment, kind: str, n: int) -> dict[str, Any]:
     """Open ``n`` sockets, let them idle, measure, close them all."""
-    assert runner.lg is not None
     await dep.observer_headers()
     await asyncio.sleep(0.5 if runner.opts.quick else 2.0)
     rss0 = dep.rss()
@@ -44,7 +43,7 @@ async def storm(runner: Runner, dep: Deployment, kind: str, n: int) -> dict[str,
     rss1 = dep.rss()
     server_count = await dep.sockets()
     t = time.monotonic()
-    closed = await runner.lg.call_observers("close", group="obs", timeout=30.0)
+    closed = await runner.loadgen.call_observers("close", group="obs", timeout=30.0)
     close_s = time.monotonic() - t
     slow_handshakes = sum(1 for w in r["handshake_ms_by_worker"] if (w.get("max") or 0) > 1000)
     out = {

@@ -53,7 +53,6 @@ async def cycles(runner: Runner, dep: Deployment, observers: int, k: int,
                  label: str) -> dict[str, Any]:
     """One warm-up cycle and ``k`` measured ones: the mover connects (an online event),
     every observer has it; the mover closes (offline), every observer has it."""
-    assert runner.lg is not None
     mover = (await dep.mover_headers(1))[0]
     triggers: list[tuple[str, bool, int]] = []
     timeouts = 0
@@ -67,7 +66,7 @@ async def cycles(runner: Runner, dep: Deployment, observers: int, k: int,
             measured_from = t_on
         timeouts += missed
     await probe.__aexit__(None, None, None)
-    parts = await runner.lg.call_observers("events", group="obs", reset=True)
+    parts = await runner.loadgen.call_observers("events", group="obs", reset=True)
     result = analyse(merge_events(parts), observers, triggers, {MOVER},
                      skip_before=measured_from)
     events = max(result["events"], 1)
@@ -89,8 +88,7 @@ async def one_cycle(runner: Runner, dep: Deployment, mover: dict[str, str],
                     triggers: list[tuple[str, bool, int]]) -> tuple[int, int]:
     """The mover connects and every observer has its online event; it closes and every
     observer has its offline event. Returns the connect time and the observers' timeouts."""
-    lg = runner.lg
-    assert lg is not None
+    lg = runner.loadgen
     m = await lg.call(lg.mover, "open", group="mov", targets=dep.targets[:1], count=1,
                       headers=[mover], concurrency=1, timeout=30.0, record=False)
     if not m["open"]:

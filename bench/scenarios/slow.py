@@ -62,8 +62,7 @@ class Stalled:
 
     async def watch(self, task: asyncio.Future[Any]) -> None:
         """Sample while a churn phase runs; stop the churn a second after the drop."""
-        lg = self.runner.lg
-        assert lg is not None
+        lg = self.runner.loadgen
         while not task.done():
             if not await self.sample() and \
                     time.monotonic() - self.started > self.dropped_after_s + 1.0:  # type: ignore
@@ -77,8 +76,7 @@ async def stall_one(runner: Runner, dep: Deployment, n: int, movers: int, kind: 
     kernel's send queue stops growing (the server now queues in user space); the same
     probe again with the stalled client holding everything; churn on until the server
     drops it (or ``stall`` s pass)."""
-    lg, o = runner.lg, runner.opts
-    assert lg is not None
+    lg, o = runner.loadgen, runner.opts
     k = o.k if o.quick else max(min(o.k, 10), 3)
     await runner.open_observers(dep, n)
     await runner.settle()
@@ -114,8 +112,7 @@ async def stall_one(runner: Runner, dep: Deployment, n: int, movers: int, kind: 
 
 async def stop_reading(runner: Runner, dep: Deployment, kind: str) -> Stalled:
     """One more client (a 4 KiB receive buffer) connects, then stops reading."""
-    lg = runner.lg
-    assert lg is not None
+    lg = runner.loadgen
     s = await lg.call(lg.mover, "open", group="stall", targets=dep.targets[:1], count=1,
                       headers=[await dep.observer_headers()], concurrency=1, timeout=30.0,
                       record=False, rcvbuf=4096)
