@@ -3,36 +3,42 @@ each scenario's section, the failures), written beside the JSON results."""
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import json
 from pathlib import Path
 from typing import Any, Callable
 
-from bench.scenarios import (churn, churn_distinct, connect, crossproc, distinct, fanout, login,
-                             reconnect, slow)
 from bench.scenarios.cells import fmt
 from bench.servers import ROOT
 
 RESULTS = ROOT / "bench" / "results"
-Part = Callable[[dict[str, Any]], list[Any]]
-# The targets table's rows, and the document's sections, in this order.
-TARGETS: tuple[Part, ...] = (fanout.targets, connect.targets, crossproc.targets, slow.targets,
-                             distinct.targets, reconnect.targets, churn_distinct.targets,
-                             login.targets)
-SECTIONS: tuple[Part, ...] = (connect.render, fanout.render, churn.render, crossproc.render,
-                              login.render, slow.render, distinct.render, reconnect.render,
-                              churn_distinct.render)
+# The scenario modules whose rows make the targets table, and whose sections make the
+# document, in this order. They are imported when the report is made: the load generator's
+# processes import this module too (spawn runs bench.run's imports again), and they need
+# none of the scenarios.
+TARGETS = ("fanout", "connect", "crossproc", "slow", "distinct", "reconnect", "churn_distinct",
+           "login")
+SECTIONS = ("connect", "fanout", "churn", "crossproc", "login", "slow", "distinct", "reconnect",
+            "churn_distinct")
+
+
+def part(module: str, name: str) -> Callable[[dict[str, Any]], list[Any]]:
+    """``targets`` or ``render`` of scenario module ``module``."""
+    function: Callable[[dict[str, Any]], list[Any]] = getattr(
+        importlib.import_module(f"bench.scenarios.{module}"), name)
+    return function
 
 
 def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """The targets (BENCHMARKS.md, Summary), checked against this run's figures."""
-    return [row for part in TARGETS for row in part(results)]
+    return [row for module in TARGETS for row in part(module, "targets")(results)]
 
 
 def render_markdown(results: dict[str, Any]) -> str:
     sc = results["scenarios"]
     lines = header(results["meta"]) + targets_table(results.get("targets"))
-    for section in SECTIONS:
-        lines += section(results)
+    for module in SECTIONS:
+        lines += part(module, "render")(results)
     for name, data in sc.items():
         if "error" in data:
             lines += [f"## {name}: failed", "", "```", data["error"], "```", ""]

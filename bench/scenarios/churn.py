@@ -10,7 +10,6 @@ import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from bench.metrics import analyse, merge_events, ratio
-from bench.scenarios import churn_distinct
 from bench.scenarios.cells import fmt
 from bench.scenarios.common import KINDS
 from bench.servers import Deployment, Probe
@@ -26,6 +25,7 @@ async def run(runner: Runner) -> dict[str, Any]:
     if "one" in runner.opts.churn_modes:
         out = await run_one(runner)
     if "distinct" in runner.opts.churn_modes and "app" in runner.opts.targets:
+        from bench.scenarios import churn_distinct  # numpy, the app's models: only if needed
         out["distinct"] = await churn_distinct.run(runner)
     return out
 
