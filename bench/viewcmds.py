@@ -1,6 +1,6 @@
 """Commands that drive ``bench.views`` in the load generator's worker processes:
 ``LoadGen.call(i, "viewcmds:<name>", ...)`` runs ``cmd_<name>(worker, ...)`` here
-(``Worker.handle`` resolves ``module:function``). Open views, follow their progress, check
+(``Worker.handler`` resolves ``module:name``). Open views, follow their progress, check
 their final views, time a churn phase, run movers."""
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ class ViewGroup:
 
     def __init__(self, name: str, options: dict[str, Any]) -> None:
         self.name = name
-        self.conns: list[Any] = []  # the views; "conns": Worker.cmd_reset/stop abort these
+        self.conns: list[Any] = []  # the views; "conns": Worker.abort_all resets these
         self.compress = bool(options.get("compress", True))
         self.reconnect = options.get("reconnect")  # None or the backoff policy
         self.budget = int(options.get("snapshot_budget", 0))
