@@ -7,7 +7,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from bench.loadgen import decode_ts
+from bench.generator.wire import decode_ts
 
 
 def pct(values: Iterable[float] | np.ndarray, q: float) -> float | None:
@@ -53,73 +53,93 @@ def analyse(merged: dict[bytes, dict[str, Any]], observers: int,
     event's first delivery. Events whose trigger is before ``skip_before`` (warm-up) are left
     out of latency figures but still checked for losses.
     """
-    by_key: dict[tuple[str, bool], list[int]] = {}
-    for username, online, t in triggers:
-        by_key.setdefault((username, bool(online)), []).append(t)
-    for times in by_key.values():
-        times.sort()
-    last_k, last_u, first_k, per_delivery = [], [], [], []
-    events = []
-    lost = duplicates = 0
-    incomplete_events = 0
-    matched_triggers: set[tuple[str, bool, int]] = set()
-    other_messages = 0
+    fanout = Fanout(observers, triggers, skip_before)
     for payload, entry in merged.items():
         meta = entry["meta"]
         if meta.get("type") != "presence" or meta.get("username") not in movers:
-            other_messages += int(entry["kts"].size)
+            fanout.other_messages += int(entry["kts"].size)
             continue
-        kts, uts = entry["kts"], entry["uts"]
+        fanout.add(payload, meta, entry["kts"], entry["uts"])
+    return fanout.result()
+
+
+class Fanout:
+    """The figures of ``analyse``, event by event."""
+
+    def __init__(self, observers: int, triggers: list[tuple[str, bool, int]],
+                 skip_before: int) -> None:
+        self.observers, self.triggers, self.skip_before = observers, triggers, skip_before
+        self.by_key: dict[tuple[str, bool], list[int]] = {}
+        for username, online, t in triggers:
+            self.by_key.setdefault((username, bool(online)), []).append(t)
+        for times in self.by_key.values():
+            times.sort()
+        self.last_k: list[float] = []
+        self.last_u: list[float] = []
+        self.first_k: list[float] = []
+        self.per_delivery: list[np.ndarray] = []
+        self.events: list[dict[str, Any]] = []
+        self.lost = self.duplicates = self.incomplete_events = self.other_messages = 0
+        self.matched_triggers: set[tuple[str, bool, int]] = set()
+
+    def add(self, payload: bytes, meta: dict[str, Any], kts: np.ndarray,
+            uts: np.ndarray) -> None:
+        """One presence event of a mover: its deliveries' kernel and user times."""
         count = int(kts.size)
-        if count < observers:
-            lost += observers - count
-            incomplete_events += 1
-        elif count > observers:
-            duplicates += count - observers
+        if count < self.observers:
+            self.lost += self.observers - count
+            self.incomplete_events += 1
+        elif count > self.observers:
+            self.duplicates += count - self.observers
         key = (meta["username"], bool(meta["online"]))
-        times = by_key.get(key, [])
+        times = self.by_key.get(key, [])
         first = int(kts.min())
         i = bisect.bisect_right(times, first) - 1
         if i < 0:
-            events.append({"username": key[0], "online": key[1], "count": count,
-                           "trigger": None})
-            continue
+            self.events.append({"username": key[0], "online": key[1], "count": count,
+                                "trigger": None})
+            return
         trigger = times[i]
-        matched_triggers.add((key[0], key[1], trigger))
-        if trigger < skip_before:
-            continue
+        self.matched_triggers.add((key[0], key[1], trigger))
+        if trigger < self.skip_before:
+            return
         lk = (int(kts.max()) - trigger) / 1e6
         lu = (int(uts.max()) - trigger) / 1e6
-        last_k.append(lk)
-        last_u.append(lu)
-        first_k.append((first - trigger) / 1e6)
-        per_delivery.append((kts - trigger) / 1e6)
-        events.append({"username": key[0], "online": key[1], "version": meta.get("version"),
-                       "count": count, "trigger": trigger, "last_ms": round(lk, 3),
-                       "last_user_ms": round(lu, 3), "first_ms": round((first - trigger) / 1e6, 3),
-                       "t_first": first, "t_last": int(kts.max()),
-                       "bytes": len(payload) + (2 if len(payload) < 126 else 4)})
-    unmatched = [t for t in triggers if (t[0], bool(t[1]), t[2]) not in matched_triggers
-                 and t[2] >= skip_before]
-    deliveries = np.concatenate(per_delivery) if per_delivery else np.zeros(0)
-    total_fanout_s = sum(last_k) / 1e3
-    measured_deliveries = int(deliveries.size)
-    return {
-        "events": len(last_k),
-        "observers": observers,
-        "last_observer_ms": summary_ms(last_k),
-        "last_observer_user_ms": summary_ms(last_u),
-        "first_observer_ms": summary_ms(first_k),
-        "per_delivery_ms": summary_ms(deliveries),
-        "deliveries": measured_deliveries,
-        "deliveries_per_s": round(measured_deliveries / total_fanout_s) if total_fanout_s else None,
-        "lost": lost,
-        "incomplete_events": incomplete_events,
-        "duplicates": duplicates,
-        "triggers_without_event": len(unmatched),
-        "other_messages": other_messages,
-        "event_list": sorted(events, key=lambda e: e.get("trigger") or 0),
-    }
+        self.last_k.append(lk)
+        self.last_u.append(lu)
+        self.first_k.append((first - trigger) / 1e6)
+        self.per_delivery.append((kts - trigger) / 1e6)
+        self.events.append({
+            "username": key[0], "online": key[1], "version": meta.get("version"),
+            "count": count, "trigger": trigger, "last_ms": round(lk, 3),
+            "last_user_ms": round(lu, 3), "first_ms": round((first - trigger) / 1e6, 3),
+            "t_first": first, "t_last": int(kts.max()),
+            "bytes": len(payload) + (2 if len(payload) < 126 else 4)})
+
+    def result(self) -> dict[str, Any]:
+        unmatched = [t for t in self.triggers
+                     if (t[0], bool(t[1]), t[2]) not in self.matched_triggers
+                     and t[2] >= self.skip_before]
+        deliveries = np.concatenate(self.per_delivery) if self.per_delivery else np.zeros(0)
+        total_fanout_s = sum(self.last_k) / 1e3
+        measured_deliveries = int(deliveries.size)
+        return {
+            "events": len(self.last_k),
+            "observers": self.observers,
+            "last_observer_ms": summary_ms(self.last_k),
+            "last_observer_user_ms": summary_ms(self.last_u),
+            "first_observer_ms": summary_ms(self.first_k),
+            "per_delivery_ms": summary_ms(deliveries),
+            "deliveries": measured_deliveries,
+            "deliveries_per_s": round(measured_deliveries / total_fanout_s)
+            if total_fanout_s else None,
+            "lost": self.lost,
+            "incomplete_events": self.incomplete_events,
+            "duplicates": self.duplicates,
+            "triggers_without_event": len(unmatched),
+            "other_messages": self.other_messages,
+            "event_list": sorted(self.events, key=lambda e: e.get("trigger") or 0),
+        }
 
 
 def ratio(ours: float | None, reference: float | None) -> float | None:

@@ -64,10 +64,19 @@ def plot_distinct(results: dict[str, Any], out: Path) -> None:
     churn = results["scenarios"].get("churn", {}).get("distinct", {})
     sizes = sorted(d["sizes"], key=int) if d.get("sizes") else [str(d["n"])]
     rows = [d["sizes"][n] for n in sizes] if d.get("sizes") else [d]
-    xs = [int(n) for n in sizes]
     panels = 2 if churn.get("series") else 1
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2), squeeze=False)
-    ax = axes[0][0]
+    _storm_panel(axes[0][0], [int(n) for n in sizes], rows)
+    if panels == 2:
+        _churn_panel(axes[0][1], churn)
+    _title(fig, results["meta"])
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _storm_panel(ax: Any, xs: list[int], rows: list[dict[str, Any]]) -> None:
     one = [r["one_user"]["seconds"] for r in rows]
     dis = [r["distinct"]["seconds"] for r in rows]
     conv = [r["distinct"]["converged_s"] for r in rows]
@@ -86,27 +95,23 @@ def plot_distinct(results: dict[str, Any], out: Path) -> None:
     ax.legend(fontsize=8)
     ax.set_ylim(bottom=0)
     ax.set_xlim(left=0, right=max(xs) * 1.1)
-    if panels == 2:
-        bx = axes[0][1]
-        series = churn["series"]
-        bx.plot(series["t_s"], series["last_ms"], ".", markersize=3, color="tab:blue",
-                label="each transition")
-        bx.axhline(250, linestyle=":", color="grey", label="target p95: 250 ms")
-        p95 = churn["last_viewer_ms"]["p95"]
-        if p95 is not None:
-            bx.axhline(p95, linestyle="--", color="tab:red", label=f"p95 {p95:.0f} ms")
-        bx.set_xlabel("seconds into the churn")
-        bx.set_ylabel("ms until the last viewer has it")
-        bx.set_title(f"Churn: {churn['rate']:.0f} transitions/s, {churn['n']:,} distinct "
-                     "users online")
-        bx.grid(alpha=0.3)
-        bx.legend(fontsize=8)
-        bx.set_ylim(bottom=0)
-    _title(fig, results["meta"])
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+
+
+def _churn_panel(bx: Any, churn: dict[str, Any]) -> None:
+    series = churn["series"]
+    bx.plot(series["t_s"], series["last_ms"], ".", markersize=3, color="tab:blue",
+            label="each transition")
+    bx.axhline(250, linestyle=":", color="grey", label="target p95: 250 ms")
+    p95 = churn["last_viewer_ms"]["p95"]
+    if p95 is not None:
+        bx.axhline(p95, linestyle="--", color="tab:red", label=f"p95 {p95:.0f} ms")
+    bx.set_xlabel("seconds into the churn")
+    bx.set_ylabel("ms until the last viewer has it")
+    bx.set_title(f"Churn: {churn['rate']:.0f} transitions/s, {churn['n']:,} distinct "
+                 "users online")
+    bx.grid(alpha=0.3)
+    bx.legend(fontsize=8)
+    bx.set_ylim(bottom=0)
 
 
 def plot(results: dict[str, Any], out: Path) -> None:

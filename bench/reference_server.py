@@ -104,8 +104,13 @@ async def main(port: int, address: str, backlog: int, ping_interval: float) -> N
     presence = Presence()
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
+
+    def stop_once() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, lambda: stop.done() or stop.set_result(None))
+        loop.add_signal_handler(signum, stop_once)
     async with serve(presence.handler, address, port, process_request=presence.health,
                      compression=None, max_size=64 * 1024, ping_interval=ping_interval,
                      ping_timeout=ping_interval,

@@ -1,6 +1,6 @@
 """Commands that drive ``bench.views`` in the load generator's worker processes:
 ``LoadGen.call(i, "viewcmds:<name>", ...)`` runs ``cmd_<name>(worker, ...)`` here
-(``Worker.handle`` resolves ``module:function``). Open views, follow their progress, check
+(``Worker.handler`` resolves ``module:name``). Open views, follow their progress, check
 their final views, time a churn phase, run movers."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.loadgen import _percentiles_ms
+from bench.generator.conncmds import percentiles_ms
 from bench.views import HIST_EDGES, OPEN, View, ViewGroup, time_ns
 
 
@@ -35,26 +35,22 @@ async def cmd_open(worker: Any, group: str, targets: list[tuple[str, int]],
     new = [View(g, loop, tuple(targets[(offset + j) % len(targets)]),  # type: ignore[arg-type]
                 headers[j], labels[j], full[j]) for j in range(len(headers))]
     g.conns.extend(new)
-    last = time.monotonic()
 
     async def one(view: View) -> None:
         ok = await view.connect(timeout, sem)
         if not ok:
             g.errors[view.error] += 1
 
-    pending = {loop.create_task(one(v)) for v in new}
-    while pending:
-        _done, pending = await asyncio.wait(pending, timeout=1.0)
-        if progress and time.monotonic() - last >= 1.0:
-            last = time.monotonic()
-            worker.reply(None, True, {"progress": "open", "worker": worker.index,
-                                      "group": group, "open": g.open_count, "of": len(g.conns)})
+    await worker.wait_reporting(
+        [loop.create_task(one(v)) for v in new],
+        (lambda: {"progress": "open", "worker": worker.index, "group": group,
+                  "open": g.open_count, "of": len(g.conns)}) if progress else None)
     ok = [v for v in new if v.snaps]
     return {"requested": len(new), "open": len(ok),
             "errors": dict(Counter(v.error for v in new if v.error and not v.snaps)),
             "t_first_send": min((v.t_first_send for v in new), default=0),
             "t_last_open": max((v.t_open for v in ok), default=0),
-            "handshake_ms": _percentiles_ms([(v.t_open - v.t_send) / 1e6 for v in ok]),
+            "handshake_ms": percentiles_ms([(v.t_open - v.t_send) / 1e6 for v in ok]),
             "deflate": sum(1 for v in ok if v.deflate)}
 
 
@@ -78,20 +74,13 @@ async def cmd_report(worker: Any, group: str, expect_online: list[str],
     expect = {name: True for name in expect_online}
     expect.update({name: False for name in expect_offline or []})
     results: Counter[str] = Counter()
-    redundant = 0
     wrong_examples: list[Any] = []
-    full_details: list[dict[str, Any]] = []
-    markers: set[bytes | None] = set()
-    for view in [v for v in g.conns if v.full and v.state == OPEN]:
-        status, details = view.check(expect, len(expect_online), None)
-        results[status] += 1
-        full_details.append(details)
-        markers.add(details["online_marker"])
-        if status == "lost":
-            wrong_examples.append({"view": view.label, **details})
+    full_details = _check_full(g, expect, len(expect_online), results, wrong_examples)
+    markers = {d["online_marker"] for d in full_details}
     # Count online rows with a byte count only if every decoded snapshot agreed with it.
     marker = markers.pop() if len(markers) == 1 else None
     raws = [d["raw"] for d in full_details]
+    redundant = 0
     for view in g.conns:
         if view.full and view.state == OPEN:
             continue
@@ -105,16 +94,33 @@ async def cmd_report(worker: Any, group: str, expect_online: list[str],
             raws.append(details["raw"])
         if status == "lost" and len(wrong_examples) < 5:
             wrong_examples.append({"view": view.label, "presence": view.conn_presence})
+    return {"views": len(g.conns), "full": sum(1 for v in g.conns if v.full),
+            "results": dict(results), "redundant_deliveries": redundant,
+            "wrong_examples": wrong_examples[:5],
+            "me_wrong": sum(1 for d in full_details if not d["me_ok"]),
+            "snapshot_raw_bytes": raws,
+            "snapshot_users": [d["users"] for d in full_details], **_figures(g)}
+
+
+def _check_full(g: ViewGroup, expect: dict[str, bool], users_total: int,
+                results: Counter[str], wrong_examples: list[Any]) -> list[dict[str, Any]]:
+    """The exact check of every open full view; their details."""
+    full_details: list[dict[str, Any]] = []
+    for view in [v for v in g.conns if v.full and v.state == OPEN]:
+        status, details = view.check(expect, users_total, None)
+        results[status] += 1
+        full_details.append(details)
+        if status == "lost":
+            wrong_examples.append({"view": view.label, **details})
+    return full_details
+
+
+def _figures(g: ViewGroup) -> dict[str, Any]:
+    """Per-view figures (lists, merged over the workers by the runner) and totals."""
     views = [v for v in g.conns if v.snaps]
     return {
-        "views": len(g.conns), "full": sum(1 for v in g.conns if v.full),
-        "results": dict(results), "redundant_deliveries": redundant,
-        "wrong_examples": wrong_examples[:5],
-        "me_wrong": sum(1 for d in full_details if not d["me_ok"]),
         "snapshot_wire_bytes": [v.snap_wire for v in views],
-        "snapshot_raw_bytes": raws,
         "snapshot_frames": [v.snap_frames for v in views],
-        "snapshot_users": [d["users"] for d in full_details],
         "compressed": sum(1 for v in views if v.snap_compressed),
         "bytes_per_view": [v.bytes_in for v in views],
         "frames_per_view": [v.frames for v in views],
@@ -229,57 +235,72 @@ async def cmd_churn(worker: Any, group: str, targets: list[tuple[str, int]],
     movers = [View(g, loop, tuple(targets[i % len(targets)]),  # type: ignore[arg-type]
                    headers[i], labels[i], False) for i in range(len(headers))]
     g.conns.extend(movers)
-    busy = [False] * len(movers)
-    triggers: list[tuple[str, bool, int]] = []
-    errors: Counter[str] = Counter()
-    skipped = 0
-    tasks: set[asyncio.Task[None]] = set()
+    churn = Churn(movers, timeout)
+    started = time_ns()
+    skipped, ticks = await churn.run(rate, duration)
+    if churn.tasks:
+        await asyncio.wait(list(churn.tasks), timeout=timeout * 2)
+    for i, view in enumerate(movers):  # everyone ends offline
+        if view.state == OPEN:
+            churn.busy[i] = True
+            await churn.toggle(i)
+    return {"triggers": churn.triggers, "errors": dict(churn.errors), "skipped": skipped,
+            "t_start": started, "t_end": time_ns(), "ticks": ticks}
 
-    async def toggle(i: int) -> None:
-        view = movers[i]
+
+class Churn:
+    """Movers toggling one at a time on a clock, each toggle a task of its own."""
+
+    def __init__(self, movers: list[View], timeout: float) -> None:
+        self.movers = movers
+        self.timeout = timeout
+        self.busy = [False] * len(movers)
+        self.triggers: list[tuple[str, bool, int]] = []
+        self.errors: Counter[str] = Counter()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self, rate: float, duration: float) -> tuple[int, int]:
+        """Every 1/rate s for ``duration`` s, toggle the next idle mover (none idle: a
+        skipped tick). Returns (skipped ticks, ticks)."""
+        loop = asyncio.get_running_loop()
+        movers, busy = self.movers, self.busy
+        skipped = 0
+        t0 = time.monotonic()
+        tick = cursor = 0
+        while time.monotonic() - t0 < duration:
+            delay = t0 + tick / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tick += 1
+            for step in range(len(movers)):
+                i = (cursor + step) % len(movers)
+                if not busy[i]:
+                    busy[i] = True
+                    cursor = i + 1
+                    task = loop.create_task(self.toggle(i))
+                    self.tasks.add(task)
+                    task.add_done_callback(self.tasks.discard)
+                    break
+            else:
+                skipped += 1
+        return skipped, tick
+
+    async def toggle(self, i: int) -> None:
+        """Mover ``i`` goes offline if it is online, online otherwise."""
+        view = self.movers[i]
         try:
             if view.state == OPEN:
                 view.dead = False
-                triggers.append((view.label, False, view.close()))
+                self.triggers.append((view.label, False, view.close()))
                 try:
-                    await asyncio.wait_for(asyncio.shield(view.closed), timeout)
+                    await asyncio.wait_for(asyncio.shield(view.closed), self.timeout)
                 except asyncio.TimeoutError:
-                    errors["close timeout"] += 1
+                    self.errors["close timeout"] += 1
                     view.abort()
                 view.dead = False
+            elif await view.connect(self.timeout):
+                self.triggers.append((view.label, True, view.t_send))
             else:
-                if await view.connect(timeout):
-                    triggers.append((view.label, True, view.t_send))
-                else:
-                    errors[view.error] += 1
+                self.errors[view.error] += 1
         finally:
-            busy[i] = False
-
-    started = time_ns()
-    t0 = time.monotonic()
-    tick = cursor = 0
-    while time.monotonic() - t0 < duration:
-        due = t0 + tick / rate
-        delay = due - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tick += 1
-        for step in range(len(movers)):
-            i = (cursor + step) % len(movers)
-            if not busy[i]:
-                busy[i] = True
-                cursor = i + 1
-                task = loop.create_task(toggle(i))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                break
-        else:
-            skipped += 1
-    if tasks:
-        await asyncio.wait(list(tasks), timeout=timeout * 2)
-    for i, view in enumerate(movers):  # everyone ends offline
-        if view.state == OPEN:
-            busy[i] = True
-            await toggle(i)
-    return {"triggers": triggers, "errors": dict(errors), "skipped": skipped,
-            "t_start": started, "t_end": time_ns(), "ticks": tick}
+            self.busy[i] = False

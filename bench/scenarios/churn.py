@@ -1,130 +1,134 @@
-"""Scenario ``churn`` with N distinct users online: movers (other distinct users) go online
-and offline at M transitions/s for a while; every viewer must receive every transition.
-
-Per-delivery timing without looking at every frame: every viewer of a deployment receives
-the same stream of events in the same order (one broker), so a viewer that has counted
-j+1 presence frames since the start of the phase has event j. Views note (kernel receive
-time, count) per read; the full views (a sample that parses every frame) give the stream
-itself, which is matched with the movers' triggers. Issue 8's target: p95 of the time until
-the last viewer has a transition <= 250 ms at 200/s for 30 s with 10,000 viewers."""
+"""Scenario ``churn``: with ``--churn-modes one``, M movers (distinct users) connect, wait for
+their snapshot and close, again and again, at once, while observers (sockets of one user)
+count every event, against every target; with ``distinct``, N distinct users online and
+movers at a fixed rate (``bench.scenarios.churn_distinct``, the app only). The churn phase
+here also fills the stalled client's buffers in ``slow``."""
 from __future__ import annotations
 
-import bisect
-import json
-from typing import Any
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-import numpy as np
+from bench.metrics import analyse, merge_events, ratio
+from bench.scenarios.cells import fmt
+from bench.scenarios.common import KINDS
+from bench.servers import Deployment, Probe
 
-from bench.scenarios.common import dist, open_views, report, view_options, wait_settled
-from bench.servers import Probe
-from bench.users import Seeder, usernames
-from bench.views import HIST_EDGES
+if TYPE_CHECKING:
+    from bench.runner import Runner
+
+Watch = Callable[["asyncio.Future[Any]"], Awaitable[Any]]
 
 
-def match_triggers(stream: list[bytes], first_kts: np.ndarray,
-                   triggers: list[tuple[str, bool, int]]) -> np.ndarray:
-    """Trigger time of each event: the mover's latest connect (or close) before the event
-    first reached anyone; 0 when there is none."""
-    by_key: dict[tuple[str, bool], list[int]] = {}
-    for name, online, t in triggers:
-        by_key.setdefault((name, bool(online)), []).append(t)
-    for times in by_key.values():
-        times.sort()
-    out = np.zeros(len(stream), dtype=np.int64)
-    for j, payload in enumerate(stream):
-        event = json.loads(payload)
-        times = by_key.get((event.get("username"), bool(event.get("online"))), [])
-        i = bisect.bisect_right(times, int(first_kts[j])) - 1
-        if i >= 0:
-            out[j] = times[i]
+async def run(runner: Runner) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "one" in runner.opts.churn_modes:
+        out = await run_one(runner)
+    if "distinct" in runner.opts.churn_modes and "app" in runner.opts.targets:
+        from bench.scenarios import churn_distinct  # numpy, the app's models: only if needed
+        out["distinct"] = await churn_distinct.run(runner)
     return out
 
 
-def hist_percentile(hist: np.ndarray, q: float) -> float | None:
-    total = int(hist.sum())
-    if not total:
-        return None
-    k = int(np.searchsorted(np.cumsum(hist), q / 100 * total))
-    return round(float(HIST_EDGES[min(k + 1, len(HIST_EDGES) - 1)]), 2)
-
-
-def summary(values: np.ndarray) -> dict[str, Any]:
-    if not values.size:
-        return {"p50": None, "p95": None, "p99": None, "max": None, "n": 0}
-    return {**{f"p{q}": round(float(np.percentile(values, q)), 2) for q in (50, 95, 99)},
-            "max": round(float(values.max()), 2), "n": int(values.size)}
-
-
-async def run_distinct(runner: Any) -> dict[str, Any]:
+async def run_one(runner: Runner) -> dict[str, Any]:
     o = runner.opts
-    n, movers, rate, seconds = o.dchurn_n, o.dchurn_movers, o.dchurn_rate, o.dchurn_seconds
-    viewers, mover_names = usernames("u", n), usernames("m", movers)
-    out: dict[str, Any] = {"n": n, "movers": movers, "rate": rate, "seconds": seconds,
-                           "processes": o.app_processes, "broker": o.broker,
-                           "database": o.database}
-    seeder = Seeder(viewers + mover_names)
-    lg = runner.lg
-    async with runner.deployment("app", seed=seeder) as dep:
-        r = await open_views(runner, dep, seeder.headers(viewers), viewers, "views",
-                             view_options(o), timeout=o.storm_timeout)
-        await wait_settled(runner, "views", timeout=o.storm_timeout)
-        runner.log(f"  {r['open']}/{n} distinct viewers online; {movers} movers churn at "
-                   f"{rate}/s for {seconds} s")
-        await lg.call_observers("viewcmds:mark", group="views")
-        probe = Probe(dep, runner.gen_cpu)
-        async with probe:
-            c = await lg.call(lg.mover, "viewcmds:churn", group="movers", targets=dep.targets,
-                              headers=seeder.headers(mover_names), labels=mover_names,
-                              rate=rate, duration=seconds, options=view_options(o))
-            settled = await wait_settled(runner, "views", timeout=120.0)
-        span = (c["t_end"] - c["t_start"]) / 1e9
-        streams = await lg.call_observers("viewcmds:stream", group="views")
-        stream = max((s["stream"] for s in streams), key=len)
-        mismatched = sum(s["mismatched"] for s in streams) + \
-            sum(1 for s in streams if s["stream"] and s["stream"] != stream)
-        first = np.full(len(stream), np.iinfo(np.int64).max, dtype=np.int64)
-        for s in streams:
-            if len(s["stream"]) == len(stream) and s["first_kts"]:
-                first = np.minimum(first, np.frombuffer(s["first_kts"], dtype=np.int64))
-        trig = match_triggers(stream, first, c["triggers"])
-        parts = await lg.call_observers("viewcmds:latency", group="views", events=len(stream),
-                                        triggers=trig.tobytes(), seconds=span)
-        rep = await report(runner, "views", viewers, mover_names, check_counts=False)
-    last = np.max([np.frombuffer(p["last"], dtype=np.int64) for p in parts], axis=0) \
-        if stream else np.zeros(0, dtype=np.int64)
-    have = np.sum([np.frombuffer(p["have"], dtype=np.int64) for p in parts], axis=0) \
-        if stream else np.zeros(0, dtype=np.int64)
-    hist = np.sum([np.frombuffer(p["hist"], dtype=np.int64) for p in parts], axis=0)
-    timed = (trig > 0) & (have > 0)
-    last_ms = (last[timed] - trig[timed]) / 1e6
-    lost = sum(p["lost"] for p in parts)
-    when = (trig[timed] - c["t_start"]) / 1e9
-    order = np.argsort(when)
-    out.update({
-        "viewers_open": r["open"], "viewer_errors": r["errors"],
-        "triggers": len(c["triggers"]), "events": len(stream),
-        "events_per_s": round(len(stream) / span, 1) if span else None,
-        "mover_errors": c["errors"], "skipped_ticks": c["skipped"],
-        "stream_mismatches": mismatched, "events_without_trigger": int((trig == 0).sum()),
-        "last_viewer_ms": summary(last_ms),
-        "per_delivery_ms": {f"p{q}": hist_percentile(hist, q) for q in (50, 95, 99)},
-        "lost": lost, "extra_deliveries": sum(p["extra"] for p in parts),
-        "incomplete_events": int((have < r["open"]).sum()),
-        "bytes_per_s_per_viewer": dist([x for p in parts for x in p["bytes_per_s"]]),
-        "frames_per_s_per_viewer": dist([x for p in parts for x in p["frames_per_s"]]),
-        "final_view": {"verified": rep["verified"], "lost": rep["results"].get("lost", 0),
-                       "closed": rep["results"].get("closed", 0)},
+    out: dict[str, Any] = {"n": o.churn_n, "movers": o.movers, "seconds": o.churn_seconds}
+    for kind in runner.targets():
+        async with runner.deployment(kind) as dep:
+            await runner.open_observers(dep, o.churn_n)
+            await runner.settle()
+            out[kind] = await phase(runner, dep, o.churn_n, o.movers, o.churn_seconds, kind)
+    if "app" in out and "reference" in out:
+        out["ratio_events_per_s"] = ratio(out["app"]["events_per_s"],
+                                          out["reference"]["events_per_s"])
+    return out
+
+
+async def phase(runner: Runner, dep: Deployment, observers: int, movers: int, seconds: float,
+                label: str, watch: Watch | None = None) -> dict[str, Any]:
+    """``movers`` users connect, wait for their snapshot, close, and again, at once."""
+    lg = runner.loadgen
+    headers = await dep.mover_headers(movers)
+    labels = [f"mover-{i}" for i in range(movers)]
+    probe = Probe(dep, runner.gen_cpu)
+    await probe.__aenter__()
+    task = asyncio.ensure_future(lg.call(lg.mover, "churn", group="churn",
+                                         targets=dep.targets[:1], headers=headers,
+                                         labels=labels, duration=seconds))
+    watched = None
+    if watch is not None:
+        watched = await watch(task)
+    r = await task
+    await drain(runner)
+    await probe.__aexit__(None, None, None)
+    parts = await lg.call_observers("events", group="obs", reset=True)
+    merged = merge_events(parts)
+    result = analyse(merged, observers, r["triggers"], set(labels))
+    ends = [e["t_last"] for e in result["event_list"] if e.get("t_last")]
+    span = (max(ends) - r["t_start"]) / 1e9 if ends else seconds
+    result.update({
+        "n": observers, "movers": movers, "seconds": seconds, "cycles": r["cycles"],
+        "mover_errors": r["errors"], "triggers": len(r["triggers"]),
+        "events_per_s": round(result["events"] / span, 1) if span else None,
+        "deliveries_per_s_sustained": round(result["deliveries"] / span) if span else None,
+        "movers_left_online": left_online(merged, set(labels)), "span_s": round(span, 2),
         "server_cpu_s": probe.result["server_cpu_s"],
         "generator_cpu_s": probe.result["generator_cpu_s"], "probe": probe.result,
-        "settled": settled["settled"], "span_s": round(span, 2),
-        # Per event, in trigger order: for the plot (bench.plot).
-        "series": {"t_s": [round(float(x), 3) for x in when[order]],
-                   "last_ms": [round(float(x), 2) for x in last_ms[order]]},
     })
-    out["lost"] += out["final_view"]["lost"] + out["final_view"]["closed"]
-    s = out["last_viewer_ms"]
-    runner.log(f"  {len(stream)} transitions to {r['open']} distinct viewers: last viewer "
-               f"p50 {s['p50']} / p95 {s['p95']} / p99 {s['p99']} ms; lost {out['lost']}; "
-               f"{out['frames_per_s_per_viewer']['mean']} frames/s and "
-               f"{out['bytes_per_s_per_viewer']['mean']} B/s per viewer")
-    return out
+    if watched is not None:
+        result["watch"] = watched
+    s = result["last_observer_ms"]
+    runner.log(f"  {label}: {result['events']} events in {span:.1f} s = "
+               f"{result['events_per_s']} events/s to {observers} observers; last observer "
+               f"p95 {s['p95']} ms; lost {result['lost']}")
+    return result
+
+
+async def drain(runner: Runner) -> None:
+    """Let the last events reach everyone: until deliveries stop growing (at most 60 s)."""
+    last, still = -1, 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        counts = await runner.loadgen.call_observers("counts", group="obs")
+        total = sum(c["deliveries"] for c in counts)
+        still = still + 1 if total == last else 0
+        if still >= (2 if runner.opts.quick else 4):
+            break
+        last = total
+        await asyncio.sleep(0.25)
+
+
+def left_online(merged: dict[bytes, dict[str, Any]], movers: set[str]) -> int:
+    """Movers whose latest event (by version) says online: there must be none."""
+    by_user: dict[str, dict[str, Any]] = {}
+    for entry in merged.values():
+        meta = entry["meta"]
+        if meta.get("type") == "presence" and meta.get("username") in movers:
+            best = by_user.get(meta["username"])
+            if best is None or meta.get("version", 0) > best.get("version", 0):
+                by_user[meta["username"]] = meta
+    return sum(1 for meta in by_user.values() if meta.get("online"))
+
+
+def render(results: dict[str, Any]) -> list[str]:
+    churn = results["scenarios"].get("churn")
+    if not churn or "error" in churn or "movers" not in churn:
+        return []
+    lines = [f"## Churn ({churn['movers']} movers at once for {churn['seconds']} s, "
+             f"{churn['n']} observers)", "",
+             "| server | events/s | deliveries/s | events | lost | last observer p50 / "
+             "p95 ms | movers left online | server CPU s | generator CPU s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for kind in KINDS:
+        if kind in churn:
+            c = churn[kind]
+            s = c["last_observer_ms"]
+            lines.append(f"| {kind} | {fmt(c['events_per_s'])} | "
+                         f"{fmt(c['deliveries_per_s_sustained'])} | {c['events']} | "
+                         f"{c['lost']} | {fmt(s['p50'])} / {fmt(s['p95'])} | "
+                         f"{c['movers_left_online']} | {fmt(c['server_cpu_s'])} | "
+                         f"{fmt(c['generator_cpu_s'])} |")
+    if "ratio_events_per_s" in churn:
+        lines.append(f"| ratio | {fmt(churn['ratio_events_per_s'])} | | | | | | | |")
+    lines.append("")
+    return lines

@@ -1,5 +1,6 @@
-"""What the distinct-user scenarios share: opening page-like views over the generator's
-processes, waiting for the presence traffic to settle, merging per-worker reports."""
+"""What the scenarios share: the servers they run against, a target of the report; for the
+distinct-user scenarios, opening page-like views over the generator's processes, waiting
+for the presence traffic to settle, merging per-worker reports."""
 from __future__ import annotations
 
 import asyncio
@@ -7,11 +8,22 @@ import json
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bench.servers import Deployment
+
+if TYPE_CHECKING:
+    from bench.runner import Runner
+
+KINDS = ("app", "reference", "picows")  # ratios stay relative to "reference" (websockets)
+
+
+def target(name: str, value: Any, limit: str, met: bool | None,
+           detail: str = "") -> dict[str, Any]:
+    """One row of the report's targets table (BENCHMARKS.md, Summary, lists the targets)."""
+    return {"target": name, "value": value, "limit": limit, "met": met, "detail": detail}
 
 
 def dist(values: list[float]) -> dict[str, Any]:
@@ -38,12 +50,12 @@ def full_flags(count: int, sample: int) -> list[bool]:
     return [j % every == 0 for j in range(count)]
 
 
-async def open_views(runner: Any, dep: Deployment, headers: list[dict[str, str]],
+async def open_views(runner: Runner, dep: Deployment, headers: list[dict[str, str]],
                      labels: list[str], group: str, options: dict[str, Any],
                      timeout: float = 120.0) -> dict[str, Any]:
     """Open one view per ``headers`` entry, spread over the observer processes (view j of
     the whole list goes to target j % targets), ``--concurrency`` handshakes in flight."""
-    lg, o = runner.lg, runner.opts
+    lg, o = runner.loadgen, runner.opts
     count = len(headers)
     full = full_flags(count, o.verify_sample)
     workers = list(lg.observers)
@@ -70,8 +82,8 @@ async def open_views(runner: Any, dep: Deployment, headers: list[dict[str, str]]
             "handshake_ms_by_worker": [r["handshake_ms"] for r in results]}
 
 
-async def counts(runner: Any, group: str, since: int = 0) -> dict[str, Any]:
-    parts = await runner.lg.call_observers("viewcmds:counts", group=group, since=since)
+async def counts(runner: Runner, group: str, since: int = 0) -> dict[str, Any]:
+    parts = await runner.loadgen.call_observers("viewcmds:counts", group=group, since=since)
     return {"open": sum(p["open"] for p in parts), "presence": sum(p["presence"] for p in parts),
             "bytes": sum(p["bytes"] for p in parts), "fresh": sum(p["fresh"] for p in parts),
             "t_last_fresh": max(p["t_last_fresh"] for p in parts),
@@ -79,7 +91,7 @@ async def counts(runner: Any, group: str, since: int = 0) -> dict[str, Any]:
             "attempts": sum(p["attempts"] for p in parts)}
 
 
-async def wait_settled(runner: Any, group: str, timeout: float,
+async def wait_settled(runner: Runner, group: str, timeout: float,
                        quiet_s: float = 1.0) -> dict[str, Any]:
     """Until no view has received a presence event or a snapshot for ``quiet_s`` (or
     ``timeout`` s). Not "no byte at all": the app's protocol pings (every 20 s per socket)
@@ -101,14 +113,14 @@ async def wait_settled(runner: Any, group: str, timeout: float,
     return c
 
 
-async def report(runner: Any, group: str, expect_online: list[str],
+async def report(runner: Runner, group: str, expect_online: list[str],
                  expect_offline: list[str] | None = None,
                  check_counts: bool = True) -> dict[str, Any]:
     """Every observer process's ``viewcmds:report``, merged."""
-    parts = await runner.lg.call_observers("viewcmds:report", group=group,
-                                           expect_online=expect_online,
-                                           expect_offline=expect_offline or [],
-                                           check_counts=check_counts)
+    parts = await runner.loadgen.call_observers("viewcmds:report", group=group,
+                                                expect_online=expect_online,
+                                                expect_offline=expect_offline or [],
+                                                check_counts=check_counts)
     merged: dict[str, Any] = {"results": {}, "wrong_examples": [], "close_codes": {},
                               "view_errors": {}}
     for part in parts:
