@@ -5,13 +5,18 @@ import http.client
 import json
 import logging
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import tornado.web
 from markupsafe import Markup
 
 from handlers.xsrf import SessionXsrfMixin
+from presence_app.accounts.auth import AuthService
+from presence_app.accounts.errors import (
+    FieldTooLong, InvalidCredentials, InvalidUsername, LoginThrottled, PasswordHasNul,
+    PasswordMismatch, PasswordTooLong, PasswordTooShort, UsernameTaken,
+)
 from presence_app.accounts.service import AccountService, SessionUser
 from presence_app.db.database import DatabaseWriteError
 from presence_app.runtime.inflight import RequestScope
@@ -34,14 +39,35 @@ SECURITY_HEADERS = {
 #: A form field that is not UTF-8: the answer names the field, never echoes its bytes (it may
 #: be a password), unlike Tornado's "Invalid unicode in password: b'...'".
 INVALID_TEXT = "A form field is not valid UTF-8 text."
-#: Service errors that are not bugs, as (status, message shown); the rest is a plain 500.
-SERVICE_ERRORS: dict[type[Exception], tuple[int, str]] = {
-    DatabaseWriteError: (503, "The server cannot save anything right now, so this did not "
-                              "happen. Please try again in a moment."),
-    ShuttingDown: (503, "The server is restarting, so this did not happen. Please try again "
-                        "in a moment."),
-    HashingBusy: (429, "Too many password checks from your address are waiting. Please try "
-                       "again in a moment."),
+
+
+class Answer(NamedTuple):
+    """How the web answers one kind of service error."""
+    status: int
+    message: str | None = None  # None: the error's own words (written for the user)
+
+
+#: THE table from every error a service raises on purpose (not a bug) to its HTTP answer;
+#: anything else is a plain 500. The domain never names a status: this is where it is chosen.
+#: Sign-up and login errors show the form again with this status (``render_refusal``); the
+#: rest an error page or JSON (``write_error``). ``Retry-After`` comes from an error's
+#: ``retry_after`` (seconds), or is RETRY_AFTER for a 503.
+SERVICE_ERRORS: dict[type[Exception], Answer] = {
+    FieldTooLong: Answer(400),
+    InvalidUsername: Answer(400),
+    PasswordTooShort: Answer(400),
+    PasswordTooLong: Answer(400),
+    PasswordHasNul: Answer(400),
+    PasswordMismatch: Answer(400),
+    UsernameTaken: Answer(409),
+    InvalidCredentials: Answer(401),
+    LoginThrottled: Answer(429),
+    DatabaseWriteError: Answer(503, "The server cannot save anything right now, so this did "
+                                    "not happen. Please try again in a moment."),
+    ShuttingDown: Answer(503, "The server is restarting, so this did not happen. Please try "
+                              "again in a moment."),
+    HashingBusy: Answer(429, "Too many password checks from your address are waiting. Please "
+                             "try again in a moment."),
 }
 
 #: Seconds a client is told to wait (``Retry-After``) after a 503 of SERVICE_ERRORS.
@@ -60,7 +86,7 @@ def service_error(exc: BaseException | None) -> tuple[int, str] | None:
     """The (status, message) of a known service error, None for anything else."""
     for kind, answer in SERVICE_ERRORS.items():
         if isinstance(exc, kind):
-            return answer
+            return answer.status, answer.message or str(exc)
     return None
 
 
@@ -87,6 +113,10 @@ class SessionMixin:
     @property
     def accounts(self) -> AccountService:
         return self.services.accounts
+
+    @property
+    def auth(self) -> AuthService:
+        return self.services.auth
 
     @property
     def presence(self) -> PresenceService:
@@ -163,6 +193,19 @@ class BaseHandler(SessionMixin, SessionXsrfMixin, tornado.web.RequestHandler):
         namespace.update(kwargs)
         return template.render(**namespace).encode("utf-8")
 
+    def render_refusal(self, template_name: str, error: Exception, **kwargs: Any) -> None:
+        """The form again, with the status and words SERVICE_ERRORS gives ``error`` and its
+        ``Retry-After`` if it has one (a throttled login)."""
+        known = service_error(error)
+        if known is None:  # not a refusal but a bug: a 500 as usual
+            raise error
+        status, message = known
+        self.set_status(status)
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None:
+            self.set_header("Retry-After", str(retry_after))
+        self.render(template_name, error=message, **kwargs)
+
     def wants_json(self) -> bool:
         return self.request.path.startswith(("/api/", "/healthz"))
 
@@ -192,8 +235,9 @@ class BaseHandler(SessionMixin, SessionXsrfMixin, tornado.web.RequestHandler):
         if known is not None:
             status_code, reason = known
             self.set_status(status_code)
-        if isinstance(exc, HashingBusy):
-            self.set_header("Retry-After", str(exc.retry_after))
+        retry_after = getattr(exc, "retry_after", None) if known else None  # HashingBusy's
+        if retry_after is not None:
+            self.set_header("Retry-After", str(retry_after))
         elif status_code == 503:
             self.set_header("Retry-After", str(RETRY_AFTER))
         if self.wants_json():

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
+from presence_app.accounts.auth import AuthService
 from presence_app.accounts.service import AccountService
 from presence_app.backends.broker import Broker, LocalBroker, RedisBroker, make_broker
 from presence_app.config import Settings
@@ -42,6 +43,7 @@ class Services:
     sync: PresenceSync
     ledger: OnlineLedger
     throttle: Throttle
+    auth: AuthService  # the sign-up and login use cases
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     #: Open WebSockets per user and per address (the caps are off unless configured).
     caps: SocketCaps = field(default_factory=lambda: SocketCaps(0, 0))
@@ -149,9 +151,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         tasks.append(asyncio.create_task(
             db.run_write_probe(settings.node_id, settings.write_probe_interval)))
         throttle = make_throttle(broker, settings)
+        auth = AuthService(accounts, throttle, presence)
         services = Services(settings, db, accounts, broker, presence, sync, ledger, throttle,
-                            tasks, SocketCaps(settings.max_sockets_per_user,
-                                              settings.max_sockets_per_address),
+                            auth, tasks, SocketCaps(settings.max_sockets_per_user,
+                                                    settings.max_sockets_per_address),
                             metrics=Metrics(settings.metrics_address))
         services.metrics.watch(services)
         log.info("Services ready: node %s, database %s, broker %s", settings.node_id,

@@ -234,3 +234,61 @@ def test_the_layer_checker_catches_upward_imports(unit, snippet):
 ])
 def test_the_layer_checker_allows_downward_imports(unit, snippet):
     assert layer_violations(unit, snippet) == []
+
+
+# --- No HTTP in the domain --------------------------------------------------------------------
+# The domain says what went wrong (typed errors); only the web layer picks an HTTP status, in
+# one table (handlers/base.py SERVICE_ERRORS). The scripted client, an HTTP client, is exempt.
+SPEAKS_HTTP = {"client"}
+STATUS_NAMES = {"status", "status_code", "http_status"}
+
+
+def http_leaks(source: str) -> list[str]:
+    """Imports of ``http`` (``HTTPStatus``, ``http.client.responses``), and status attributes
+    or fields of classes (``self.status = 409``, ``status_code: int``, ``Error(status=...)``)."""
+    found = [f"import {m}" for m in violations(imported_modules(source), ("http",))]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef):
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.Attribute) and isinstance(inner.ctx, ast.Store) \
+                        and inner.attr in STATUS_NAMES:
+                    found.append(f"{node.name}: attribute {inner.attr}")
+            for statement in node.body:
+                targets = (statement.targets if isinstance(statement, ast.Assign) else
+                           [statement.target] if isinstance(statement, ast.AnnAssign) else [])
+                found += [f"{node.name}: field {t.id}" for t in targets
+                          if isinstance(t, ast.Name) and t.id in STATUS_NAMES]
+        elif isinstance(node, ast.Call):
+            found += [f"argument {k.arg}=" for k in node.keywords if k.arg in STATUS_NAMES]
+    return found
+
+
+@pytest.mark.parametrize("path", [p for p, unit in sorted(units_on_disk().items())
+                                  if unit not in SPEAKS_HTTP],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_domain_names_no_http_status(path):
+    assert http_leaks(path.read_text()) == []
+
+
+@pytest.mark.parametrize("snippet", [
+    "import http",
+    "from http import HTTPStatus",
+    "import http.client",
+    "class E(Exception):\n    def __init__(self, status):\n        self.status = status\n",
+    "class E(Exception):\n    status_code: int = 400\n",
+    "class E(Exception):\n    http_status = 409\n",
+    "raise AccountError('taken', status=409)",
+])
+def test_the_http_checker_catches_statuses(snippet):
+    assert http_leaks(snippet)
+
+
+@pytest.mark.parametrize("snippet", [
+    "class E(Exception):\n    def __init__(self, wait):\n        self.retry_after = wait\n",
+    "body = {'status': 'ok'}",
+    "def status(user):\n    return 'active'\n",
+    "import httpx_like",
+    "CLOSE_SESSION_ENDED = 4001",
+])
+def test_the_http_checker_allows_the_rest(snippet):
+    assert http_leaks(snippet) == []

@@ -19,9 +19,8 @@ from typing import Any, Callable
 
 import bcrypt
 
+from presence_app.accounts.fields import MAX_PASSWORD_BYTES
 from presence_app.runtime.inflight import RequestScope, current_scope
-
-MAX_PASSWORD_BYTES = 72  # bcrypt's limit; bcrypt 5 raises ValueError past it
 
 
 class HashingBusy(Exception):

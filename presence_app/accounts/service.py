@@ -1,10 +1,10 @@
-"""Accounts and server-side sessions: sign-up, login, opaque revocable session tokens."""
+"""Accounts and server-side sessions: the stored accounts, password checks, opaque revocable
+session tokens and their cache. The sign-up and login use cases are in ``auth.py``."""
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import hashlib
-import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -14,27 +14,17 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from presence_app.accounts.errors import UsernameTaken
+from presence_app.accounts.fields import check_new_password, check_username, possible_username
+from presence_app.accounts.passwords import PasswordHasher
 from presence_app.db.database import Database, Session, User, aware, utcnow
-from presence_app.accounts.passwords import MAX_PASSWORD_BYTES, PasswordHasher
 
-USERNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{3,32}$")
-MIN_PASSWORD_CHARS = 8
-LOGIN_FAILED = "Wrong username or password."
 SESSION_CACHE_SECONDS = 2.0
 #: Session lookups that wait together are answered by one query of at most this many tokens.
 SESSION_BATCH = 500
 #: Sessions, users revoked and remembered so that a lookup already running cannot resurrect
 #: them in the cache; past this many, the oldest are forgotten.
 MAX_REVOKED = 10_000
-
-
-class AccountError(Exception):
-    """A sign-up or login problem the user can fix; ``status`` is the HTTP status to answer."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -64,24 +54,6 @@ class UserRecord:
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def check_username(username: str) -> str:
-    if not USERNAME_RE.fullmatch(username):  # match() lets "name\n" through
-        raise AccountError(400, "Usernames are 3-32 characters: letters, digits, _ . or -.")
-    return username
-
-
-def check_new_password(password: str, confirm: str) -> str:
-    if len(password) < MIN_PASSWORD_CHARS:
-        raise AccountError(400, f"Passwords need at least {MIN_PASSWORD_CHARS} characters.")
-    if len(password.encode("utf-8", "surrogatepass")) > MAX_PASSWORD_BYTES:
-        raise AccountError(400, f"Passwords can be at most {MAX_PASSWORD_BYTES} bytes long.")
-    if "\x00" in password:
-        raise AccountError(400, "Passwords cannot contain NUL characters.")
-    if password != confirm:
-        raise AccountError(400, "The two passwords do not match.")
-    return password
 
 
 class AccountService:
@@ -145,56 +117,52 @@ class AccountService:
         raced the revocation must not stay open)."""
         return session_id in self._revoked
 
-    # -- sign-up, login, sessions ---------------------------------------------------------------
-    async def _check_free(self, key: str) -> None:
+    # -- accounts, passwords, sessions -----------------------------------------------------
+    async def _new_account(self, username: str, password: str, confirm: str) -> User:
+        """A checked, hashed, not yet written account (the one bcrypt of a sign-up)."""
+        check_username(username)
+        check_new_password(password, confirm)
+        key = username.lower()
         async with self.db.read() as session:
             taken = await session.scalar(select(User.id).where(User.username_key == key))
         if taken is not None:
-            raise AccountError(409, "That username is taken.")
-
-    async def signup(self, username: str, password: str, confirm: str) -> UserRecord:
-        """An account without a session (see ``register`` for the sign-up form)."""
-        check_username(username)
-        check_new_password(password, confirm)
-        key = username.lower()
-        await self._check_free(key)
+            raise UsernameTaken()
         hashed = await self.hasher.hash(password)
+        return User(username=username, username_key=key, password_hash=hashed)
+
+    async def create_user(self, username: str, password: str, confirm: str) -> UserRecord:
+        """An account without a session (``presence users add``)."""
+        user = await self._new_account(username, password, confirm)
         try:
             async with self.db.write() as session:
-                session.add(User(username=username, username_key=key, password_hash=hashed))
+                session.add(user)
         except IntegrityError:  # a simultaneous sign-up of the same name won the race
-            raise AccountError(409, "That username is taken.") from None
+            raise UsernameTaken() from None
         return UserRecord(username, None)
 
-    async def register(self, username: str, password: str, confirm: str,
-                       replaces: str | None = None) -> NewSession:
-        """Sign-up and its first session: one bcrypt, and one write transaction, so the
-        account and its session exist together or not at all. ``replaces`` (the token the
-        browser presented) is revoked, as at login."""
-        check_username(username)
-        check_new_password(password, confirm)
-        key = username.lower()
-        await self._check_free(key)
-        hashed = await self.hasher.hash(password)
+    async def create_user_with_session(self, username: str, password: str, confirm: str,
+                                       replaces: str | None = None) -> NewSession:
+        """An account and its first session in one write transaction: both exist or neither.
+        ``replaces`` (the token the browser presented) is revoked, as at login."""
+        user = await self._new_account(username, password, confirm)
         token = secrets.token_urlsafe(32)
         try:
             async with self.db.write() as session:
-                user = User(username=username, username_key=key, password_hash=hashed)
                 session.add(user)
                 await session.flush()  # assigns user.id for the session row
                 revoked = await self._delete_session(session, replaces)
                 expires = self._add_session(session, user.id, token)
         except IntegrityError:  # a simultaneous sign-up of the same name won the race
-            raise AccountError(409, "That username is taken.") from None
+            raise UsernameTaken() from None
         if revoked:
             self.forget(revoked)
         return NewSession(SessionUser(user.id, username, token_hash(token), expires),
                           token, revoked)
 
     async def authenticate(self, username: str, password: str) -> SessionUser | None:
-        """The user if the password matches, else None (same work either way)."""
+        """The user if the password matches, else None (the same bcrypt work either way)."""
         user = None
-        if len(username) <= 64:
+        if possible_username(username):
             async with self.db.read() as session:
                 user = await session.scalar(
                     select(User).where(User.username_key == username.lower()))
@@ -216,10 +184,6 @@ class AccountService:
             self.forget(revoked)
         return NewSession(SessionUser(user.user_id, user.username, token_hash(token), expires),
                           token, revoked)
-
-    async def start_session(self, user: SessionUser, replaces: str | None = None) -> str:
-        """``open_session``'s token (the caller closes no sockets: prefer ``open_session``)."""
-        return (await self.open_session(user, replaces)).token
 
     def _add_session(self, session: AsyncSession, user_id: int, token: str) -> dt.datetime:
         now = utcnow()

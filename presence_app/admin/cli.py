@@ -20,7 +20,8 @@ import os
 import sys
 from typing import Callable, Sequence, TextIO
 
-from presence_app.accounts.service import AccountError, AccountService
+from presence_app.accounts.errors import AccountError, UsernameTaken
+from presence_app.accounts.service import AccountService
 from presence_app.config import ConfigError, Settings, make_parser, settings_from_args
 from presence_app.db.database import Database
 from presence_app.accounts.passwords import PasswordHasher
@@ -165,9 +166,9 @@ async def run_users(settings: Settings, action: str, name: str, password: str,
     except UserNotFound as exc:
         print(f"error: {exc}", file=err)
         return FAILED
-    except AccountError as exc:
-        print(f"error: {exc.message}", file=err)
-        return FAILED if exc.status == 409 else USAGE
+    except AccountError as exc:  # the words the sign-up page would show
+        print(f"error: {exc}", file=err)
+        return FAILED if isinstance(exc, UsernameTaken) else USAGE
     except Exception as exc:  # unreachable database, Redis failing mid-way: one clear line
         print(f"error: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}", file=err)
         return FAILED

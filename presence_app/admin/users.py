@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import delete, func, select, update
 
-from presence_app.accounts.service import (
-    AccountError, AccountService, check_new_password, check_username,
-)
+from presence_app.accounts.errors import InvalidUsername
+from presence_app.accounts.fields import check_new_password, check_username
+from presence_app.accounts.service import AccountService
 from presence_app.backends.broker import Broker
 from presence_app.db.database import Database, Session, User, aware, utcnow
 from presence_app.live.presence import user_removed_message, user_sessions_ended_message
@@ -79,8 +79,8 @@ class UserAdmin:
                          aware(r.disabled_at), int(r.sessions)) for r in rows]
 
     async def add(self, username: str, password: str) -> str:
-        """Create an account (the sign-up rules apply; ``AccountError`` otherwise)."""
-        record = await self.accounts.signup(username, password, password)
+        """Create an account (the sign-up rules apply: an ``AccountError`` otherwise)."""
+        record = await self.accounts.create_user(username, password, password)
         if self.store is not None:
             await self.store.announce(record.username)  # appears live, as after a sign-up
         return record.username
@@ -142,5 +142,5 @@ def check_username_or_missing(username: str) -> None:
     """A name no account can have is simply not found (no query needed)."""
     try:
         check_username(username)
-    except AccountError:
+    except InvalidUsername:
         raise UserNotFound(username) from None

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from presence_app.admin import cli as admin
-from presence_app.accounts.service import LOGIN_FAILED
+from presence_app.accounts.errors import LOGIN_FAILED
 from presence_app.config import Settings
 from presence_app.live.presence import CLOSE_SESSION_ENDED
 from presence_app.live.sync import DATABASE_CHECK_INTERVAL

@@ -16,10 +16,11 @@ from tornado.httpclient import AsyncHTTPClient
 
 from presence_app.client import PresenceClient
 from presence_app.config import Settings
+from presence_app.accounts.fields import MAX_INPUT_CHARS
 from presence_app.backends.throttle import LoginThrottle
 from tests.conftest import PASSWORD
 
-LONG = "x" * 1025  # over the handlers' 1,024-character field limit: skips bcrypt entirely
+LONG = "x" * (MAX_INPUT_CHARS + 1)  # over the limit of any login field: skips bcrypt entirely
 
 
 @pytest.fixture
@@ -159,7 +160,7 @@ async def test_over_long_fields_count_and_a_spray_over_http_keeps_the_lock(
     for password in (LONG, "wrong password", LONG):  # over-long passwords count as failures
         assert (await client.login("alice", password, check=False)).code == 401
     assert (await client.login("alice", PASSWORD, check=False)).code == 429
-    for i in range(3):  # and so do over-long names (counted by their first 64 characters)
+    for i in range(3):  # and so do over-long names (counted by a clipped name)
         assert (await client.login("bob" + LONG, PASSWORD, check=False)).code == 401
     assert (await client.login("bob" + LONG, PASSWORD, check=False)).code == 429
     for i in range(60):  # 3x the table: cheap failures that skip bcrypt

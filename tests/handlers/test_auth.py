@@ -12,7 +12,7 @@ import tornado.web
 from sqlalchemy import select, update
 
 from handlers.base import SESSION_COOKIE
-from presence_app.accounts.service import AccountError, LOGIN_FAILED
+from presence_app.accounts.errors import LOGIN_FAILED, InvalidUsername, PasswordHasNul
 from presence_app.client import ClientError
 from presence_app.db.database import Session, User
 from tests.conftest import PASSWORD
@@ -132,14 +132,13 @@ async def test_simultaneous_signups_of_one_name(make_client, services):
 
 
 @pytest.mark.gen_test
-@pytest.mark.parametrize("username,password", [
-    ("mallory\n", PASSWORD),  # ``$`` in a regex also matches before a final newline
-    ("mallory", PASSWORD + "\x00"),  # forms turn NUL into a space; other callers may not
+@pytest.mark.parametrize("username,password,error", [
+    ("mallory\n", PASSWORD, InvalidUsername),  # ``$`` in a regex also matches before a final \n
+    ("mallory", PASSWORD + "\x00", PasswordHasNul),  # forms turn NUL into a space; others may not
 ])
-async def test_signup_service_rejects(services, username, password):
-    with pytest.raises(AccountError) as info:
-        await services.accounts.signup(username, password, password)
-    assert info.value.status == 400
+async def test_signup_service_rejects(services, username, password, error):
+    with pytest.raises(error):
+        await services.accounts.create_user(username, password, password)
     assert await services.accounts.all_users() == []
 
 

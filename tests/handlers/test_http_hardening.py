@@ -13,7 +13,7 @@ import pytest
 
 from handlers.base import SECURITY_HEADERS, SESSION_COOKIE
 from handlers.xsrf import XSRF_COOKIE, make_token
-from presence_app.accounts.service import LOGIN_FAILED
+from presence_app.accounts.errors import LOGIN_FAILED
 from tests.conftest import PASSWORD
 from tests.test_run import Server, free_port
 
