@@ -19,9 +19,10 @@ from typing import Any, Iterator
 
 import pytest
 
+from tests.support.databases import sqlite_url
 from tests.support.waiting import wait_until
 
-from .crowd import Crowd, seed, session_cookie, sqlite_url
+from .crowd import Crowd, seed, session_cookie
 from .helpers import PASSWORD, AppServer, expect, fill_login, wait_live
 from .rawchrome import RawChromium
 
