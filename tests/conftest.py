@@ -4,6 +4,10 @@ server (pytest-tornado) -> clients (the shared ``presence_app.client``).
 Every test body runs over SQLite and PostgreSQL, and over the in-process and Redis brokers.
 Real services only: the machine's PostgreSQL (a database made for this run) and Redis (a
 key prefix per test).
+
+Real processes: ``app_process`` starts ``python run.py``; ``real_redis_url`` is the machine's
+Redis for tests that need it once (the cluster and e2e suites take it instead of the
+parametrised ``redis_url``). The harness behind them is tests/support, shared with bench.
 """
 from __future__ import annotations
 
@@ -20,7 +24,6 @@ from tests.support.databases import (
     app_url, create_database, drop_app_tables, drop_database, postgres_url, sqlite_url,
 )
 from tests.support.env import IN_CI, PG_DSN, REDIS_URL, unavailable
-from tests.support.nginx import nginx_binary
 from tests.support.redis import drop_keys, ping
 from tests.support.waiting import run_blocking
 
@@ -182,4 +185,4 @@ def app_process(tmp_path: Path) -> Iterator[Callable[..., AppProcess]]:
 
 
 # Names other test modules import from here (the values live in tests.support).
-__all__ = ["PASSWORD", "PG_DSN", "REDIS_URL", "IN_CI", "unavailable", "nginx_binary"]
+__all__ = ["PASSWORD", "REDIS_URL", "IN_CI", "unavailable"]
