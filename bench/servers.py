@@ -1,21 +1,18 @@
 """Processes the runner starts and always stops: app processes, the reference server, a
-database created and dropped for the run, a Redis key prefix deleted at the end."""
+database created and dropped for the run, a Redis key prefix deleted at the end.
+
+Starting, readiness and stopping are the tests' harness (tests/support), so a benchmark
+runs the app exactly as the test suites do; what is here is what only bench needs
+(deployments of several processes, CPU and kernel counters)."""
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import json
-import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -23,109 +20,23 @@ from typing import Any, Awaitable, Callable
 import psutil
 
 from bench import gcprobe
+from tests.support.apps import AppProcess
+from tests.support.databases import create_database, drop_database, postgres_url, sqlite_url
+from tests.support.env import ROOT
+from tests.support.http import http_json
+from tests.support.ports import free_port
+from tests.support.processes import ServerProcess, reap
+from tests.support.redis import drop_keys
 
-ROOT = Path(__file__).resolve().parent.parent
-READY = re.compile(rb"(Presence is running|Reference server running) at (http://\S+?)/? ")
 REFERENCE_SERVERS = {"reference": "reference_server.py", "picows": "picows_server.py"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """PR_SET_PDEATHSIG: the child gets SIGTERM if the runner dies without cleaning up."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-    except OSError:
-        pass
-
-
-def http_json(url: str, timeout: float = 3.0) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            return exc.code, json.loads(exc.read() or b"null")
-        except ValueError:
-            return exc.code, None
-
-
-class ServerProcess:
-    """One server process with its output in a log file; ready when it prints its banner."""
-
-    def __init__(self, name: str, args: list[str], log_path: Path) -> None:
-        self.name = name
-        self.args = args
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-
-    async def start(self, timeout: float = 30.0) -> "ServerProcess":
-        # A restart appends to the same log: look for the banner after what is there already.
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
-                                         cwd=ROOT, preexec_fn=_die_with_parent)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n"
-                                   f"{self.log_tail()}")
-            if READY.search(self.log_path.read_bytes()[offset:]):
-                try:  # a server busy with a reconnect storm may answer late: ask again
-                    status, _ = await asyncio.to_thread(http_json, self.url + "/healthz", 2.0)
-                except (OSError, ValueError):
-                    status = 0
-                if status == 200:
-                    return self
-            await asyncio.sleep(0.05)
-        raise RuntimeError(f"{self.name} not ready within {timeout} s:\n{self.log_tail()}")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def rss(self) -> int:
-        return psutil.Process(self.pid).memory_info().rss
-
-    def cpu(self) -> float:
-        times = psutil.Process(self.pid).cpu_times()
-        return times.user + times.system
-
-    def wait_exit(self, timeout: float) -> None:
-        """Wait for a signalled process to exit (SIGKILL after ``timeout``)."""
-        if self.proc is None:
-            return
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+async def start_all(servers: list[ServerProcess], timeout: float = 30.0) -> None:
+    """Spawn the servers (here: PR_SET_PDEATHSIG is tied to the spawning thread, and this
+    one lives as long as the runner) and wait until all are ready."""
+    for server in servers:
+        server.spawn()
+    await asyncio.gather(*(asyncio.to_thread(s.wait_ready, timeout) for s in servers))
 
 
 class Deployment:
@@ -147,10 +58,11 @@ class Deployment:
         return [("127.0.0.1", s.port) for s in self.servers]
 
     def rss(self) -> int:
-        return sum(s.rss() for s in self.servers)
+        return sum(psutil.Process(s.pid).memory_info().rss for s in self.servers)
 
     def cpu(self) -> float:
-        return sum(s.cpu() for s in self.servers)
+        times = [psutil.Process(s.pid).cpu_times() for s in self.servers]
+        return sum(t.user + t.system for t in times)
 
     def pids(self) -> list[int]:
         return [s.pid for s in self.servers]
@@ -198,10 +110,10 @@ class ReferenceDeployment(Deployment):
         else:
             command = [sys.executable, str(ROOT / "bench" / script)]
         server = ServerProcess(self.kind, [*command, "--port", str(port), *self.extra_args],
-                               self.workdir / f"{self.kind}-{port}.log")
-        server.port = port
+                               self.workdir / f"{self.kind}-{port}.log", port,
+                               orphan_guard=True)
         self.servers = [server]
-        await server.start()
+        await start_all(self.servers)
         return self
 
     async def observer_headers(self) -> dict[str, str]:
@@ -251,40 +163,36 @@ class AppDeployment(Deployment):
 
     async def start(self) -> "AppDeployment":
         if self.database == "postgresql":
-            import asyncpg
-            self.pg_name = f"presence_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-            conn = await asyncpg.connect(self.pg_dsn + "/postgres", timeout=5)
-            try:
-                await conn.execute(f'CREATE DATABASE "{self.pg_name}"')
-            finally:
-                await conn.close()
-            database_url = "postgresql+asyncpg://" + self.pg_dsn.split("://", 1)[1] + \
-                "/" + self.pg_name
+            self.pg_name = await create_database(self.pg_dsn, "presence_bench")
+            database_url = postgres_url(self.pg_dsn, self.pg_name)
         else:
-            database_url = f"sqlite+aiosqlite:///{self.data_dir / 'presence.db'}"
+            database_url = sqlite_url(self.data_dir / "presence.db")
         self.database_url = database_url
         if self.seed is not None:
             t = time.monotonic()
             await self.seed(database_url, self.secret)
             self.seed_seconds = round(time.monotonic() - t, 2)
         for i in range(self.processes):
-            port = free_port()
-            stats = str(self.workdir / f"gc-{port}.json")
-            wrapper = [sys.executable, "-m", "bench.gcprobe", stats] if self.gc_stats \
-                else [sys.executable]
-            args = [*wrapper, str(ROOT / "run.py"), "--port", str(port),
-                    "--data-dir", str(self.data_dir), "--database-url", database_url,
-                    "--bcrypt-rounds", str(self.bcrypt_rounds), "--cookie-secret", self.secret,
-                    "--node-id", f"bench-{i}"]
-            if self.broker == "redis":
-                args += ["--redis-url", self.redis_url, "--redis-prefix", self.prefix]
-            args += self.extra_args
-            server = ServerProcess(f"app-{i}", args, self.workdir / f"app-{port}.log")
-            server.port = port
+            server = self._app_process(i, database_url)
             self.servers.append(server)
             # One at a time: the first one creates the schema.
-            await server.start()
+            await start_all([server])
         return self
+
+    def _app_process(self, i: int, database_url: str) -> AppProcess:
+        """App process ``i`` (under bench.gcprobe when GC statistics are recorded)."""
+        port = free_port()
+        stats = str(self.workdir / f"gc-{port}.json")
+        interpreter = [sys.executable, "-m", "bench.gcprobe", stats] if self.gc_stats \
+            else [sys.executable]
+        flags = ["--database-url", database_url, "--cookie-secret", self.secret,
+                 "--node-id", f"bench-{i}"]
+        if self.broker == "redis":
+            flags += ["--redis-url", self.redis_url, "--redis-prefix", self.prefix]
+        return AppProcess(self.workdir, f"app-{i}", *flags, *self.extra_args, port=port,
+                          data_dir=self.data_dir, bcrypt_rounds=self.bcrypt_rounds,
+                          interpreter=interpreter, log_path=self.workdir / f"app-{port}.log",
+                          orphan_guard=True)
 
     async def restart(self, timeout: float = 60.0) -> dict[str, int]:
         """SIGTERM every app process at once, wait for them to exit, start them again on the
@@ -294,9 +202,10 @@ class AppDeployment(Deployment):
             if server.proc is not None and server.proc.poll() is None:
                 server.proc.send_signal(signal.SIGTERM)
         for server in self.servers:
-            await asyncio.to_thread(server.wait_exit, timeout)
+            if server.proc is not None:
+                await asyncio.to_thread(reap, server.proc, timeout)
         t_exit = time.time_ns()
-        await asyncio.gather(*(server.start(timeout) for server in self.servers))
+        await start_all(self.servers, timeout)
         return {"t_term": t_term, "t_exit": t_exit, "t_ready": time.time_ns()}
 
     async def _signup(self, username: str, password: str = "bench-password") -> dict[str, str]:
@@ -331,25 +240,12 @@ class AppDeployment(Deployment):
         await super().stop()
         if self.broker == "redis":
             try:
-                import redis.asyncio as aioredis
-                client = aioredis.from_url(self.redis_url)
-                try:
-                    pattern = f"{self.prefix}:*"
-                    keys = [k async for k in client.scan_iter(match=pattern, count=1000)]
-                    if keys:
-                        await client.delete(*keys)
-                finally:
-                    await client.aclose()
+                await drop_keys(self.redis_url, self.prefix)
             except Exception as exc:  # pragma: no cover - best effort
                 print(f"warning: could not delete Redis keys {self.prefix}:*: {exc}")
         if self.pg_name:
-            import asyncpg
             try:
-                conn = await asyncpg.connect(self.pg_dsn + "/postgres", timeout=5)
-                try:
-                    await conn.execute(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
-                finally:
-                    await conn.close()
+                await drop_database(self.pg_dsn, self.pg_name)
             except Exception as exc:  # pragma: no cover - best effort
                 print(f"warning: could not drop database {self.pg_name}: {exc}")
             self.pg_name = ""

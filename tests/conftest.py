@@ -4,118 +4,91 @@ server (pytest-tornado) -> clients (the shared ``presence_app.client``).
 Every test body runs over SQLite and PostgreSQL, and over the in-process and Redis brokers.
 Real services only: the machine's PostgreSQL (a database made for this run) and Redis (a
 key prefix per test).
+
+Real processes: ``app_process`` starts ``python run.py``; ``real_redis_url`` is the machine's
+Redis for tests that need it once (the cluster and e2e suites take it instead of the
+parametrised ``redis_url``). The harness behind them is tests/support, shared with bench.
 """
 from __future__ import annotations
 
-import asyncio
-import os
-import shutil
 import uuid
-from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 
 from presence_app.client import PresenceClient, PresenceSocket
 from presence_app.config import Settings, validate
+from tests.support.apps import AppProcess, clean_env
+from tests.support.databases import (
+    app_url, create_database, drop_app_tables, drop_database, postgres_url, sqlite_url,
+)
+from tests.support.env import IN_CI, PG_DSN, REDIS_URL, unavailable
+from tests.support.redis import drop_keys, ping
+from tests.support.waiting import run_blocking
 
-PG_DSN = os.environ.get("PRESENCE_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
-REDIS_URL = os.environ.get("PRESENCE_TEST_REDIS", "redis://127.0.0.1:6379/0")
-IN_CI = os.environ.get("CI", "").lower() == "true"
 PASSWORD = "s3cret-pass"
-
-
-def unavailable(what: str) -> None:
-    """Skip outside CI, fail under CI=true: CI must provide every real component."""
-    if IN_CI:
-        pytest.fail(f"{what} (CI=true: required)")
-    pytest.skip(what)
 
 
 def pytest_report_header(config: Any) -> str:
     return f"presence tests: PostgreSQL {PG_DSN}, Redis {REDIS_URL}, CI={IN_CI}"
 
 
-async def _pg_admin(sql: str) -> None:
-    import asyncpg
-    conn = await asyncpg.connect(PG_DSN + "/postgres", timeout=5)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="session")
 def pg_database() -> Any:
-    """A PostgreSQL database of its own for this test run, dropped at the end."""
-    name = f"presence_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    """A PostgreSQL database of its own for this test run, dropped at the end: its plain
+    URL, or the exception if the server is not reachable (tests using it skip)."""
     try:
-        asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
+        name = run_blocking(create_database(PG_DSN, "presence_test"))
     except Exception as exc:
         yield exc
         return
     yield f"{PG_DSN}/{name}"
-    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    run_blocking(drop_database(PG_DSN, name))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def fresh_database_url(request: Any, tmp_path: Path, pg_database: Any) -> Any:
     """An empty database of its own (a new PostgreSQL database per test, dropped after):
-    for tests of migrations and admin commands, which run in other processes too. Not for
-    pytest-tornado tests (asyncio.run here)."""
+    for tests of migrations and admin commands, which run in other processes too."""
     if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
+        yield sqlite_url(tmp_path / "fresh.db")
         return
     if isinstance(pg_database, Exception):
         unavailable(f"PostgreSQL at {PG_DSN} is not reachable: {pg_database}")
-    name = f"presence_fresh_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}"'))
-    yield f"postgresql+asyncpg://{PG_DSN.split('://', 1)[1]}/{name}"
-    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-async def _reset_pg(url: str) -> None:
-    import asyncpg
-    conn = await asyncpg.connect(url, timeout=5)
-    try:
-        await conn.execute(
-            "DROP TABLE IF EXISTS pending_offline, online_users, sessions, users, write_probes, "
-            "alembic_version CASCADE")
-    finally:
-        await conn.close()
-
-
-async def _redis_ok() -> bool:
-    import redis.asyncio as aioredis
-    client = aioredis.from_url(REDIS_URL, socket_connect_timeout=2)
-    try:
-        return bool(await client.ping())
-    except Exception:
-        return False
-    finally:
-        await client.aclose()
+    name = run_blocking(create_database(PG_DSN, "presence_fresh"))
+    yield postgres_url(PG_DSN, name)
+    run_blocking(drop_database(PG_DSN, name))
 
 
 @pytest.fixture(scope="session")
 def redis_available() -> bool:
-    return asyncio.run(_redis_ok())
+    return run_blocking(ping(REDIS_URL))
 
 
-# Note: no asyncio.run() in function-scoped fixtures: it would unset pytest-tornado's loop.
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: Any, tmp_path: Path, pg_database: Any) -> str:
     if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'presence.db'}"
+        return sqlite_url(tmp_path / "presence.db")
     if isinstance(pg_database, Exception):
         unavailable(f"PostgreSQL at {PG_DSN} is not reachable: {pg_database}")
-    return "postgresql+asyncpg://" + pg_database.split("://", 1)[1]
+    return app_url(pg_database)
 
 
 @pytest.fixture(params=["memory", "redis"])
 def redis_url(request: Any, redis_available: bool) -> str:
+    """The broker of an in-process test: "" (in-process) and the machine's Redis, one run
+    each. Tests that need Redis itself, once, use ``real_redis_url``."""
     if request.param == "memory":
         return ""
+    if not redis_available:
+        unavailable(f"Redis at {REDIS_URL} is not reachable")
+    return REDIS_URL
+
+
+@pytest.fixture
+def real_redis_url(redis_available: bool) -> str:
+    """The machine's Redis, not parametrised (processes sharing it: cluster, e2e)."""
     if not redis_available:
         unavailable(f"Redis at {REDIS_URL} is not reachable")
     return REDIS_URL
@@ -129,20 +102,9 @@ def redis_prefix() -> str:
 async def reset_backends(settings: Settings) -> None:
     """Empty tables and keys a test may find: each test starts from nothing."""
     if settings.database_url.startswith("postgresql"):
-        await _reset_pg("postgresql://" + settings.database_url.split("://", 1)[1])
+        await drop_app_tables(settings.database_url)
     if settings.redis_url:
-        await _drop_redis_keys(settings.redis_url, settings.redis_prefix)
-
-
-async def _drop_redis_keys(url: str, prefix: str) -> None:
-    import redis.asyncio as aioredis
-    client = aioredis.from_url(url)
-    try:
-        keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+        await drop_keys(settings.redis_url, settings.redis_prefix)
 
 
 @pytest.fixture
@@ -204,9 +166,23 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
             marker.kwargs["timeout"] = 30
 
 
-def nginx_binary() -> str | None:
-    return shutil.which("nginx") or (
-        "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+@pytest.fixture
+def app_process(tmp_path: Path) -> Iterator[Callable[..., AppProcess]]:
+    """``app_process(*flags, data_dir=None, wait=True)``: ``python run.py`` configured by
+    its flags alone (no PRESENCE_* variable), data in ``tmp_path/data`` unless given;
+    every one started is stopped (SIGTERM, then SIGKILL) at the end."""
+    started: list[AppProcess] = []
+
+    def start(*flags: str, data_dir: Path | None = None, wait: bool = True) -> AppProcess:
+        app = AppProcess(tmp_path, f"app-{len(started)}", *flags, env=clean_env(),
+                         data_dir=data_dir or tmp_path / "data")
+        started.append(app)
+        return app.start(wait=wait)
+
+    yield start
+    for app in started:
+        app.stop(timeout=5)
 
 
-__all__ = ["PASSWORD", "unavailable", "nginx_binary", "replace"]
+# Names other test modules import from here (the values live in tests.support).
+__all__ = ["PASSWORD", "REDIS_URL", "IN_CI", "unavailable"]

@@ -28,7 +28,8 @@ from packaging.requirements import Requirement
 import run
 from handlers.app import asset_dir
 from presence_app.runtime.version import checkout_version, version
-from tests.test_run import STOP_SECONDS, URL_LINE, clean_env, free_port
+from tests.support.apps import STOP_SECONDS, URL_LINE, clean_env
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())

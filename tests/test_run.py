@@ -2,124 +2,33 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import queue
-import re
 import signal
 import socket
 import sqlite3
 import stat
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlencode
 
 import psutil
 import pytest
-import tornado.testing
+import tornado.netutil
 
 from presence_app.client import PresenceClient
 from tests.conftest import PASSWORD
-
-ROOT = Path(__file__).resolve().parent.parent
-URL_LINE = re.compile(r"Presence is running at (http://\S+/) \(pid (\d+)")
-STOP_SECONDS = 5.0
-
-
-def free_port() -> int:
-    sock, port = tornado.testing.bind_unused_port()
-    sock.close()
-    return port
+from tests.support.apps import STOP_SECONDS, clean_env
+from tests.support.env import ROOT
+from tests.support.http import http_json
+from tests.support.ports import free_port
 
 
-def clean_env() -> dict[str, str]:
-    """The environment without any PRESENCE_* setting: nothing but the flags configures it."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_")}
-
-
-class Server:
-    """``python run.py`` in a subprocess; stdout is read line by line on a thread."""
-
-    def __init__(self, data_dir: Path, port: int, *args: str) -> None:
-        self.port = port
-        self.stderr_path = data_dir.parent / f"stderr-{port}.log"
-        self._stderr = open(self.stderr_path, "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "run.py", "--port", str(port), "--data-dir", str(data_dir),
-             "--bcrypt-rounds", "4", *args],
-            cwd=ROOT, env=clean_env(), stdout=subprocess.PIPE, stderr=self._stderr, text=True)
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line)
-
-    def wait_for_url(self, timeout: float = 30.0) -> tuple[str, int]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    pytest.fail(f"run.py exited with {self.proc.returncode}: {self.stderr()}")
-                continue
-            found = URL_LINE.search(line)
-            if found:
-                return found.group(1), int(found.group(2))
-        pytest.fail(f"no URL line within {timeout} s: {self.stderr()}")
-
-    def stderr(self) -> str:
-        self._stderr.flush()
-        return self.stderr_path.read_text()
-
-    def terminate(self) -> tuple[int, float]:
-        """SIGTERM; the exit code and how long the exit took."""
-        start = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout=STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"run.py did not exit within {STOP_SECONDS} s of SIGTERM")
-        return code, time.monotonic() - start
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self._stderr.close()
-
-
-@pytest.fixture
-def start_server(tmp_path: Path) -> Any:
-    servers: list[Server] = []
-
-    def start(data_dir: Path | None = None, *args: str) -> Server:
-        server = Server(data_dir or tmp_path / "data", free_port(), *args)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.kill()
-
-
-def get_json(url: str) -> tuple[int, dict]:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return response.status, json.loads(response.read())
-
-
-def test_runs_with_no_configuration(start_server, tmp_path):
-    server = start_server()
-    url, printed_pid = server.wait_for_url()
+def test_runs_with_no_configuration(app_process, tmp_path):
+    server = app_process()
+    url, printed_pid = server.printed
     assert url == f"http://127.0.0.1:{server.port}/"
-    status, body = get_json(url + "healthz")
+    status, body = http_json(url + "healthz")
     assert status == 200 and body["status"] == "ok" and body["node"]
     data_dir = tmp_path / "data"
     assert (data_dir / "presence.db").is_file()
@@ -133,10 +42,10 @@ def test_runs_with_no_configuration(start_server, tmp_path):
                  if c.status == psutil.CONN_LISTEN]
     assert [c.laddr.port for c in listening] == [server.port]
     assert process.children(recursive=True) == []
-    code, took = server.terminate()
-    assert code == 0, server.stderr()
+    took = server.terminate(STOP_SECONDS)
+    assert server.proc.returncode == 0, server.log()
     assert took < STOP_SECONDS
-    assert "Traceback" not in server.stderr()
+    assert "Traceback" not in server.log()
 
 
 async def _sign_up_and_wait_for_shutdown(url: str, proc: subprocess.Popen) -> dict[str, str]:
@@ -155,18 +64,17 @@ async def _users_after_restart(url: str, cookies: dict[str, str]) -> list[dict]:
     return await client.users()
 
 
-def test_sigterm_closes_sockets_1001_and_a_restart_keeps_sessions(start_server, tmp_path):
-    server = start_server()
-    url, _ = server.wait_for_url()
-    cookies = asyncio.run(_sign_up_and_wait_for_shutdown(url, server.proc))
+def test_sigterm_closes_sockets_1001_and_a_restart_keeps_sessions(app_process, tmp_path):
+    server = app_process()
+    cookies = asyncio.run(_sign_up_and_wait_for_shutdown(server.url + "/", server.proc))
     assert server.proc.wait(timeout=STOP_SECONDS) == 0
-    assert "Traceback" not in server.stderr()
-    again = start_server(tmp_path / "data")
-    url, _ = again.wait_for_url()
-    users = asyncio.run(_users_after_restart(url, cookies))  # same secret file, same session
+    assert "Traceback" not in server.log()
+    again = app_process(data_dir=tmp_path / "data")
+    users = asyncio.run(_users_after_restart(again.url + "/", cookies))  # same secret file
     assert [(u["username"], u["online"]) for u in users] == [("alice", False)]
     assert users[0]["last_seen"] is not None
-    assert again.terminate()[0] == 0
+    again.terminate(STOP_SECONDS)
+    assert again.proc.returncode == 0
 
 
 def run_bad(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -290,15 +198,14 @@ async def _sign_ups_across_a_sigterm(url: str, proc: subprocess.Popen,
         http.close()
 
 
-def test_sigterm_lets_requests_finish_or_refuses_them_having_done_nothing(start_server,
+def test_sigterm_lets_requests_finish_or_refuses_them_having_done_nothing(app_process,
                                                                           tmp_path):
     """Each request in flight at a SIGTERM either completes (302, the account exists) or is
     refused having done nothing (503 or no connection: no account); never a 500, and the
     process is still gone within 5 s."""
-    server = start_server(None, "--bcrypt-rounds", SLOW_COST, "--bcrypt-threads", "1")
-    url, _ = server.wait_for_url()
-    codes, took = asyncio.run(_sign_ups_across_a_sigterm(url, server.proc))
-    log = server.stderr()
+    server = app_process("--bcrypt-rounds", SLOW_COST, "--bcrypt-threads", "1")
+    codes, took = asyncio.run(_sign_ups_across_a_sigterm(server.url + "/", server.proc))
+    log = server.log()
     with sqlite3.connect(tmp_path / "data" / "presence.db") as db:
         created = {row[0] for row in db.execute("SELECT username FROM users")}
     print(f"\nsign-ups across a SIGTERM: {sorted(codes.values()).count(302)} completed, "
@@ -312,14 +219,14 @@ def test_sigterm_lets_requests_finish_or_refuses_them_having_done_nothing(start_
     assert "cannot schedule new futures" not in log and "Traceback" not in log, log
 
 
-def test_sigterm_lets_running_requests_finish(start_server, tmp_path):
+def test_sigterm_lets_running_requests_finish(app_process, tmp_path):
     """Within the drain timeout, the requests running at a SIGTERM all complete."""
-    server = start_server(None, "--bcrypt-rounds", SLOW_COST, "--bcrypt-threads", "1",
-                          "--drain-timeout", "2.5")
-    url, _ = server.wait_for_url()
-    codes, took = asyncio.run(_sign_ups_across_a_sigterm(url, server.proc, count=3))
+    server = app_process("--bcrypt-rounds", SLOW_COST, "--bcrypt-threads", "1",
+                         "--drain-timeout", "2.5")
+    codes, took = asyncio.run(_sign_ups_across_a_sigterm(server.url + "/", server.proc,
+                                                         count=3))
     with sqlite3.connect(tmp_path / "data" / "presence.db") as db:
         created = {row[0] for row in db.execute("SELECT username FROM users")}
     assert list(codes.values()) == [302] * 3 and set(codes) == created, codes
     assert server.proc.returncode == 0 and took < STOP_SECONDS
-    assert "Traceback" not in server.stderr()
+    assert "Traceback" not in server.log()

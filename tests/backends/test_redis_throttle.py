@@ -20,8 +20,8 @@ from presence_app.client import PresenceClient
 from presence_app.config import Settings
 from presence_app.backends import redis_throttle
 from presence_app.backends.redis_throttle import RedisLoginThrottle
-from tests.cluster.harness import free_port
 from tests.conftest import PASSWORD, REDIS_URL, unavailable
+from tests.support.ports import free_port
 
 
 @pytest.fixture(params=["redis"])
@@ -141,7 +141,7 @@ async def test_redis_down_falls_back_to_local_counters_and_logs_once(
 async def test_redis_restart_falls_back_then_shares_again(tmp_path: Path, caplog: Any) -> None:
     import redis.asyncio as aioredis
 
-    from tests.cluster.harness import RedisServer
+    from tests.support.redis import RedisServer
     if shutil.which("redis-server") is None:
         unavailable("redis-server is not installed")
     server = RedisServer(tmp_path).start()

@@ -35,7 +35,8 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
 
 from presence_app.backends.broker import Broker, LocalBroker, RedisBroker
 from presence_app.backends.store import MemoryStore, PresenceStore
-from tests.conftest import IN_CI, REDIS_URL, _drop_redis_keys, unavailable
+from tests.conftest import IN_CI, REDIS_URL, unavailable
+from tests.support.redis import drop_keys as _drop_redis_keys
 
 T = TypeVar("T")
 

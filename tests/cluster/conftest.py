@@ -1,42 +1,45 @@
 """Fixtures that start real processes: app servers, redis-server, nginx."""
 from __future__ import annotations
 
-import asyncio
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 
-from tests.cluster.harness import AppProcess, Nginx, RedisServer
-from tests.conftest import REDIS_URL, _drop_redis_keys, _reset_pg, nginx_binary, unavailable
+from tests.cluster.harness import AppProcess
+from tests.support.databases import app_url, drop_app_tables, sqlite_url as sqlite_file_url
+from tests.support.env import unavailable
+from tests.support.nginx import Nginx, nginx_binary
+from tests.support.redis import RedisServer, drop_keys
+from tests.support.waiting import run_blocking
 
 
 @pytest.fixture
-def prefix(redis_available: bool) -> Any:
-    if not redis_available:
-        unavailable(f"Redis at {REDIS_URL} is not reachable")
+def prefix(real_redis_url: str) -> Iterator[str]:
+    """A Redis key prefix of the test's own on the machine's Redis, deleted at the end."""
     name = f"presence-cluster-{uuid.uuid4().hex[:8]}"
     yield name
-    asyncio.run(_drop_redis_keys(REDIS_URL, name))
+    run_blocking(drop_keys(real_redis_url, name))
 
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+    return sqlite_file_url(tmp_path / "shared.db")
 
 
 @pytest.fixture
 def pg_url(pg_database: Any) -> str:
+    """The run's PostgreSQL database, emptied of the app's tables."""
     if isinstance(pg_database, Exception):
         unavailable(f"PostgreSQL is not reachable: {pg_database}")
-    asyncio.run(_reset_pg(pg_database))
-    return "postgresql+asyncpg://" + pg_database.split("://", 1)[1]
+    run_blocking(drop_app_tables(pg_database))
+    return app_url(pg_database)
 
 
 @pytest.fixture
-def start_app(tmp_path: Path) -> Any:
+def start_app(tmp_path: Path) -> Iterator[Callable[..., AppProcess]]:
     """``start_app(name, database_url, redis_url, prefix, *flags)`` -> a running AppProcess."""
     started: list[AppProcess] = []
 
@@ -44,7 +47,8 @@ def start_app(tmp_path: Path) -> Any:
               port: int | None = None, wait: bool = True) -> AppProcess:
         app = AppProcess(tmp_path, name, database_url, redis_url, prefix, *extra, port=port)
         started.append(app)
-        return app.start(wait=wait)
+        app.start(wait=wait)
+        return app
 
     yield start
     for app in started:
@@ -52,7 +56,7 @@ def start_app(tmp_path: Path) -> Any:
 
 
 @pytest.fixture
-def private_redis(tmp_path: Path) -> Any:
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     if not shutil.which("redis-server"):
         unavailable("redis-server is not installed")
     server = RedisServer(tmp_path).start()
@@ -61,20 +65,18 @@ def private_redis(tmp_path: Path) -> Any:
 
 
 @pytest.fixture
-def start_nginx(tmp_path: Path) -> Any:
+def start_nginx(tmp_path: Path) -> Iterator[Callable[[list[int]], Nginx]]:
+    """``start_nginx(ports)`` -> the shipped nginx site in front of those app ports."""
     binary = nginx_binary()
     if binary is None:
         unavailable("nginx is not installed (apt-get install -y nginx)")
     started: list[Nginx] = []
 
     def start(ports: list[int]) -> Nginx:
-        proxy = Nginx(tmp_path, ports).start(binary)
+        proxy = Nginx(tmp_path, ports, binary).start()
         started.append(proxy)
         return proxy
 
     yield start
     for proxy in started:
         proxy.stop()
-
-
-Starter = Callable[..., AppProcess]

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from presence_app.client import PresenceClient, PresenceSocket
-from tests.cluster.harness import http_json
 from tests.conftest import PASSWORD, REDIS_URL
+from tests.support.http import http_json
 
 pytestmark = pytest.mark.cluster
 

@@ -21,9 +21,13 @@ from typing import Any
 import pytest
 
 from presence_app.client import PresenceClient
-from tests.cluster.harness import free_port, stop_process, wait_until
-from tests.cluster.nginx_site import SERVER_NAME, site_config, throwaway_cert, user_line
-from tests.conftest import PASSWORD, REDIS_URL, nginx_binary, unavailable
+from tests.conftest import PASSWORD, REDIS_URL, unavailable
+from tests.support.nginx import (
+    SERVER_NAME, nginx_binary, site_config, throwaway_cert, user_line,
+)
+from tests.support.ports import free_port
+from tests.support.processes import stop_process
+from tests.support.waiting import wait_until
 
 STOCK = Path("/etc/nginx")
 WELCOME = b"Welcome to nginx!"

@@ -11,8 +11,12 @@ from typing import Any
 import pytest
 
 from presence_app.client import PresenceClient
-from tests.cluster.harness import ROOT, AppProcess, free_port, http_json, wait_until
+from tests.cluster.harness import AppProcess
 from tests.conftest import PASSWORD, REDIS_URL
+from tests.support.env import ROOT
+from tests.support.http import http_json
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
 

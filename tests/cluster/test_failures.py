@@ -11,8 +11,8 @@ from sqlalchemy import select
 
 from presence_app.client import PresenceClient
 from presence_app.db.database import Database, OnlineUser, User
-from tests.cluster.harness import wait_until
 from tests.conftest import PASSWORD, REDIS_URL
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
 

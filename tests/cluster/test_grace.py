@@ -20,8 +20,9 @@ import redis.asyncio as aioredis
 
 from presence_app.client import PresenceClient, PresenceSocket
 from presence_app.live.ledger import parse_time
-from tests.cluster.harness import http_json, wait_until
 from tests.conftest import PASSWORD, REDIS_URL
+from tests.support.http import http_json
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
 

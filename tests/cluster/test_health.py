@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 
 from presence_app.client import PresenceClient
-from tests.cluster.harness import free_port, http_json, wait_until
 from tests.conftest import PASSWORD
+from tests.support.http import http_json
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
 

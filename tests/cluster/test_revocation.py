@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from presence_app.client import PresenceClient
-from tests.cluster.harness import wait_until
 from tests.conftest import PASSWORD, REDIS_URL
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
 

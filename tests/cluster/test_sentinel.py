@@ -15,10 +15,11 @@ import pytest
 import redis
 
 from presence_app.client import PresenceClient
-from tests.cluster.harness import RedisSentinel, RedisServer, wait_until
 from tests.cluster.test_faults import (api_view, converge, health, poll, recording, still,
                                        three_online)
 from tests.conftest import PASSWORD, unavailable
+from tests.support.redis import RedisSentinel, RedisServer
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
 

@@ -4,6 +4,10 @@ real ``python run.py`` subprocess on a free port with a data dir of its own.
 No pytest-playwright (its ``base_url`` fixture would shadow pytest-tornado's): the browser
 is launched here. Every browser context is guarded: any request to a host other than
 127.0.0.1 is aborted and fails the test, and so does an uncaught script error.
+
+Redis: tests that need it take ``real_redis_url`` (tests/conftest.py, the machine's Redis,
+once). The parametrised ``redis_url`` there (in-process and Redis brokers) is for in-process
+tests; no e2e test takes it, and this package does not override it.
 """
 from __future__ import annotations
 
@@ -13,18 +17,14 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from tests.conftest import unavailable
+from tests.support.env import unavailable
 
-from .helpers import (
-    ARTIFACTS, CHROMIUM, LAUNCH_ARGS, AppServer, Guard, artifact_name, expect, redis_ping,
-)
+from .helpers import ARTIFACTS, CHROMIUM, LAUNCH_ARGS, AppServer, Guard, artifact_name, expect
 
 Browser = BrowserContext = Any  # playwright.sync_api types; Any keeps this importable without it
 
 if expect is not None:
     expect.set_options(timeout=10_000)
-
-REDIS_URL = os.environ.get("PRESENCE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -103,11 +103,4 @@ def server(tmp_path: Path, request: Any) -> Iterator[AppServer]:
     yield app
     app.stop()
     if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
-        print(f"--- server log ({app.name}) ---\n{app.log()}")
-
-
-@pytest.fixture
-def redis_url() -> str:
-    if not redis_ping(REDIS_URL):
-        unavailable(f"Redis at {REDIS_URL} is not reachable")
-    return REDIS_URL
+        print(f"--- server log ({app.name}) ---\n{app.log(6000)}")

@@ -15,7 +15,6 @@ import os
 import secrets
 import threading
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any, Coroutine, Iterable, TypeVar
 
 import bcrypt
@@ -25,12 +24,9 @@ from sqlalchemy import insert, select
 from presence_app.accounts.service import token_hash
 from presence_app.db.database import Database, Session, User, utcnow
 from handlers.base import SESSION_COOKIE
+from tests.support.waiting import run_blocking
 
 T = TypeVar("T")
-
-
-def sqlite_url(path: Path) -> str:
-    return f"sqlite+aiosqlite:///{path}"
 
 
 async def _seed(url: str, users: list[tuple[str, dt.datetime | None]], password: str,
@@ -63,19 +59,7 @@ def seed(url: str, users: list[tuple[str, dt.datetime | None]], password: str,
 
     Runs on a thread of its own: Playwright's sync API keeps an event loop on this one.
     """
-    result: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            result["tokens"] = asyncio.run(_seed(url, users, password, list(sessions)))
-        except BaseException as exc:  # handed to the caller below
-            result["error"] = exc
-    thread = threading.Thread(target=run, name="seed")
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    return result["tokens"]
+    return run_blocking(_seed(url, users, password, list(sessions)))
 
 
 def session_cookie(secret: str, token: str) -> str:

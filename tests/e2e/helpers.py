@@ -1,4 +1,4 @@
-"""Processes (the app, nginx) and page actions shared by the end-to-end tests.
+"""The app process and page actions shared by the end-to-end tests.
 
 Every page action goes through the real pages and forms: fill the labelled fields, click
 the buttons. Waits are Playwright's own (``expect``, ``wait_for_url``), never sleeps.
@@ -7,11 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,11 +15,9 @@ try:
 except ImportError:  # the ``browser`` fixture skips (or, under CI=true, fails) first
     expect = None  # type: ignore[assignment]
 
-from tests.cluster.harness import (
-    free_port, http_json, nginx_config, stop_process, wait_until,
-)
+from tests.support.apps import STOP_SECONDS, AppProcess
+from tests.support.env import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts"
 CHROMIUM = os.environ.get("PRESENCE_CHROMIUM", "/usr/bin/chromium")
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -38,132 +31,13 @@ def artifact_name(test_name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", test_name)
 
 
-def redis_ping(url: str) -> bool:
-    try:
-        import redis
-        client = redis.Redis.from_url(url, socket_connect_timeout=2)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except Exception:
-        return False
+class AppServer(AppProcess):
+    """``python run.py`` on a fixed port and data dir (``workdir/<name>-data``); stop() and
+    start() again at will. A stop that SIGTERM alone does not achieve within ``timeout``
+    fails the test: a browser user's server must shut down cleanly."""
 
-
-def redis_drop(url: str, prefix: str) -> None:
-    import redis
-    client = redis.Redis.from_url(url, socket_connect_timeout=2)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
-
-
-class AppServer:
-    """``python run.py`` on a fixed port and data dir; stop() and start() again at will."""
-
-    READY = "Presence is running at"
-
-    def __init__(self, workdir: Path, name: str, *extra: str, port: int | None = None) -> None:
-        self.name = name
-        self.port = port or free_port()
-        self.data_dir = workdir / f"{name}-data"
-        self.log_path = workdir / f"{name}.log"
-        self.args = [sys.executable, str(ROOT / "run.py"), "--port", str(self.port),
-                     "--data-dir", str(self.data_dir), "--bcrypt-rounds", "4", *extra]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 20.0) -> "AppServer":
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
-                                         cwd=ROOT)
-
-        def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n"
-                                   f"{self.log()}")
-            with open(self.log_path, "rb") as log:
-                log.seek(offset)
-                return self.READY.encode() in log.read()
-        wait_until(ready, timeout, f"{self.name} to print {self.READY!r}")
-        return self
-
-    def stop(self, timeout: float = 5.0) -> float:
-        """SIGTERM; returns the seconds it took (killed after ``timeout``)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return 0.0
-        started = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise AssertionError(f"{self.name} did not stop within {timeout} s of SIGTERM")
-        return time.monotonic() - started
-
-    def health(self) -> Any:
-        return http_json(self.url + "/healthz")[1]
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-6000:]
-        except OSError:
-            return ""
-
-
-class Nginx:
-    """A private nginx running the shipped deploy/nginx.conf (its least_conn spreads the
-    sockets over the processes) in front of the given app ports; only ports and paths are
-    templated (tests/cluster/nginx_site.py)."""
-
-    def __init__(self, binary: str, workdir: Path, upstream_ports: list[int]) -> None:
-        self.binary = binary
-        self.tmp = workdir / "nginx"
-        self.tmp.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.conf = self.tmp / "nginx.conf"
-        self.conf.write_text(nginx_config(self.port, upstream_ports, self.tmp))
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> "Nginx":
-        with open(self.tmp / "stdout.log", "ab") as out:
-            self.proc = subprocess.Popen(
-                [self.binary, "-c", str(self.conf), "-p", str(self.tmp),
-                 "-e", str(self.tmp / "nginx-error.log")],
-                stdout=out, stderr=subprocess.STDOUT)
-
-        def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nginx exited with {self.proc.returncode}:\n{self.log()}")
-            return http_json(self.url + "/healthz", timeout=1)[0] == 200
-        wait_until(ready, 15, "nginx to proxy /healthz")
-        return self
-
-    def stop(self) -> None:
-        stop_process(self.proc, signal.SIGQUIT)
-
-    def log(self) -> str:
-        text = ""
-        for name in ("stdout.log", "nginx-error.log"):
-            try:
-                text += (self.tmp / name).read_text(errors="replace")[-3000:]
-            except OSError:
-                pass
-        return text
+    def stop(self, timeout: float = STOP_SECONDS, strict: bool = True) -> float:
+        return super().stop(timeout, strict)
 
 
 class Guard:

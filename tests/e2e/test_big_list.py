@@ -19,8 +19,11 @@ from typing import Any, Iterator
 
 import pytest
 
-from .crowd import Crowd, seed, session_cookie, sqlite_url
-from .helpers import PASSWORD, AppServer, expect, fill_login, wait_live, wait_until
+from tests.support.databases import sqlite_url
+from tests.support.waiting import wait_until
+
+from .crowd import Crowd, seed, session_cookie
+from .helpers import PASSWORD, AppServer, expect, fill_login, wait_live
 from .rawchrome import RawChromium
 
 pytestmark = pytest.mark.e2e
@@ -78,7 +81,7 @@ def _with_crowd(server: AppServer, cookies: dict[str, str]) -> Iterator[BigList]
     crowd = Crowd("127.0.0.1", server.port, nice=10)
     try:
         crowd.connect({name: cookies[name] for name in EARLY})
-        wait_until(lambda: server.health().get("online_users") == len(EARLY), 10,
+        wait_until(lambda: server.health()[1].get("online_users") == len(EARLY), 10,
                    "the early users online")
         yield BigList(server, crowd, cookies)
     finally:

@@ -2,35 +2,34 @@
 processes still see each other live."""
 from __future__ import annotations
 
-import shutil
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import unavailable
+from tests.support.databases import sqlite_url
+from tests.support.env import unavailable
+from tests.support.nginx import Nginx, nginx_binary
+from tests.support.redis import drop_keys
+from tests.support.waiting import run_blocking, wait_until
 
 from .helpers import (
-    AppServer, Nginx, assert_not_reloaded, expect, expect_status, mark_page, open_list,
-    redis_drop, signup, wait_until,
+    AppServer, assert_not_reloaded, expect, expect_status, mark_page, open_list, signup,
 )
 
 pytestmark = pytest.mark.e2e
 
 
-def nginx_binary() -> str | None:
-    return shutil.which("nginx") or (
-        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-
-
 @pytest.fixture
-def cluster(tmp_path: Path, redis_url: str, request):
+def cluster(tmp_path: Path, real_redis_url: str, request):
+    """Two app processes sharing the machine's Redis and one SQLite file, behind the shipped
+    nginx site; logs printed when the test fails."""
     binary = nginx_binary()
     if binary is None:
         unavailable("nginx is not installed")
     prefix = f"presence-e2e-{uuid.uuid4().hex[:10]}"
-    common = ["--redis-url", redis_url, "--redis-prefix", prefix,
-              "--database-url", f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}",
+    common = ["--redis-url", real_redis_url, "--redis-prefix", prefix,
+              "--database-url", sqlite_url(tmp_path / "shared.db"),
               "--cookie-secret", "e2e-cluster-secret-" + uuid.uuid4().hex,
               "--heartbeat-timeout", "3", "--xheaders"]
     apps = []
@@ -38,7 +37,7 @@ def cluster(tmp_path: Path, redis_url: str, request):
     try:
         for node in ("node-a", "node-b"):
             apps.append(AppServer(tmp_path, node, *common, "--node-id", node).start())
-        proxy = Nginx(binary, tmp_path, [app.port for app in apps]).start()
+        proxy = Nginx(tmp_path, [app.port for app in apps], binary).start()
         yield proxy, apps
     finally:
         report = getattr(request.node, "rep_call", None)
@@ -50,12 +49,12 @@ def cluster(tmp_path: Path, redis_url: str, request):
         for app in apps:
             app.stop()
             if failed:
-                print(f"--- {app.name} ---\n{app.log()}")
-        redis_drop(redis_url, prefix)
+                print(f"--- {app.name} ---\n{app.log(6000)}")
+        run_blocking(drop_keys(real_redis_url, prefix))
 
 
 def sockets_per_node(apps: list[AppServer]) -> dict[str, int]:
-    return {app.name: app.health()["sockets"] for app in apps}
+    return {app.name: app.health()[1]["sockets"] for app in apps}
 
 
 def test_two_processes_behind_nginx_see_each_other(cluster, new_context, artifacts):

@@ -15,7 +15,6 @@ from handlers.base import SECURITY_HEADERS, SESSION_COOKIE
 from handlers.xsrf import XSRF_COOKIE, make_token
 from presence_app.accounts.errors import LOGIN_FAILED
 from tests.conftest import PASSWORD
-from tests.test_run import Server, free_port
 
 
 @pytest.fixture
@@ -210,18 +209,9 @@ async def test_login_with_a_password_that_is_not_utf8_is_a_wrong_password(
 # -- real processes: body timeout, file modes --------------------------------------------------
 
 @pytest.fixture
-def run_server(tmp_path: Path) -> Any:
-    servers: list[Server] = []
-
-    def start(*args: str) -> Server:
-        server = Server(tmp_path / "data", free_port(), *args)
-        servers.append(server)
-        server.wait_for_url()
-        return server
-
-    yield start
-    for server in servers:
-        server.kill()
+def run_server(app_process: Any) -> Any:
+    """``run_server(*flags)``: a running ``python run.py`` (tests/conftest.py app_process)."""
+    return app_process
 
 
 def test_a_trickled_body_is_cut_off_at_the_body_timeout(run_server):

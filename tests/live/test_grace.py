@@ -25,7 +25,8 @@ from presence_app.config import ConfigError, Settings, load_settings
 from presence_app.live.ledger import parse_time
 from presence_app.services import Services, open_services
 from presence_app.backends.store import MemoryStore
-from tests.conftest import PASSWORD, REDIS_URL, _drop_redis_keys, unavailable
+from tests.conftest import PASSWORD, REDIS_URL, unavailable
+from tests.support.redis import drop_keys as _drop_redis_keys
 from tests.live.test_online_table import last_seen
 
 GRACE = 1.0  # heartbeat timeout 2 s (conftest): the sweeper looks at least every 0.5 s

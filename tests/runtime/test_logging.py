@@ -13,7 +13,11 @@ import pytest
 
 from presence_app.config import ConfigError, Settings, validate
 from presence_app.runtime.logs import JsonFormatter, NodeFilter, TextFormatter, mask_secrets
-from tests.cluster.harness import ROOT, free_port, http_json, stop_process, wait_until
+from tests.support.env import ROOT
+from tests.support.http import http_json
+from tests.support.ports import free_port
+from tests.support.processes import stop_process
+from tests.support.waiting import wait_until
 
 SECRET = "s3cret"
 
