@@ -7,7 +7,7 @@ import tornado.web
 
 from handlers.base import BaseHandler
 
-# Up to this many users the page lists every one of them (the contract); beyond it, every
+# Up to this many users the page lists every one of them (docs/PROTOCOL.md); beyond it, every
 # online user and the first OFFLINE_PAGE of the others: the snapshot brings the rest, and
 # the script shows them a page at a time (OFFLINE_PAGE is its page size too).
 FULL_LIST_UP_TO = 1000

@@ -1,4 +1,4 @@
-"""A scripted client of the public contract: the XSRF dance, login, the presence stream.
+"""A scripted client of docs/PROTOCOL.md: the XSRF dance, login, the presence stream.
 
 Shared by the tests, the benchmarks and anyone scripting against a deployment::
 
@@ -27,7 +27,7 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
 
 
 class ClientError(Exception):
-    """The server answered something the contract calls a failure."""
+    """The server answered something docs/PROTOCOL.md calls a failure."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
@@ -137,7 +137,7 @@ class PresenceClient:
 
 
 class PresenceSocket:
-    """The presence stream, with the contract's client-side rule built in: per user, an
+    """The presence stream, with the protocol's client-side rule built in: per user, an
     event is applied only if its version is newer than what is known."""
 
     def __init__(self, ws: ClientConnection) -> None:

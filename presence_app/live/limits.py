@@ -1,6 +1,6 @@
 """Per-client limits on the socket side: caps on open sockets, a rate for client messages.
 
-Off by default where the contract asks (load tests open 10,000 sockets of one session from
+Off by default where docs/PROTOCOL.md asks (load tests open 10,000 sockets of one session from
 127.0.0.1); the message rate is on, far above what a page sends (one ping every 25 s).
 """
 from __future__ import annotations

@@ -67,7 +67,7 @@ export function parseIso(text) {
   t = t.replace(/(\.\d{3})\d+/, '$1');             // micro- to milliseconds
   t = t.replace(/([+-]\d{2})(\d{2})$/, '$1:$2');    // +0000 -> +00:00
   if (!/(Z|[+-]\d{2}:\d{2})$/i.test(t)) {
-    t += 'Z';                                       // the contract says UTC
+    t += 'Z';                                       // the server sends UTC (docs/PROTOCOL.md)
   }
   const d = new Date(t);
   return Number.isNaN(d.getTime()) ? null : d;

@@ -1,5 +1,5 @@
 /* Presence: the live "who's online" list. Wires the state, the list view, the connection
- * and the page's controls together (see CONTRACT.md, "WebSocket messages").
+ * and the page's controls together (see docs/PROTOCOL.md, "WebSocket `/ws`").
  *
  * The server renders the online users and a first page of the others; the snapshot brings
  * the rest. Events change the state at once and the DOM once per animation frame.

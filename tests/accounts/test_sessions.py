@@ -120,7 +120,7 @@ async def test_session_lookups_that_wait_together_share_one_query(
     assert 1 <= len(queries) <= 3, f"{len(queries)} queries for 41 lookups"
 
 
-# -- revocation is total (issue 9): every revoked or expired session's sockets close ------------
+# -- revocation is total: every revoked or expired session's sockets close ----------------------
 
 async def session_status(client: Any, cookies: dict[str, str] | None = None) -> int:
     """/api/session's status for ``client``'s cookies (or ``cookies``)."""

@@ -4,7 +4,7 @@ several nodes and users,
 against both backends (the in-process ``MemoryStore``; ``RedisStore`` on the real Redis, one
 store and one connection per node, as in a deployment), with and without an offline grace.
 
-A model of what the contract promises is kept beside the store, and after every step:
+A model of what docs/PROTOCOL.md promises is kept beside the store, and after every step:
 - the published events (read back through the broker, the one delivery path) are exactly
   those the calls returned: one per real transition, none when nothing changed, no duplicate;
 - every user's versions strictly increase across the events;

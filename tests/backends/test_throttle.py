@@ -1,4 +1,4 @@
-"""Failed-login throttling (an extension the contract welcomes; a lockout refuses the right
+"""Failed-login throttling (an *extension* in docs/PROTOCOL.md; a lockout refuses the right
 password too, other logins are never refused), its bounded memory under a spray of names,
 and the per-address budget of bcrypt work."""
 from __future__ import annotations

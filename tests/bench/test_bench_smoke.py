@@ -3,7 +3,7 @@ sockets starts the app and the reference servers, runs every scenario, stops eve
 and writes complete JSON and Markdown with nothing lost at this small N.
 
 Three runs go side by side (most of a quick run is waiting for servers to start and stop):
-issue 5's scenarios in two against the app and the ``websockets`` reference, and issue 8's
+the one-user scenarios in two against the app and the ``websockets`` reference, and the
 distinct-user scenarios (distinct, reconnect, churn with distinct users online) in the
 third. The ``picows`` reference is checked on its own, through its protocol."""
 from __future__ import annotations

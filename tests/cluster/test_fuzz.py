@@ -1,7 +1,7 @@
 """Fuzzing a running app (``python run.py``, SQLite, in-process broker) with hypothesis:
 WebSocket frames, the sign-up and login forms, and request paths.
 
-What must hold for any input (docs/PROTOCOL.md, shared CONTRACT.md):
+What must hold for any input (docs/PROTOCOL.md):
 - HTTP: never a 5xx; a POST without the right ``_xsrf`` is a 403; a password is never echoed
   (not in the page, not in the log);
 - WebSocket: a frame gets an ``error`` message (the socket stays open and still answers a

@@ -1,7 +1,7 @@
 """The offline grace across real processes: restarts and rolling deploys without a flood of
 offline events, and kill -9 during a grace never leaves anyone online.
 
-Grace figures: the restart and the rolling-deploy tests use the issue's ``--offline-grace 10``
+Grace figures: the restart and the rolling-deploy tests use the recommended ``--offline-grace 10``
 with the harness's 2 s heartbeat timeout, so "announced offline once, within grace + heartbeat
 timeout" is checked against 12 s. The kill -9 tests scale the grace down to 6 s and 3 s: what
 they check (deadlines kept in the store, finalised by whoever is alive) does not depend on the

@@ -1,4 +1,4 @@
-"""HTTP hardening (issue 9): security headers everywhere, no server version, NUL paths, the
+"""HTTP hardening: security headers everywhere, no server version, NUL paths, the
 ``_xsrf`` token bound to the session, bytes that are not UTF-8, a body timeout, file modes."""
 from __future__ import annotations
 

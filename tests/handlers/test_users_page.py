@@ -1,5 +1,5 @@
 """Which rows the server renders into the users page (handlers/users.py): all of them up to
-1,000 users (the contract), then every online user and the first page of the others."""
+1,000 users (docs/PROTOCOL.md), then every online user and the first page of the others."""
 from __future__ import annotations
 
 import json
