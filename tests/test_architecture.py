@@ -193,7 +193,7 @@ def test_every_layer_in_the_table_exists():
     assert set(LAYERS) == set(units_on_disk().values())
 
 
-def test_the_layers_have_no_cycle():
+def test_the_layers_have_no_cycle() -> None:
     seen: list[str] = []
     pending = dict(LAYERS)
     while pending:

@@ -147,10 +147,15 @@ def test_asset_dir_missing_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("argv", [["users", "list"], ["db", "upgrade"],
                                   ["users", "disable", "alice", "--data-dir", "x"]])
 @pytest.mark.skipif(not HAS_ADMIN, reason="presence_app.admin.cli not in this branch yet")
-def test_admin_commands_are_dispatched(monkeypatch, argv):
+def test_admin_commands_are_dispatched(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> None:
     admin = importlib.import_module("presence_app.admin.cli")
     seen: list[list[str]] = []
-    monkeypatch.setattr(admin, "main", lambda args: seen.append(args) or 3)
+
+    def fake_main(args: list[str]) -> int:
+        seen.append(args)
+        return 3
+
+    monkeypatch.setattr(admin, "main", fake_main)
     assert run.main(argv) == 3
     assert seen == [argv]
 

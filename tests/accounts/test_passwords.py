@@ -22,7 +22,7 @@ async def timed(awaitable) -> tuple[object, float]:
 
 
 @pytest.mark.gen_test
-async def test_hashing_runs_off_the_event_loop():
+async def test_hashing_runs_off_the_event_loop() -> None:
     hasher = PasswordHasher(LOOP_COST, threads=4)
     try:
         ticks: list[float] = []
@@ -155,7 +155,7 @@ def in_request(tracker: RequestTracker, address: str, wrote: bool,
 
 
 @pytest.mark.gen_test
-async def test_jobs_take_turns_across_addresses():
+async def test_jobs_take_turns_across_addresses() -> None:
     hasher = PasswordHasher(4, threads=1)
     tracker = RequestTracker()
     order: list[str] = []

@@ -58,9 +58,10 @@ def test_generating_the_cookie_secret_is_logged(tmp_path: Path) -> None:
 async def test_concurrent_lookups_of_one_session_share_one_query(services: Any,
                                                                  user_factory: Any) -> None:
     alice = await user_factory("alice")
-    token = tornado.web.decode_signed_value(
-        services.settings.cookie_secret, "presence_session",
-        alice.cookies["presence_session"]).decode()
+    raw = tornado.web.decode_signed_value(
+        services.settings.cookie_secret, "presence_session", alice.cookies["presence_session"])
+    assert raw is not None
+    token = raw.decode()
     services.accounts._cache.clear()
     queries = 0
 
@@ -99,6 +100,7 @@ async def test_session_lookups_that_wait_together_share_one_query(
         signed = client.cookies["presence_session"]
         raw = tornado.web.decode_signed_value(services.settings.cookie_secret,
                                               "presence_session", signed)
+        assert raw is not None
         tokens.append(raw.decode())
     revoked = tokens.pop()
     await accounts.end_session(revoked)

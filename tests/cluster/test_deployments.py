@@ -26,7 +26,7 @@ def test_forked_workers_share_one_port(tmp_path: Any, sqlite_url: str, prefix: s
     app.start()
     try:
         # Each worker has its own node id (<node id>:<worker>); new connections reach both.
-        nodes = set()
+        nodes: set[str] = set()
         deadline = time.monotonic() + 20
         while len(nodes) < 2 and time.monotonic() < deadline:
             nodes.add(http_json(app.url + "/healthz")[1]["node"])

@@ -13,7 +13,7 @@ import asyncio
 import datetime as dt
 import random
 import time
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -243,7 +243,7 @@ def test_rolling_restart_behind_nginx(start_app: Any, start_nginx: Any, sqlite_u
 async def pending_in_redis(prefix: str) -> set[str]:
     client = aioredis.from_url(REDIS_URL, decode_responses=True)
     try:
-        return set(await client.zrange(f"{prefix}:pending", 0, -1))
+        return set(cast(list[str], await client.zrange(f"{prefix}:pending", 0, -1)))
     finally:
         await client.aclose()
 

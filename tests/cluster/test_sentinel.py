@@ -9,7 +9,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -44,8 +44,9 @@ class SentinelSetup:
         if info.get("master_link_status") != "up":
             return False
         for sentinel in self.sentinels:
-            state = redis.Redis(port=sentinel.port, socket_timeout=1,
-                                decode_responses=True).sentinel_master(SERVICE)
+            state = cast(dict[str, Any], redis.Redis(
+                port=sentinel.port, socket_timeout=1, decode_responses=True,
+            ).sentinel_master(SERVICE))
             if int(state["num-slaves"]) < 1 or int(state["num-other-sentinels"]) < 2:
                 return False
         return True

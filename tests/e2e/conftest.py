@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generator, Iterator, TypeAlias
 
 import pytest
 
@@ -21,14 +21,16 @@ from tests.support.env import unavailable
 
 from .helpers import ARTIFACTS, CHROMIUM, LAUNCH_ARGS, AppServer, Guard, artifact_name, expect
 
-Browser = BrowserContext = Any  # playwright.sync_api types; Any keeps this importable without it
+# playwright.sync_api types; Any keeps this importable without it
+Browser: TypeAlias = Any
+BrowserContext: TypeAlias = Any
 
 if expect is not None:
     expect.set_options(timeout=10_000)
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: Any, call: Any) -> Iterator[None]:
+def pytest_runtest_makereport(item: Any, call: Any) -> Generator[None, Any, None]:
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)

@@ -141,7 +141,7 @@ async def test_logout_closes_that_sessions_sockets_only(user_factory, make_clien
 
 
 @pytest.mark.gen_test
-async def test_versions_strictly_increase_per_user(user_factory):
+async def test_versions_strictly_increase_per_user(user_factory: Any) -> None:
     alice, bob = await user_factory("alice"), await user_factory("bob")
     watchers = [await alice.connect(), await alice.connect()]
     start = watchers[0].state["bob"].get("version", 0)

@@ -80,7 +80,8 @@ async def test_events_of_one_moment_are_one_write_per_socket_in_order() -> None:
     fan = Fanout(CountingSource(), dropped.append)
     a, b = Recorder("a"), Recorder("b")
     await joined(fan, a, b)
-    a.writes.clear(), b.writes.clear()
+    a.writes.clear()
+    b.writes.clear()
     for n in range(100):
         fan.publish(text_frame(json.dumps({"type": "presence", "n": n})))
     await asyncio.sleep(0)

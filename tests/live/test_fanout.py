@@ -5,7 +5,7 @@ import asyncio
 import json
 import socket
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -55,7 +55,7 @@ async def _stalled_socket(port: int, cookie: str) -> asyncio.StreamWriter:
                   f"Sec-WebSocket-Version: 13\r\nCookie: {cookie}\r\n\r\n").encode())
     head = await reader.readuntil(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101"), head
-    writer.transport.pause_reading()  # from now on: never read
+    cast(asyncio.Transport, writer.transport).pause_reading()  # from now on: never read
     return writer
 
 
