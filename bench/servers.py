@@ -363,8 +363,8 @@ class Probe:
             "irq_cpu_s": round(end["irq"] - s["irq"], 3),
             "net": {k: end["net"].get(k, 0) - v for k, v in s["net"].items()},
         }
-        gcs = [gcprobe.delta(a, b, s["time"], end["time"]) for a, b in zip(s["gc"], end["gc"])]
-        gcs = [g for g in gcs if g]
+        deltas = [gcprobe.delta(a, b, s["time"], end["time"]) for a, b in zip(s["gc"], end["gc"])]
+        gcs = [g for g in deltas if g]
         if gcs:
             self.result["server_gc"] = {
                 key: (max(g[key] for g in gcs) if key == "longest_ms"
