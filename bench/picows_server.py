@@ -58,7 +58,8 @@ class Presence:
             users = sorted(self.users.values(),
                            key=lambda u: (not u["online"], str(u["username"]).lower()))
             self._users_json = json.dumps(users, separators=(",", ":"))
-        return ('{"type":"snapshot","me":%s,"users":%s}'
+        # %-formatting: JSON text, whose braces an f-string would need doubled
+        return ('{"type":"snapshot","me":%s,"users":%s}'  # noqa: UP031
                 % (json.dumps(me), self._users_json)).encode()
 
     def opened(self, transport: WSTransport, username: str) -> None:

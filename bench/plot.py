@@ -84,7 +84,7 @@ def _storm_panel(ax: Any, xs: list[int], rows: list[dict[str, Any]]) -> None:
     ax.plot(xs, dis, "o-", color="tab:blue", label="N distinct users: every snapshot")
     ax.plot(xs, conv, "s--", color="tab:blue", alpha=0.6, label="N distinct users: every event")
     ax.plot(xs, [3 * x for x in one], ":", color="grey", label="target: 3x one user")
-    for x, r in zip(xs, rows):
+    for x, r in zip(xs, rows, strict=True):
         if r.get("ratio_seconds") is not None:
             ax.annotate(f"{r['ratio_seconds']:.2f}x", (x, r["distinct"]["seconds"]),
                         textcoords="offset points", xytext=(4, 4), fontsize=8)

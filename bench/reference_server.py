@@ -50,7 +50,9 @@ class Presence:
             users = sorted(self.users.values(),
                            key=lambda u: (not u["online"], str(u["username"]).lower()))
             self._users_json = json.dumps(users, separators=(",", ":"))
-        return '{"type":"snapshot","me":%s,"users":%s}' % (json.dumps(me), self._users_json)
+        # %-formatting: JSON text, whose braces an f-string would need doubled
+        return ('{"type":"snapshot","me":%s,"users":%s}'  # noqa: UP031
+                % (json.dumps(me), self._users_json))
 
     async def handler(self, ws: ServerConnection) -> None:
         username = user_of(ws.request)  # type: ignore[arg-type]

@@ -306,8 +306,9 @@ def kernel_counters() -> dict[str, int]:
                 ("/proc/net/snmp", "Tcp:", ("RetransSegs",))):
             with open(path) as fh:
                 rows = [line.split() for line in fh if line.startswith(prefix)]
-            for header, values in zip(rows[::2], rows[1::2]):
-                table = dict(zip(header[1:], values[1:]))
+            # /proc/net/snmp and netstat: a header line, then its values line
+            for header, values in zip(rows[::2], rows[1::2], strict=False):
+                table = dict(zip(header[1:], values[1:], strict=False))
                 for name in names:
                     if name in table:
                         out[name] = int(table[name])
@@ -363,7 +364,8 @@ class Probe:
             "irq_cpu_s": round(end["irq"] - s["irq"], 3),
             "net": {k: end["net"].get(k, 0) - v for k, v in s["net"].items()},
         }
-        deltas = [gcprobe.delta(a, b, s["time"], end["time"]) for a, b in zip(s["gc"], end["gc"])]
+        deltas = [gcprobe.delta(a, b, s["time"], end["time"])
+                  for a, b in zip(s["gc"], end["gc"], strict=False)]
         gcs = [g for g in deltas if g]
         if gcs:
             self.result["server_gc"] = {

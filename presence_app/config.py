@@ -168,7 +168,7 @@ def make_parser(env: Mapping[str, str], prog: str = "run.py") -> argparse.Argume
         epilog=f"Every option can also be set as an environment variable PRESENCE_<NAME>. "
                f"Admin commands: {prog} db --help, {prog} users --help.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
-    for name, kind, help_text in _OPTIONS:
+    for name, _kind, help_text in _OPTIONS:
         attr = name.replace("-", "_")
         default = env.get(env_name(name), getattr(defaults, attr))
         parser.add_argument(f"--{name}", type=str, default=str(default),
@@ -306,7 +306,8 @@ def ensure_cookie_secret(s: Settings) -> Settings:
         except FileExistsError:
             secret = path.read_text().strip()
             if len(secret) < 16:
-                raise ConfigError(f"{path} is empty or too short; delete it to regenerate")
+                raise ConfigError(
+                    f"{path} is empty or too short; delete it to regenerate") from None
             return replace(s, cookie_secret=secret)
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_urlsafe(48) + "\n")

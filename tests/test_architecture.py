@@ -31,11 +31,9 @@ def imported_modules(source: str) -> set[str]:
             found.add(base)
             found.update(f"{base}.{alias.name}" if node.module else base + alias.name
                          for alias in node.names)
-        elif isinstance(node, ast.Call) and getattr(node.func, "id", "") == "__import__" \
-                and node.args and isinstance(node.args[0], ast.Constant):
-            found.add(str(node.args[0].value))
-        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "import_module" \
-                and node.args and isinstance(node.args[0], ast.Constant):
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+                and (getattr(node.func, "id", "") == "__import__"
+                     or getattr(node.func, "attr", "") == "import_module"):
             found.add(str(node.args[0].value))
     return found
 

@@ -251,4 +251,4 @@ class RedisStore(PresenceStore):
             for n in nodes:
                 pipe.exists(f"{self.p}:alive:{n}")
             flags = await pipe.execute()
-        return [n for n, flag in zip(nodes, flags) if not flag]
+        return [n for n, flag in zip(nodes, flags, strict=True) if not flag]

@@ -140,9 +140,8 @@ class Database:
         raises ``DatabaseWriteError`` and marks writes as failing until one succeeds.
         """
         try:
-            async with self._writer() as session:
-                async with session.begin():
-                    yield session
+            async with self._writer() as session, session.begin():
+                yield session
         except IntegrityError:
             raise  # the database works; the row conflicts (a taken name, say)
         except DBAPIError as exc:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from itertools import pairwise
 from typing import Any, Awaitable, Callable
 
 import pytest
@@ -41,7 +42,7 @@ async def test_hashing_runs_off_the_event_loop() -> None:
         assert len(set(hashes)) == 4
         assert all(h.startswith(f"$2b${LOOP_COST:02d}$") for h in hashes)
         during = [t for t in ticks if start <= t <= end]
-        gaps = sorted(b - a for a, b in zip(during, during[1:]))
+        gaps = sorted(b - a for a, b in pairwise(during))
         # Hashing on the loop would leave room for a tick between hashes at most (<= 5);
         # off the loop the heartbeat keeps its 5 ms rhythm (give or take a busy machine).
         assert end - start > 0.1

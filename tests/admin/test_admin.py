@@ -17,6 +17,7 @@ import pytest
 
 from presence_app.admin import cli as admin
 from presence_app.accounts.errors import LOGIN_FAILED
+from presence_app.client import ClientError
 from presence_app.config import Settings
 from presence_app.live.presence import CLOSE_SESSION_ENDED
 from presence_app.live.sync import DATABASE_CHECK_INTERVAL
@@ -151,8 +152,8 @@ async def test_disable_ends_sessions_and_refuses_login(settings: Settings,
     code, out, err = await admin_process(settings, "users", "disable", "bob")
     assert (code, out) == (0, "disabled user bob (sessions ended)\n"), err
     assert await sock.wait_closed(reach(settings)) == CLOSE_SESSION_ENDED
-    with pytest.raises(Exception):
-        await bob.users()  # the session is gone: 401
+    with pytest.raises(ClientError, match="answered 401"):
+        await bob.users()  # the session is gone
     refused = await make_client().login("bob", PASSWORD, check=False)
     wrong = await make_client().login("bob", "not-the-password", check=False)
     assert refused.code == wrong.code == 401

@@ -114,7 +114,7 @@ class StoreMachine(RuleBasedStateMachine):
             from presence_app.backends.redis_store import RedisStore
             stores: dict[str, PresenceStore] = {
                 node: RedisStore(broker, prefix, self.grace)
-                for node, broker in zip(NODES, brokers)}
+                for node, broker in zip(NODES, brokers, strict=True)}
             listener: Broker = RedisBroker(REDIS_URL, prefix)
             backend = Backend(stores, [*brokers, listener], listener, prefix)
         else:

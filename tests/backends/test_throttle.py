@@ -160,7 +160,7 @@ async def test_over_long_fields_count_and_a_spray_over_http_keeps_the_lock(
     for password in (LONG, "wrong password", LONG):  # over-long passwords count as failures
         assert (await client.login("alice", password, check=False)).code == 401
     assert (await client.login("alice", PASSWORD, check=False)).code == 429
-    for i in range(3):  # and so do over-long names (counted by a clipped name)
+    for _ in range(3):  # and so do over-long names (counted by a clipped name)
         assert (await client.login("bob" + LONG, PASSWORD, check=False)).code == 401
     assert (await client.login("bob" + LONG, PASSWORD, check=False)).code == 429
     for i in range(60):  # 3x the table: cheap failures that skip bcrypt

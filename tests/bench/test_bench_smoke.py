@@ -65,7 +65,7 @@ def finish(run: subprocess.Popen[str], out: Path, scenarios: list[str]) -> dict[
     except subprocess.TimeoutExpired:
         run.kill()
         output, _ = run.communicate()
-        raise AssertionError("bench run timed out:\n" + output[-4000:])
+        raise AssertionError("bench run timed out:\n" + output[-4000:]) from None
     assert run.returncode == 0, output[-5000:]
     assert "sockets open" in output or "opening" in output  # progress is printed
     print(output[-6000:])  # shown by pytest if an assertion below fails
@@ -151,7 +151,7 @@ def test_quick_runs_write_complete_results(tmp_path: Path) -> None:
             (["distinct", "reconnect", "churn"], distinct)]
     outs = [tmp_path / f"run{i}.json" for i in range(len(runs))]
     started = [(out, names, start_run(out, names, extra, mark))
-               for out, (names, extra) in zip(outs, runs)]
+               for out, (names, extra) in zip(outs, runs, strict=True)]
     results = [finish(proc, out, names) for out, names, proc in started]
     classic_results = {**results[0], "scenarios": {**results[0]["scenarios"],
                                                    **results[1]["scenarios"]}}

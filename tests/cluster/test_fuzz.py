@@ -25,6 +25,7 @@ import socket
 import struct
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
+from itertools import pairwise
 from typing import Any, Iterator
 from urllib.parse import quote, urlencode
 
@@ -303,7 +304,7 @@ def messages(draw: Any) -> Message:
     payload = draw(raw_payloads)
     cuts = sorted(draw(st.lists(st.integers(0, len(payload)), max_size=2)))
     bounds = [0, *cuts, len(payload)]
-    return Message(opcode, [payload[a:b] for a, b in zip(bounds, bounds[1:])])
+    return Message(opcode, [payload[a:b] for a, b in pairwise(bounds)])
 
 
 def check_frame(served: Served, message: Message) -> None:

@@ -1,6 +1,8 @@
 """The server goes away and comes back: the page says so, then shows the true state."""
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 
 from .helpers import (
@@ -86,7 +88,7 @@ def test_first_reconnect_after_a_restart_is_jittered_over_two_seconds(server, ne
         log = page.evaluate("window.__reconnect")
         assert [c["code"] for c in log["closes"]] == [1001], log
         times = [log["closes"][0]["t"]] + log["fetches"][:2]
-        waits = [b - a for a, b in zip(times, times[1:])]
+        waits = [b - a for a, b in pairwise(times)]
         expected = [random * 2000, random * 1000]
-        for wait, due in zip(waits, expected):
+        for wait, due in zip(waits, expected, strict=True):
             assert due - 20 <= wait <= due + 300, (random, waits, expected)

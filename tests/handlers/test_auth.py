@@ -122,7 +122,7 @@ async def test_simultaneous_signups_of_one_name(make_client, services):
         await b.xsrf()
     responses = await asyncio.gather(*(
         client.signup(name if i == 0 else name.upper(), PASSWORD, check=False)
-        for name, pair in zip(names, pairs) for i, client in enumerate(pair)))
+        for name, pair in zip(names, pairs, strict=True) for i, client in enumerate(pair)))
     for k, name in enumerate(names):
         codes = sorted(r.code for r in responses[2 * k:2 * k + 2])
         assert codes == [302, 409], (name, codes)

@@ -148,10 +148,10 @@ async def test_versions_strictly_increase_per_user(user_factory: Any) -> None:
     seen: list[list[dict]] = [[], []]
     for _ in range(3):
         tab = await bob.connect()
-        for watcher, events in zip(watchers, seen):
+        for watcher, events in zip(watchers, seen, strict=True):
             events.append(await watcher.wait_for(is_presence("bob", True), timeout=5))
         await tab.close()
-        for watcher, events in zip(watchers, seen):
+        for watcher, events in zip(watchers, seen, strict=True):
             events.append(await watcher.wait_for(is_presence("bob", False), timeout=5))
     versions = [e["version"] for e in seen[0]]
     assert all(isinstance(v, int) for v in versions)
@@ -255,7 +255,7 @@ async def test_foreign_origin_is_403_and_own_origin_is_accepted(user_factory, ba
 async def test_api_and_page_reflect_an_event_once_received(user_factory):
     alice, bob = await user_factory("alice"), await user_factory("bob")
     watcher = await alice.connect()
-    for step in range(2):
+    for _ in range(2):
         tab = await bob.connect()
         online = await watcher.wait_for(is_presence("bob", True), timeout=5)
         entry = await user_entry(alice, "bob")

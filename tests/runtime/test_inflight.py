@@ -32,7 +32,7 @@ async def test_drain_completes_or_refuses_each_sign_up(services: Any, make_clien
         await asyncio.gather(*(c.xsrf() for c in clients))
         names = [f"drain{i:02d}" for i in range(SIGNUPS)]
         signups = [asyncio.ensure_future(c.signup(name, PASSWORD, check=False))
-                   for c, name in zip(clients, names)]
+                   for c, name in zip(clients, names, strict=True)]
         while services.accounts.hasher.waiting < SIGNUPS // 2:
             await asyncio.sleep(0.005)
         await services.drain(0.1, grace=2.0)
@@ -45,6 +45,6 @@ async def test_drain_completes_or_refuses_each_sign_up(services: Any, make_clien
     async with services.db.read() as session:
         created = set((await session.scalars(select(User.username))).all())
     assert set(codes) == {302, 503}, codes  # both paths taken, never a 500
-    assert {n for n, code in zip(names, codes) if code == 302} == created
+    assert {n for n, code in zip(names, codes, strict=True) if code == 302} == created
     assert late.code == 503
     assert health.code == 503 and b"shutting down" in health.body

@@ -167,8 +167,8 @@ class FaultProxy:
             except OSError:
                 pass
             if link.zombie and writer is link.writers[0]:
-                return  # half-open: the client never learns that the other side went away
-            if self.mode == "refuse":
+                pass  # half-open: the client never learns that the other side went away
+            elif self.mode == "refuse":
                 _abort(writer)
             else:
                 writer.close()
