@@ -30,7 +30,7 @@ async def run(runner: Runner) -> dict[str, Any]:
                       "rss_mib": round(dep.rss() / 2**20, 1)})
             out["runs"][key] = r
     base = out["runs"].get("1-memory", {}).get("last_observer_ms", {})
-    for key, r in out["runs"].items():
+    for r in out["runs"].values():
         r["ratio_p95_vs_1_memory"] = ratio(r["last_observer_ms"]["p95"], base.get("p95"))
         r["ratio_p50_vs_1_memory"] = ratio(r["last_observer_ms"]["p50"], base.get("p50"))
         if base.get("p50") is not None and r["last_observer_ms"]["p50"] is not None:

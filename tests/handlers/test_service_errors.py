@@ -3,6 +3,7 @@ error a service raises on purpose has exactly one row, with the status docs/PROT
 documents, and the sign-up page states the limits from their one definition."""
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any
 
 import pytest
@@ -48,8 +49,8 @@ def test_the_table_has_no_other_rows() -> None:
     assert AccountError not in SERVICE_ERRORS  # no catch-all: each error has its own row
 
 
-@pytest.mark.parametrize("kind", sorted(DOCUMENTED, key=lambda k: k.__name__),
-                         ids=lambda k: k.__name__)
+@pytest.mark.parametrize("kind", sorted(DOCUMENTED, key=attrgetter("__name__")),
+                         ids=attrgetter("__name__"))
 def test_each_error_has_exactly_one_row_with_its_documented_status(kind: type) -> None:
     example, status = DOCUMENTED[kind]
     assert [row for row in SERVICE_ERRORS if isinstance(example, row)] == [kind]
