@@ -85,7 +85,7 @@ async def serve(settings: Settings, sockets: list[socket.socket], announce: bool
         log.info("Closing sockets with 1001")
     try:
         await asyncio.wait_for(server.close_all_connections(), timeout=1.0)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     log.info("Stopped")
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import bisect
 import json
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 import numpy as np
 

@@ -28,7 +28,7 @@ from picows import (WSAutoPingStrategy, WSCloseCode, WSFrame, WSListener, WSMsgT
 
 
 def iso_now() -> str:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     return now.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 

@@ -16,7 +16,7 @@ from bench.servers import ROOT
 def run_meta(o: argparse.Namespace) -> dict[str, Any]:
     """The ``meta`` of a run's results, as it starts."""
     return {
-        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "label": o.label, "quick": o.quick, "argv": sys.argv[1:],
         "commit": git_commit(), "uncommitted": git_dirty(), "machine": machine_info(),
         "loadavg_at_start": os.getloadavg(),

@@ -24,7 +24,7 @@ from websockets.http11 import Request, Response
 
 
 def iso_now() -> str:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     return now.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 

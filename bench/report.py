@@ -6,7 +6,8 @@ import datetime as dt
 import importlib
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from bench.scenarios.cells import fmt
 from bench.servers import ROOT

@@ -15,7 +15,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
+from collections.abc import Awaitable, Callable
 
 import psutil
 
@@ -101,7 +102,7 @@ class ReferenceDeployment(Deployment):
         return {"reference": "websockets.broadcast() reference",
                 "picows": "picows reference"}[self.kind]
 
-    async def start(self) -> "ReferenceDeployment":
+    async def start(self) -> ReferenceDeployment:
         port = free_port()
         script = REFERENCE_SERVERS[self.kind]
         if self.gc_stats:
@@ -161,7 +162,7 @@ class AppDeployment(Deployment):
     def label(self) -> str:
         return f"{self.processes} proc, {self.broker} broker, {self.database}"
 
-    async def start(self) -> "AppDeployment":
+    async def start(self) -> AppDeployment:
         if self.database == "postgresql":
             self.pg_name = await create_database(self.pg_dsn, "presence_bench")
             database_url = postgres_url(self.pg_dsn, self.pg_name)
@@ -333,7 +334,7 @@ class Probe:
     """CPU and kernel counters over one measured phase: the server's, the generator's, this
     runner's, and what the rest of the machine used meanwhile (other people's work)."""
 
-    def __init__(self, dep: "Deployment", gen_cpu: Any) -> None:
+    def __init__(self, dep: Deployment, gen_cpu: Any) -> None:
         self.dep = dep
         self.gen_cpu = gen_cpu
         self.start: dict[str, Any] = {}
@@ -347,7 +348,7 @@ class Probe:
                 "runner": me.user + me.system, "busy": busy_cpu(), "irq": irq_cpu(),
                 "net": kernel_counters()}
 
-    async def __aenter__(self) -> "Probe":
+    async def __aenter__(self) -> Probe:
         self.start = await self._sample()
         return self
 

@@ -48,7 +48,7 @@ async def seed(database_url: str, secret: str, names: list[str],
 
     Returns username -> ``Cookie`` header value."""
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode("ascii")
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     expires = now + dt.timedelta(days=session_days)
     db = Database(database_url)
     cookies: dict[str, str] = {}

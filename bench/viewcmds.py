@@ -294,7 +294,7 @@ class Churn:
                 self.triggers.append((view.label, False, view.close()))
                 try:
                     await asyncio.wait_for(asyncio.shield(view.closed), self.timeout)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     self.errors["close timeout"] += 1
                     view.abort()
                 view.dead = False

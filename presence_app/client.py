@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 from http.cookies import SimpleCookie
-from typing import Any, AsyncIterator, Callable
+from typing import Any
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlencode, urlsplit
 
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
@@ -118,7 +119,7 @@ class PresenceClient:
         return f"{scheme}://{parts.netloc}/ws"
 
     async def connect(self, origin: str | None = None, timeout: float = 10.0,
-                      **kwargs: Any) -> "PresenceSocket":
+                      **kwargs: Any) -> PresenceSocket:
         """Open /ws with this client's cookies and read the snapshot (ClientError on refusal)."""
         headers = {"Cookie": self.cookie_header()} if self.cookies else {}
         # permessage-deflate offered like a browser does (snapshots then arrive compressed);
@@ -146,7 +147,7 @@ class PresenceSocket:
         self.state: dict[str, dict[str, Any]] = {}
         self.stale: list[dict[str, Any]] = []  # events that arrived out of order (ignored)
 
-    async def __aenter__(self) -> "PresenceSocket":
+    async def __aenter__(self) -> PresenceSocket:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -192,7 +193,7 @@ class PresenceSocket:
         while True:
             left = deadline - asyncio.get_running_loop().time()
             if left <= 0:
-                raise asyncio.TimeoutError(f"no matching message within {timeout} s")
+                raise TimeoutError(f"no matching message within {timeout} s")
             message = await self.recv(left)
             if predicate(message):
                 return message

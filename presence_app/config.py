@@ -9,7 +9,7 @@ import secrets
 import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from presence_app.runtime.addresses import parse_allow_list
 from presence_app.backends.urls import check_redis_url, mask_url
@@ -82,7 +82,7 @@ class Settings:
         Redis connections hang says so on /healthz about when others would reap it."""
         return min(max(self.heartbeat_timeout / 2.0, 1.0), 5.0)
 
-    def for_worker(self, worker: int | None) -> "Settings":
+    def for_worker(self, worker: int | None) -> Settings:
         """The settings of one forked worker: node id ``<node id>:<worker>`` keeps ids unique."""
         if worker is None:
             return self

@@ -7,7 +7,8 @@ once per event. Label values are bounded: routes are patterns, close codes a fix
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -69,7 +70,7 @@ class Metrics:
     def allows(self, address: str | None) -> bool:
         return address_allowed(address, self.allowed)
 
-    def watch(self, services: "Services") -> None:
+    def watch(self, services: Services) -> None:
         """Read gauges and the plain counters of ``services`` at every scrape."""
         self.registry.register(ServicesCollector(services))
         services.presence.fanout.stats.observe = self.fanout_seconds.observe
@@ -89,7 +90,7 @@ class Metrics:
 class ServicesCollector(Collector):
     """Gauges and counters that live as plain attributes of the services, read on scrape."""
 
-    def __init__(self, services: "Services") -> None:
+    def __init__(self, services: Services) -> None:
         self.services = services
 
     def describe(self) -> list[Metric]:

@@ -5,7 +5,7 @@ import asyncio
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from presence_app.accounts.auth import AuthService
 from presence_app.accounts.service import AccountService
@@ -164,7 +164,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         finally:
             try:  # SIGTERM must end the process within 5 s, whatever Redis is doing
                 await asyncio.wait_for(sync.stop(), timeout=3.5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("Shutdown cleanup timed out; the heartbeat timeout will finish it")
     finally:
         for task in tasks:

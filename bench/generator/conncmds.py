@@ -117,7 +117,7 @@ async def cmd_wait_event(worker: Worker, group: str, username: str, online: bool
         g.waiters.append(waiter)
         try:
             rec = await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if waiter in g.waiters:
                 g.waiters.remove(waiter)
             return {"complete": False, "count": g.best_count(spec), "expected": g.open_count}
@@ -209,7 +209,7 @@ async def cmd_churn(worker: Worker, group: str, targets: list[tuple[str, int]],
             triggers.append((labels[i], False, conn.close()))
             try:
                 await asyncio.wait_for(asyncio.shield(conn.closed), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 errors["close timeout"] += 1
                 conn.abort()
             cycles += 1

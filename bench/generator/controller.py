@@ -8,7 +8,8 @@ import multiprocessing
 import os
 import time
 from collections import Counter
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from bench.generator.worker import raise_nofile_limit, worker_main
 
@@ -35,7 +36,7 @@ class LoadGen:
     def observers(self) -> range:
         return range(self.n_observers)
 
-    async def start(self) -> "LoadGen":
+    async def start(self) -> LoadGen:
         raise_nofile_limit()
         self.loop = asyncio.get_running_loop()
         ctx = multiprocessing.get_context("spawn")

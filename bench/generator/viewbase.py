@@ -157,7 +157,7 @@ class ViewBase:
             await asyncio.wait_for(asyncio.shield(self.opened),
                                    max(deadline - time.monotonic(), 0.001))
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.fail("timeout")
         except ConnectionRefusedError:
             self.refused += 1

@@ -75,7 +75,7 @@ class Reconnecting(ViewBase):
                     head += scratch[:n]
                     if b"\r\n" in head:
                         status = int(head[9:12])
-        except (OSError, asyncio.TimeoutError, ValueError):
+        except (TimeoutError, OSError, ValueError):
             pass
         finally:
             sock.close()

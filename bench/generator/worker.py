@@ -17,7 +17,8 @@ import resource
 import signal
 import time
 import traceback
-from typing import Any, Awaitable, Callable
+from typing import Any
+from collections.abc import Awaitable, Callable
 
 from bench.generator import conncmds
 from bench.generator.group import POLLER, Group

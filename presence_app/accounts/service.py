@@ -8,7 +8,7 @@ import hashlib
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError

@@ -18,7 +18,8 @@ import getpass
 import logging
 import os
 import sys
-from typing import Callable, Sequence, TextIO
+from typing import TextIO
+from collections.abc import Callable, Sequence
 
 from presence_app.accounts.errors import AccountError, UsernameTaken
 from presence_app.accounts.service import AccountService
@@ -218,5 +219,5 @@ def status(user: UserInfo) -> str:
 
 
 def when(value: dt.datetime | None) -> str:
-    return "-" if value is None else value.astimezone(dt.timezone.utc).strftime(
+    return "-" if value is None else value.astimezone(dt.UTC).strftime(
         "%Y-%m-%d %H:%M:%SZ")

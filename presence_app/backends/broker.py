@@ -9,7 +9,8 @@ import asyncio
 import logging
 import random
 from abc import ABC, abstractmethod
-from typing import Any, Awaitable, Callable
+from typing import Any
+from collections.abc import Awaitable, Callable
 
 from presence_app.backends.urls import SENTINEL_SCHEME, mask_url, parse_sentinel_url
 
@@ -43,7 +44,7 @@ class Broker(ABC):
         """Wait until ``listen`` is subscribed (or give up after ``timeout``)."""
         try:
             await asyncio.wait_for(self._subscribed_event().wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("Not subscribed to the broker after %.0f s; continuing", timeout)
 
     async def connect(self) -> None:
@@ -192,7 +193,7 @@ class RedisBroker(Broker):
                 self._retry.clear()
                 try:  # the backoff, cut short by retry_now()
                     await asyncio.wait_for(self._retry.wait(), delay * (0.5 + random.random() / 2))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 delay = min(delay * 2, MAX_BACKOFF)
             finally:

@@ -130,7 +130,7 @@ class RedisLoginThrottle:
             released = self._released.setdefault(key, asyncio.Event())
             try:
                 await asyncio.wait_for(released.wait(), POLL)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _reserve_locally(self, key: Key, username: str, address: str) -> float:

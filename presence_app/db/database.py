@@ -8,7 +8,7 @@ import os
 import time
 from contextlib import asynccontextmanager
 from types import ModuleType
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from sqlalchemy import (
     BigInteger, DateTime, ForeignKey, Integer, String, event, func, text,
@@ -30,7 +30,7 @@ SCHEMA_LOCK_KEY = 0x70726573
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 class Base(DeclarativeBase):
@@ -101,7 +101,7 @@ PROBE_RETRY_SECONDS = 1.0
 def aware(value: dt.datetime | None) -> dt.datetime | None:
     """SQLite hands back naive datetimes; everything stored is UTC."""
     if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.timezone.utc)
+        return value.replace(tzinfo=dt.UTC)
     return value
 
 

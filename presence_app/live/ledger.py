@@ -30,12 +30,12 @@ def parse_time(value: str) -> dt.datetime:
 
 def _utc(value: dt.datetime) -> dt.datetime:
     """SQLite hands back naive datetimes; everything stored is UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
 def _iso(value: dt.datetime) -> str:
     """The store's time format (presence.iso, which this module cannot import: a cycle)."""
-    return value.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
+    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 class OnlineLedger:
@@ -121,7 +121,7 @@ class OnlineLedger:
                     User.username_key.in_(chunk)))).all()
                 rows = [{"user_id": uid, "last_seen": parse_time(by_key[key].last_seen),
                          "deadline": dt.datetime.fromtimestamp(by_key[key].deadline,
-                                                               dt.timezone.utc)}
+                                                               dt.UTC)}
                         for uid, key in users]
                 if rows:
                     await session.execute(insert(PendingOffline), rows)

@@ -28,7 +28,7 @@ MAX_UNANNOUNCED = 10_000
 
 
 def iso_now() -> str:
-    return _iso(dt.datetime.now(dt.timezone.utc))
+    return _iso(dt.datetime.now(dt.UTC))
 
 
 def iso(value: dt.datetime | None) -> str | None:
@@ -37,7 +37,7 @@ def iso(value: dt.datetime | None) -> str | None:
 
 def _iso(value: dt.datetime) -> str:
     """ISO 8601 in UTC with milliseconds and a Z: 2026-11-24T14:03:12.123Z."""
-    return value.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
+    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 __all__ = ["Connection", "PresenceService", "iso", "iso_now", "user_removed_message",
@@ -385,7 +385,7 @@ class PresenceService:
 
     def close_expired(self, now: dt.datetime | None = None) -> int:
         """Close (4001) the sockets of every session that has expired; how many sessions."""
-        now = now or dt.datetime.now(dt.timezone.utc)
+        now = now or dt.datetime.now(dt.UTC)
         ended = [sid for sid, expires in self._expiry.items() if expires <= now]
         for session_id in ended:
             log.info("Session %s... expired; closing its sockets", session_id[:8])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from presence_app.live.ledger import OnlineLedger
 from presence_app.live.presence import PresenceService, iso, iso_now
@@ -215,7 +215,7 @@ class PresenceSync:
                     break
                 try:
                     await asyncio.wait_for(added.wait(), left)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
                 added.clear()
                 wake_at = min(wake_at, loop.time() + grace + GRACE_SLACK)

@@ -79,6 +79,6 @@ class RequestTracker:
             return True
         try:
             await asyncio.wait_for(self._idle.wait(), max(deadline - time.monotonic(), 0.0))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True

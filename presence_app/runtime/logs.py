@@ -63,7 +63,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         body: dict[str, Any] = {
-            "time": dt.datetime.fromtimestamp(record.created, dt.timezone.utc)
+            "time": dt.datetime.fromtimestamp(record.created, dt.UTC)
                       .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname,
             "node": getattr(record, "node", ""),

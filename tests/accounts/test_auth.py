@@ -4,7 +4,8 @@ typed error of each refusal, and the field limits from their one definition."""
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import update

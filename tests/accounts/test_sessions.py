@@ -35,7 +35,7 @@ async def test_expired_sessions_are_purged(services: Any, user_factory: Any) -> 
     await user_factory("bob")
     async with services.db.write() as session:
         await session.execute(update(Session).where(Session.user_id == 1).values(
-            expires_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)))
+            expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=1)))
     await services.sync.purge_sessions()
     async with services.db.read() as session:
         left = await session.scalar(select(func.count()).select_from(Session))
@@ -174,7 +174,7 @@ async def test_expired_session_closes_its_socket_and_the_user_goes_offline(
         services: Any, user_factory: Any) -> None:
     watcher = await (await user_factory("alice")).connect()
     bob = await user_factory("bob")
-    soon = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1.0)
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1.0)
     async with services.db.write() as session:
         await session.execute(update(Session).where(Session.user_id == 2).values(
             expires_at=soon))
@@ -182,7 +182,7 @@ async def test_expired_session_closes_its_socket_and_the_user_goes_offline(
     sock = await bob.connect()
     await watcher.wait_status("bob", True)
     assert await sock.wait_closed(timeout=6) == 4001
-    closed_after = dt.datetime.now(dt.timezone.utc) - soon
+    closed_after = dt.datetime.now(dt.UTC) - soon
     # Checked every heartbeat interval (0.5 s here): a few seconds' accuracy at most.
     assert closed_after < dt.timedelta(seconds=2.5), closed_after
     await watcher.wait_status("bob", False, timeout=5)
@@ -193,7 +193,7 @@ async def test_expired_session_closes_its_socket_and_the_user_goes_offline(
 async def test_expired_session_is_not_served_from_the_cache(services: Any,
                                                             user_factory: Any) -> None:
     bob = await user_factory("bob")
-    soon = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=0.3)
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=0.3)
     async with services.db.write() as session:
         await session.execute(update(Session).values(expires_at=soon))
     services.accounts.clear_cache()

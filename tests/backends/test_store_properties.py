@@ -25,7 +25,8 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Coroutine, Mapping, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Coroutine, Mapping
 
 import pytest
 from hypothesis import HealthCheck, settings

@@ -264,7 +264,7 @@ def test_views_count_every_presence_frame(compress: bool, seed: int) -> None:
             await asyncio.sleep(0.002)
         try:
             got_from_client.append(await asyncio.wait_for(reader.read(65536), 2))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         await done.wait()
         writer.close()

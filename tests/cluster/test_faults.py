@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import pytest
@@ -86,7 +87,7 @@ async def converge(sockets: list[PresenceSocket], truth: dict[str, bool],
         if not right():
             try:
                 await sock.wait_for(right, timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 view = {u: sock.online(u) for u in truth}
                 raise AssertionError(f"{sock.me} sees {view} after {timeout} s") from None
     await asyncio.gather(*(one(s) for s in sockets))
@@ -105,7 +106,7 @@ async def still(sockets: list[PresenceSocket], truth: dict[str, bool], seconds: 
         try:
             while True:
                 await sock.recv(timeout=seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
     await asyncio.gather(*(asyncio.wait_for(drain(s), seconds + 1) for s in sockets),
                          return_exceptions=True)

@@ -26,7 +26,8 @@ import struct
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from itertools import pairwise
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 from urllib.parse import quote, urlencode
 
 import pytest

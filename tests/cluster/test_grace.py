@@ -47,7 +47,7 @@ class PageLike:
         self.closed_at: list[float] = []
         self.task: asyncio.Task[None] | None = None
 
-    async def open(self) -> "PageLike":
+    async def open(self) -> PageLike:
         await self.client.login(self.username, PASSWORD)
         self.sock = await self.client.connect()
         self._logged_snapshot()
@@ -129,7 +129,7 @@ async def online_everywhere(pages: list[PageLike], username: str, timeout: float
 def stamp(when: float) -> dt.datetime:
     """``when`` as a datetime. The app's times have milliseconds only (truncated): compare a
     lower bound taken here with ``stamp(t - 0.001)``."""
-    return dt.datetime.fromtimestamp(when, dt.timezone.utc)
+    return dt.datetime.fromtimestamp(when, dt.UTC)
 
 
 def check_announced_once(pages: list[PageLike], username: str, closed: float,

@@ -26,7 +26,7 @@ HASH = "$2b$04$" + "x" * 53
 async def make_legacy_database(url: str) -> None:
     """What the code before migrations left: its tables (create_all), rows, no alembic table."""
     engine = create_async_engine(url)
-    now = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
     try:
         async with engine.begin() as conn:
             await conn.run_sync(initial_metadata().create_all)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Generator, Iterator, TypeAlias
+from typing import Any, TypeAlias
+from collections.abc import Callable, Generator, Iterator
 
 import pytest
 

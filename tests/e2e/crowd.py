@@ -15,7 +15,8 @@ import os
 import secrets
 import threading
 from concurrent.futures import Future
-from typing import Any, Coroutine, Iterable, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Coroutine, Iterable
 
 import bcrypt
 import tornado.web

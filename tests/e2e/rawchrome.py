@@ -31,7 +31,7 @@ class RawChromium:
         self.exits = contextlib.ExitStack()
         self.next_id = 0
 
-    def start(self, timeout: float = 20.0) -> "RawChromium":
+    def start(self, timeout: float = 20.0) -> RawChromium:
         self.user_data_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [CHROMIUM, "--headless", *LAUNCH_ARGS, f"--user-data-dir={self.user_data_dir}",

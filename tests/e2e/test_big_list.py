@@ -15,7 +15,8 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
@@ -53,7 +54,7 @@ class BigList:
 def big(tmp_path_factory: Any) -> Iterator[BigList]:
     workdir = tmp_path_factory.mktemp("big")
     secret = "e2e-big-list-" + uuid.uuid4().hex
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     users: list[tuple[str, dt.datetime | None]] = [
         (name, None if i % 10 == 9 else started - dt.timedelta(minutes=i + 1))
         for i, name in enumerate(MEMBERS)]

@@ -383,7 +383,7 @@ async def test_bad_session_cookie_is_logged_out(services, user_factory, make_cli
 async def test_session_expired_in_database_is_logged_out(services, user_factory):
     alice = await user_factory("alice")
     bob = await user_factory("bob")
-    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=1)
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
     async with services.db.write() as session:
         alice_id = await session.scalar(select(User.id).where(User.username == "alice"))
         await session.execute(update(Session).where(Session.user_id == alice_id)

@@ -227,7 +227,7 @@ def test_a_trickled_body_is_cut_off_at_the_body_timeout(run_server):
                 if conn.recv(4096) == b"":
                     closed_after = time.monotonic() - started
                     break
-            except socket.timeout:
+            except TimeoutError:
                 try:
                     conn.sendall(b"x")  # one more byte every 0.3 s
                 except OSError:

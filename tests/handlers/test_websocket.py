@@ -6,7 +6,8 @@ import contextlib
 import datetime as dt
 import json
 import re
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -102,7 +103,7 @@ async def test_second_tab_changes_nothing_until_the_last_closes(user_factory):
     event = await watcher.wait_for(is_presence("bob", False), timeout=5)
     assert event["last_seen"] is not None
     seen = parse_iso(event["last_seen"])
-    assert abs(dt.datetime.now(dt.timezone.utc) - seen) < dt.timedelta(seconds=30)
+    assert abs(dt.datetime.now(dt.UTC) - seen) < dt.timedelta(seconds=30)
     entry = await user_entry(alice, "bob")
     assert entry["online"] is False and entry["last_seen"] == event["last_seen"]
 

@@ -276,7 +276,7 @@ class RawSocket:
         self.reader, self.writer, self.head = reader, writer, head
 
     @classmethod
-    async def open(cls, port: int, cookie: str, extensions: str | None) -> "RawSocket":
+    async def open(cls, port: int, cookie: str, extensions: str | None) -> RawSocket:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         key = base64.b64encode(os.urandom(16)).decode()
         ext = f"Sec-WebSocket-Extensions: {extensions}\r\n" if extensions else ""

@@ -12,7 +12,8 @@ import datetime as dt
 import time
 import uuid
 from dataclasses import replace
-from typing import Any, AsyncIterator, Callable
+from typing import Any
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import tornado.httpserver
@@ -53,13 +54,13 @@ async def messages_within(sock: PresenceSocket, seconds: float) -> list[dict]:
     while (left := deadline - time.monotonic()) > 0:
         try:
             got.append(await sock.recv(left))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             break
     return got
 
 
 def stamp(when: float) -> dt.datetime:
-    return dt.datetime.fromtimestamp(when, dt.timezone.utc)
+    return dt.datetime.fromtimestamp(when, dt.UTC)
 
 
 # -- configuration -------------------------------------------------------------------------

@@ -4,7 +4,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from dataclasses import replace
-from typing import Any, Awaitable, Callable
+from typing import Any
+from collections.abc import Awaitable, Callable
 
 import pytest
 import tornado.httpserver
@@ -36,7 +37,7 @@ async def last_seen(services: Any, username: str) -> dt.datetime | None:
     async with services.db.read() as session:
         value = await session.scalar(select(User.last_seen).where(User.username == username))
     if value is not None and value.tzinfo is None:  # SQLite returns naive UTC
-        value = value.replace(tzinfo=dt.timezone.utc)
+        value = value.replace(tzinfo=dt.UTC)
     return value
 
 

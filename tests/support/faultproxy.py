@@ -65,7 +65,7 @@ class FaultProxy:
 
     # -- control (from any thread) --------------------------------------------------------
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         self._thread.start()
         self._call(self._listen())
         return self

@@ -129,7 +129,7 @@ class Nginx:
         return [self.binary, "-c", str(self.conf), "-p", str(self.dir),
                 "-e", str(self.dir / "nginx-error.log")]
 
-    def start(self, timeout: float = 15.0) -> "Nginx":
+    def start(self, timeout: float = 15.0) -> Nginx:
         """Check the config (``nginx -t``), start, return once it proxies ``/healthz``."""
         check = subprocess.run([*self._args(), "-t"], capture_output=True, text=True)
         assert check.returncode == 0, check.stderr

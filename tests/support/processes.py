@@ -10,7 +10,8 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Mapping, Self, Sequence
+from typing import Any, Self
+from collections.abc import Mapping, Sequence
 
 from tests.support.env import ROOT
 from tests.support.http import http_json

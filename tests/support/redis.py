@@ -78,7 +78,7 @@ class RedisServer(_RedisProcess):
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         """Start it and return once it answers PING."""
         self._launch(["--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                       "--appendonly", "no", "--dir", str(self.workdir), *self.extra],
@@ -102,7 +102,7 @@ class RedisSentinel(_RedisProcess):
             f"sentinel failover-timeout {service} 10000\n"
             f"sentinel parallel-syncs {service} 1\n")
 
-    def start(self) -> "RedisSentinel":
+    def start(self) -> RedisSentinel:
         """Start it and return once it answers PING."""
         self._launch([str(self.conf), "--sentinel"], "redis-sentinel")
         return self

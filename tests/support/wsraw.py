@@ -31,7 +31,7 @@ class RawSocket:
 
     @classmethod
     async def open(cls, port: int, cookie: str, rcvbuf: int | None = None,
-                   extra: str = "") -> "RawSocket":
+                   extra: str = "") -> RawSocket:
         raw = socket.socket()
         if rcvbuf:
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
