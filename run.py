@@ -18,8 +18,8 @@ import tornado.netutil
 
 from handlers import make_app
 from handlers.ops import listen_worker_health
-from presence_app.runtime import logs
 from presence_app.config import ConfigError, Settings, ensure_cookie_secret, load_settings
+from presence_app.runtime import logs
 from presence_app.runtime.launcher import fork_workers
 from presence_app.services import StartupError, open_services
 

@@ -29,9 +29,19 @@ import sys
 from bench.generator.conn import Conn
 from bench.generator.controller import LoadGen
 from bench.generator.group import POLLER, EventRecord, Group, Poller
-from bench.generator.wire import (ANC_SIZE, CLOSED, CLOSING, HANDSHAKE, OPEN, RECV_SIZE,
-                                  SNAPSHOT, SO_TIMESTAMPNS, client_frame, decode_ts,
-                                  upgrade_request)
+from bench.generator.wire import (
+    ANC_SIZE,
+    CLOSED,
+    CLOSING,
+    HANDSHAKE,
+    OPEN,
+    RECV_SIZE,
+    SNAPSHOT,
+    SO_TIMESTAMPNS,
+    client_frame,
+    decode_ts,
+    upgrade_request,
+)
 from bench.generator.worker import Worker, cpu_seconds, raise_nofile_limit, worker_main
 
 __all__ = ["ANC_SIZE", "CLOSED", "CLOSING", "HANDSHAKE", "OPEN", "POLLER", "RECV_SIZE",

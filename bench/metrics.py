@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import bisect
 import json
-from typing import Any
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 

@@ -22,9 +22,18 @@ import signal
 from http.cookies import SimpleCookie
 from typing import Any
 
-from picows import (WSAutoPingStrategy, WSCloseCode, WSFrame, WSListener, WSMsgType,
-                    WSTransport, WSUpgradeRequest, WSUpgradeResponse,
-                    WSUpgradeResponseWithListener, ws_create_server)
+from picows import (
+    WSAutoPingStrategy,
+    WSCloseCode,
+    WSFrame,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+    ws_create_server,
+)
 
 
 def iso_now() -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable
 
 from bench.scenarios.cells import fmt
 from bench.servers import ROOT

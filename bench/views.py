@@ -43,8 +43,17 @@ from bench.generator.viewbase import EXTENSIONS, ViewGroup
 from bench.generator.viewcheck import ONLINE_MARKERS, Checking
 from bench.generator.viewread import BUF, BUFS, SUSPECT, FrameReader
 from bench.generator.viewretry import Reconnecting
-from bench.generator.wire import (CLOSED, CLOSING, CONNECTING, DEFLATE_TAIL, HANDSHAKE, OPEN,
-                                  RECV_SIZE, SNAPSHOT, time_ns)
+from bench.generator.wire import (
+    CLOSED,
+    CLOSING,
+    CONNECTING,
+    DEFLATE_TAIL,
+    HANDSHAKE,
+    OPEN,
+    RECV_SIZE,
+    SNAPSHOT,
+    time_ns,
+)
 
 HIST_EDGES = np.concatenate([[-1e12], np.logspace(-2, 5.5, 751), [1e12]])  # ms
 

@@ -14,14 +14,21 @@ from markupsafe import Markup
 from handlers.xsrf import SessionXsrfMixin
 from presence_app.accounts.auth import AuthService
 from presence_app.accounts.errors import (
-    FieldTooLong, InvalidCredentials, InvalidUsername, LoginThrottled, PasswordHasNul,
-    PasswordMismatch, PasswordTooLong, PasswordTooShort, UsernameTaken,
+    FieldTooLong,
+    InvalidCredentials,
+    InvalidUsername,
+    LoginThrottled,
+    PasswordHasNul,
+    PasswordMismatch,
+    PasswordTooLong,
+    PasswordTooShort,
+    UsernameTaken,
 )
+from presence_app.accounts.passwords import HashingBusy, ShuttingDown
 from presence_app.accounts.service import AccountService, SessionUser
 from presence_app.db.database import DatabaseWriteError
-from presence_app.runtime.inflight import RequestScope
-from presence_app.accounts.passwords import HashingBusy, ShuttingDown
 from presence_app.live.presence import PresenceService
+from presence_app.runtime.inflight import RequestScope
 from presence_app.services import Services
 
 log = logging.getLogger(__name__)

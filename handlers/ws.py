@@ -4,8 +4,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from typing import Any
 from collections.abc import Sequence
+from typing import Any
 
 import tornado.web
 import tornado.websocket

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import TYPE_CHECKING, Any
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import tornado.iostream
 from tornado.websocket import WebSocketProtocol13

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator, Callable
 from http.cookies import SimpleCookie
 from typing import Any
-from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlencode, urlsplit
 
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse

@@ -7,12 +7,12 @@ import os
 import re
 import secrets
 import socket
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from collections.abc import Mapping, Sequence
 
-from presence_app.runtime.addresses import parse_allow_list
 from presence_app.backends.urls import check_redis_url, mask_url
+from presence_app.runtime.addresses import parse_allow_list
 from presence_app.runtime.version import version
 
 log = logging.getLogger(__name__)

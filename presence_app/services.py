@@ -3,24 +3,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from collections.abc import AsyncIterator
 
 from presence_app.accounts.auth import AuthService
+from presence_app.accounts.passwords import PasswordHasher
 from presence_app.accounts.service import AccountService
 from presence_app.backends.broker import Broker, LocalBroker, RedisBroker, make_broker
+from presence_app.backends.store import MemoryStore, PresenceStore
+from presence_app.backends.throttle import LoginThrottle, Throttle
 from presence_app.config import Settings
 from presence_app.db.database import Database
-from presence_app.runtime.inflight import RequestTracker
 from presence_app.live.ledger import OnlineLedger
 from presence_app.live.limits import SocketCaps
-from presence_app.metrics import Metrics
-from presence_app.accounts.passwords import PasswordHasher
 from presence_app.live.presence import PresenceService
-from presence_app.backends.store import MemoryStore, PresenceStore
 from presence_app.live.sync import PresenceSync
-from presence_app.backends.throttle import LoginThrottle, Throttle
+from presence_app.metrics import Metrics
+from presence_app.runtime.inflight import RequestTracker
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ parametrised ``redis_url``). The harness behind them is tests/support, shared wi
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -22,7 +22,12 @@ from presence_app.client import PresenceClient, PresenceSocket
 from presence_app.config import Settings, validate
 from tests.support.apps import AppProcess, clean_env
 from tests.support.databases import (
-    app_url, create_database, drop_app_tables, drop_database, postgres_url, sqlite_url,
+    app_url,
+    create_database,
+    drop_app_tables,
+    drop_database,
+    postgres_url,
+    sqlite_url,
 )
 from tests.support.env import IN_CI, PG_DSN, REDIS_URL, unavailable
 from tests.support.redis import drop_keys, ping

@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 
 from presence_app.config import (
-    SECRET_FILE, ConfigError, Settings, ensure_cookie_secret, load_settings,
+    SECRET_FILE,
+    ConfigError,
+    Settings,
+    ensure_cookie_secret,
+    load_settings,
 )
 
 

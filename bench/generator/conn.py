@@ -12,8 +12,19 @@ import struct
 import time
 
 from bench.generator.group import POLLER, Group
-from bench.generator.wire import (ANC_SIZE, CLOSED, CLOSING, HANDSHAKE, OPEN, RECV_SIZE,
-                                  SNAPSHOT, SO_TIMESTAMPNS, TS, client_frame, time_ns)
+from bench.generator.wire import (
+    ANC_SIZE,
+    CLOSED,
+    CLOSING,
+    HANDSHAKE,
+    OPEN,
+    RECV_SIZE,
+    SNAPSHOT,
+    SO_TIMESTAMPNS,
+    TS,
+    client_frame,
+    time_ns,
+)
 
 
 class OpenFailed(Exception):

@@ -8,8 +8,8 @@ import multiprocessing
 import os
 import time
 from collections import Counter
-from typing import Any
 from collections.abc import Callable
+from typing import Any
 
 from bench.generator.worker import raise_nofile_limit, worker_main
 

@@ -12,8 +12,18 @@ from array import array
 from collections import Counter
 from typing import Any
 
-from bench.generator.wire import (CLOSED, CLOSING, CONNECTING, HANDSHAKE, OPEN, SNAPSHOT,
-                                  SO_TIMESTAMPNS, client_frame, time_ns, upgrade_request)
+from bench.generator.wire import (
+    CLOSED,
+    CLOSING,
+    CONNECTING,
+    HANDSHAKE,
+    OPEN,
+    SNAPSHOT,
+    SO_TIMESTAMPNS,
+    client_frame,
+    time_ns,
+    upgrade_request,
+)
 
 EXTENSIONS = "permessage-deflate; client_max_window_bits"
 

@@ -5,9 +5,20 @@ from __future__ import annotations
 import zlib
 
 from bench.generator.viewbase import ViewBase
-from bench.generator.wire import (ANC_SIZE, CLOSED, CLOSING, HANDSHAKE, OPEN, RECV_SIZE,
-                                  SNAPSHOT, TS, DEFLATE_TAIL, client_frame, frame_total,
-                                  time_ns)
+from bench.generator.wire import (
+    ANC_SIZE,
+    CLOSED,
+    CLOSING,
+    DEFLATE_TAIL,
+    HANDSHAKE,
+    OPEN,
+    RECV_SIZE,
+    SNAPSHOT,
+    TS,
+    client_frame,
+    frame_total,
+    time_ns,
+)
 
 BUF = bytearray(RECV_SIZE)  # every read of a worker lands here (no allocation per read)
 BUFS = [BUF]

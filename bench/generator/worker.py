@@ -17,8 +17,8 @@ import resource
 import signal
 import time
 import traceback
-from typing import Any
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from bench.generator import conncmds
 from bench.generator.group import POLLER, Group

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from bench.metrics import analyse, merge_events, ratio
 from bench.scenarios.cells import fmt

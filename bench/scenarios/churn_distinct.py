@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from bench.scenarios.cells import fmt, pair, setup
-from bench.scenarios.common import (dist, open_views, report, target, view_options,
-                                    wait_settled)
+from bench.scenarios.common import dist, open_views, report, target, view_options, wait_settled
 from bench.servers import Deployment, Probe
 from bench.users import Seeder, usernames
 from bench.views import HIST_EDGES

@@ -14,8 +14,15 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from bench.scenarios.cells import fmt, pair, setup
-from bench.scenarios.common import (counts, get_json, open_views, report, target,
-                                    view_options, wait_settled)
+from bench.scenarios.common import (
+    counts,
+    get_json,
+    open_views,
+    report,
+    target,
+    view_options,
+    wait_settled,
+)
 from bench.servers import AppDeployment
 from bench.users import Seeder, usernames
 

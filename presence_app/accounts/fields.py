@@ -8,7 +8,11 @@ from __future__ import annotations
 import re
 
 from presence_app.accounts.errors import (
-    FieldTooLong, InvalidUsername, PasswordHasNul, PasswordMismatch, PasswordTooLong,
+    FieldTooLong,
+    InvalidUsername,
+    PasswordHasNul,
+    PasswordMismatch,
+    PasswordTooLong,
     PasswordTooShort,
 )
 

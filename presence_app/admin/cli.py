@@ -18,15 +18,15 @@ import getpass
 import logging
 import os
 import sys
-from typing import TextIO
 from collections.abc import Callable, Sequence
+from typing import TextIO
 
 from presence_app.accounts.errors import AccountError, UsernameTaken
+from presence_app.accounts.passwords import PasswordHasher
 from presence_app.accounts.service import AccountService
+from presence_app.admin.users import UserAdmin, UserInfo, UserNotFound
 from presence_app.config import ConfigError, Settings, make_parser, settings_from_args
 from presence_app.db.database import Database
-from presence_app.accounts.passwords import PasswordHasher
-from presence_app.admin.users import UserAdmin, UserInfo, UserNotFound
 
 OK, FAILED, USAGE = 0, 1, 2
 DB_ACTIONS = {"upgrade": "migrate the schema to the latest revision",

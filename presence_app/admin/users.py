@@ -19,9 +19,9 @@ from presence_app.accounts.errors import InvalidUsername
 from presence_app.accounts.fields import check_new_password, check_username
 from presence_app.accounts.service import AccountService
 from presence_app.backends.broker import Broker
+from presence_app.backends.store import PresenceStore
 from presence_app.db.database import Database, Session, User, aware, utcnow
 from presence_app.live.presence import user_removed_message, user_sessions_ended_message
-from presence_app.backends.store import PresenceStore
 
 
 class UserNotFound(Exception):

@@ -9,8 +9,8 @@ import asyncio
 import logging
 import random
 from abc import ABC, abstractmethod
-from typing import Any
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from presence_app.backends.urls import SENTINEL_SCHEME, mask_url, parse_sentinel_url
 

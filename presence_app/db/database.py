@@ -6,18 +6,28 @@ import datetime as dt
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import ModuleType
-from collections.abc import AsyncIterator
 
 from sqlalchemy import (
-    BigInteger, DateTime, ForeignKey, Integer, String, event, func, text,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    event,
+    func,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import (
-    AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 

@@ -26,8 +26,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Protocol
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 

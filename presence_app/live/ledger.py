@@ -16,10 +16,15 @@ from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from presence_app.db.database import (
-    Database, DatabaseWriteError, OnlineUser, PendingOffline, User, utcnow,
-)
 from presence_app.backends.store import Pending
+from presence_app.db.database import (
+    Database,
+    DatabaseWriteError,
+    OnlineUser,
+    PendingOffline,
+    User,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ import logging
 
 from presence_app.accounts.service import AccountService
 from presence_app.backends.broker import Broker
+from presence_app.backends.store import PresenceStore, UserState, presence_event
 from presence_app.live.fanout import CLOSE_GOING_AWAY, Connection, Fanout
 from presence_app.live.frames import SharedSnapshot, text_frame
-from presence_app.runtime.gcpolicy import GcPolicy
 from presence_app.live.ledger import OnlineLedger
-from presence_app.backends.store import PresenceStore, UserState, presence_event
+from presence_app.runtime.gcpolicy import GcPolicy
 
 log = logging.getLogger(__name__)
 

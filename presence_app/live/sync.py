@@ -15,9 +15,9 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from presence_app.backends.store import PresenceStore, UserState
 from presence_app.live.ledger import OnlineLedger
 from presence_app.live.presence import PresenceService, iso, iso_now
-from presence_app.backends.store import PresenceStore, UserState
 
 log = logging.getLogger(__name__)
 PURGE_INTERVAL = 3600.0

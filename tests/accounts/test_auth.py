@@ -3,9 +3,9 @@ throttle: what they return, the bcrypt work they do (counted by the hasher's own
 typed error of each refusal, and the field limits from their one definition."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import update
@@ -13,8 +13,16 @@ from sqlalchemy import update
 from presence_app.accounts import fields
 from presence_app.accounts.auth import AuthService, SignedIn
 from presence_app.accounts.errors import (
-    LOGIN_FAILED, AccountError, FieldTooLong, InvalidCredentials, InvalidUsername,
-    LoginThrottled, PasswordHasNul, PasswordMismatch, PasswordTooLong, PasswordTooShort,
+    LOGIN_FAILED,
+    AccountError,
+    FieldTooLong,
+    InvalidCredentials,
+    InvalidUsername,
+    LoginThrottled,
+    PasswordHasNul,
+    PasswordMismatch,
+    PasswordTooLong,
+    PasswordTooShort,
     UsernameTaken,
 )
 from presence_app.accounts.passwords import PasswordHasher

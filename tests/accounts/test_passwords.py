@@ -3,15 +3,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from itertools import pairwise
 from typing import Any
-from collections.abc import Awaitable, Callable
 
 import pytest
 
+from presence_app.accounts.passwords import (
+    MAX_PASSWORD_BYTES,
+    HashingBusy,
+    PasswordHasher,
+    ShuttingDown,
+)
 from presence_app.runtime.inflight import RequestTracker
-from presence_app.accounts.passwords import (MAX_PASSWORD_BYTES, HashingBusy, PasswordHasher,
-                                             ShuttingDown)
 
 COST = 10
 LOOP_COST = 12  # ~0.2 s a hash: a stalled loop cannot hide in scheduler noise

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from presence_app.admin import cli as admin
 from presence_app.accounts.errors import LOGIN_FAILED
+from presence_app.admin import cli as admin
 from presence_app.client import ClientError
 from presence_app.config import Settings
 from presence_app.live.presence import CLOSE_SESSION_ENDED

@@ -16,10 +16,10 @@ import pytest
 import tornado.httpserver
 import tornado.testing
 
-from presence_app.client import PresenceClient
-from presence_app.config import Settings
 from presence_app.backends import redis_throttle
 from presence_app.backends.redis_throttle import RedisLoginThrottle
+from presence_app.client import PresenceClient
+from presence_app.config import Settings
 from tests.conftest import PASSWORD, REDIS_URL, unavailable
 from tests.support.ports import free_port
 

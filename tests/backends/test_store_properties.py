@@ -24,15 +24,21 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from collections.abc import Coroutine, Mapping
 
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
-                                 rule, run_state_machine_as_test)
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from presence_app.backends.broker import Broker, LocalBroker, RedisBroker
 from presence_app.backends.store import MemoryStore, PresenceStore

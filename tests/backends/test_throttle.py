@@ -14,10 +14,10 @@ import tornado.httpserver
 import tornado.testing
 from tornado.httpclient import AsyncHTTPClient
 
-from presence_app.client import PresenceClient
-from presence_app.config import Settings
 from presence_app.accounts.fields import MAX_INPUT_CHARS
 from presence_app.backends.throttle import LoginThrottle
+from presence_app.client import PresenceClient
+from presence_app.config import Settings
 from tests.conftest import PASSWORD
 
 LONG = "x" * (MAX_INPUT_CHARS + 1)  # over the limit of any login field: skips bcrypt entirely

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.cluster.harness import AppProcess
-from tests.support.databases import app_url, drop_app_tables, sqlite_url as sqlite_file_url
+from tests.support.databases import app_url, drop_app_tables
+from tests.support.databases import sqlite_url as sqlite_file_url
 from tests.support.env import unavailable
 from tests.support.nginx import Nginx, nginx_binary
 from tests.support.redis import RedisServer, drop_keys

@@ -23,7 +23,11 @@ import pytest
 from presence_app.client import PresenceClient
 from tests.conftest import PASSWORD, REDIS_URL, unavailable
 from tests.support.nginx import (
-    SERVER_NAME, nginx_binary, site_config, throwaway_cert, user_line,
+    SERVER_NAME,
+    nginx_binary,
+    site_config,
+    throwaway_cert,
+    user_line,
 )
 from tests.support.ports import free_port
 from tests.support.processes import stop_process

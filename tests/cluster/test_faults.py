@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest

@@ -23,11 +23,11 @@ import os
 import re
 import socket
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from itertools import pairwise
 from typing import Any
-from collections.abc import Iterator
 from urllib.parse import quote, urlencode
 
 import pytest

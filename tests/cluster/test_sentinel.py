@@ -15,8 +15,15 @@ import pytest
 import redis
 
 from presence_app.client import PresenceClient
-from tests.cluster.test_faults import (api_view, converge, health, poll, recording, still,
-                                       three_online)
+from tests.cluster.test_faults import (
+    api_view,
+    converge,
+    health,
+    poll,
+    recording,
+    still,
+    three_online,
+)
 from tests.conftest import PASSWORD, unavailable
 from tests.support.redis import RedisSentinel, RedisServer
 from tests.support.waiting import wait_until

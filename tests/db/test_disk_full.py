@@ -14,10 +14,10 @@ import logging
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterator
 
 import pytest
 

@@ -12,9 +12,9 @@ tests; no e2e test takes it, and this package does not override it.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any, TypeAlias
-from collections.abc import Callable, Generator, Iterator
 
 import pytest
 

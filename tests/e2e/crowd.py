@@ -14,17 +14,17 @@ import datetime as dt
 import os
 import secrets
 import threading
+from collections.abc import Coroutine, Iterable
 from concurrent.futures import Future
 from typing import Any, TypeVar
-from collections.abc import Coroutine, Iterable
 
 import bcrypt
 import tornado.web
 from sqlalchemy import insert, select
 
+from handlers.base import SESSION_COOKIE
 from presence_app.accounts.service import token_hash
 from presence_app.db.database import Database, Session, User, utcnow
-from handlers.base import SESSION_COOKIE
 from tests.support.waiting import run_blocking
 
 T = TypeVar("T")

@@ -6,7 +6,15 @@ import re
 import pytest
 
 from .helpers import (
-    PASSWORD, expect, expect_status, fill_login, fill_signup, login, logout, row, signup,
+    PASSWORD,
+    expect,
+    expect_status,
+    fill_login,
+    fill_signup,
+    login,
+    logout,
+    row,
+    signup,
     wait_live,
 )
 

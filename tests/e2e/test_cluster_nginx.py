@@ -14,7 +14,13 @@ from tests.support.redis import drop_keys
 from tests.support.waiting import run_blocking, wait_until
 
 from .helpers import (
-    AppServer, assert_not_reloaded, expect, expect_status, mark_page, open_list, signup,
+    AppServer,
+    assert_not_reloaded,
+    expect,
+    expect_status,
+    mark_page,
+    open_list,
+    signup,
 )
 
 pytestmark = pytest.mark.e2e

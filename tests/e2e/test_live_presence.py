@@ -7,7 +7,14 @@ import time
 import pytest
 
 from .helpers import (
-    assert_not_reloaded, expect, expect_status, logout, mark_page, open_list, row, signup,
+    assert_not_reloaded,
+    expect,
+    expect_status,
+    logout,
+    mark_page,
+    open_list,
+    row,
+    signup,
 )
 
 pytestmark = pytest.mark.e2e

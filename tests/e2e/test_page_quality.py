@@ -9,8 +9,20 @@ import shutil
 import pytest
 
 from .helpers import (
-    PASSWORD, ROOT, Guard, assert_not_reloaded, expect, expect_status, fill_signup,
-    listed_names, login, mark_page, row, server_order, signup, wait_live,
+    PASSWORD,
+    ROOT,
+    Guard,
+    assert_not_reloaded,
+    expect,
+    expect_status,
+    fill_signup,
+    listed_names,
+    login,
+    mark_page,
+    row,
+    server_order,
+    signup,
+    wait_live,
 )
 
 pytestmark = pytest.mark.e2e

@@ -6,7 +6,13 @@ from itertools import pairwise
 import pytest
 
 from .helpers import (
-    assert_not_reloaded, expect, expect_status, login, mark_page, row, signup,
+    assert_not_reloaded,
+    expect,
+    expect_status,
+    login,
+    mark_page,
+    row,
+    signup,
 )
 
 pytestmark = pytest.mark.e2e

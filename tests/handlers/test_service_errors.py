@@ -11,8 +11,16 @@ import pytest
 from handlers.base import SERVICE_ERRORS, service_error
 from presence_app.accounts import errors, fields
 from presence_app.accounts.errors import (
-    AccountError, FieldTooLong, InvalidCredentials, InvalidUsername, LoginThrottled,
-    PasswordHasNul, PasswordMismatch, PasswordTooLong, PasswordTooShort, UsernameTaken,
+    AccountError,
+    FieldTooLong,
+    InvalidCredentials,
+    InvalidUsername,
+    LoginThrottled,
+    PasswordHasNul,
+    PasswordMismatch,
+    PasswordTooLong,
+    PasswordTooShort,
+    UsernameTaken,
 )
 from presence_app.accounts.passwords import HashingBusy, ShuttingDown
 from presence_app.db.database import DatabaseWriteError

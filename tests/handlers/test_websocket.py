@@ -6,8 +6,8 @@ import contextlib
 import datetime as dt
 import json
 import re
-from typing import Any
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed

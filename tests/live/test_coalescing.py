@@ -19,8 +19,7 @@ import pytest
 from handlers.ws import DEFLATE_AGREED, deflate_offer
 from presence_app.live import fanout as fanout_module
 from presence_app.live.fanout import MAX_DELAY, MAX_EARLY_REPLIES, Fanout
-from presence_app.live.frames import (SharedSnapshot, deflate, frame_header, stored_block,
-                                      text_frame)
+from presence_app.live.frames import SharedSnapshot, deflate, frame_header, stored_block, text_frame
 
 
 # -- Fanout with recording sockets ---------------------------------------------------------

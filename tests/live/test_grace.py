@@ -11,9 +11,9 @@ import contextlib
 import datetime as dt
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from typing import Any
-from collections.abc import AsyncIterator, Callable
 
 import pytest
 import tornado.httpserver
@@ -21,14 +21,14 @@ import tornado.testing
 
 from handlers import make_app
 from presence_app.backends.broker import LocalBroker, RedisBroker
+from presence_app.backends.store import MemoryStore
 from presence_app.client import PresenceClient, PresenceSocket
 from presence_app.config import ConfigError, Settings, load_settings
 from presence_app.live.ledger import parse_time
 from presence_app.services import Services, open_services
-from presence_app.backends.store import MemoryStore
 from tests.conftest import PASSWORD, REDIS_URL, unavailable
-from tests.support.redis import drop_keys as _drop_redis_keys
 from tests.live.test_online_table import last_seen
+from tests.support.redis import drop_keys as _drop_redis_keys
 
 GRACE = 1.0  # heartbeat timeout 2 s (conftest): the sweeper looks at least every 0.5 s
 LATE = 0.5   # how late after its deadline an offline event may come on a busy machine

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
-from collections.abc import Awaitable, Callable
 
 import pytest
 import tornado.httpserver

@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 import re
 import sys
-from pathlib import Path
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from tests.support.env import ROOT
 from tests.support.ports import free_port

@@ -9,9 +9,9 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
-from collections.abc import Mapping, Sequence
 
 from tests.support.env import ROOT
 from tests.support.http import http_json

@@ -4,8 +4,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any, TypeVar
 from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 

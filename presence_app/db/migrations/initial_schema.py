@@ -4,7 +4,15 @@ made before migrations is completed from it before being stamped."""
 from __future__ import annotations
 
 from sqlalchemy import (
-    BigInteger, Column, DateTime, ForeignKey, Integer, MetaData, String, Table, func,
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    func,
 )
 
 FIRST_REVISION = "0001"
