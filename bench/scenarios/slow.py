@@ -64,8 +64,9 @@ class Stalled:
         """Sample while a churn phase runs; stop the churn a second after the drop."""
         lg = self.runner.loadgen
         while not task.done():
-            if not await self.sample() and \
-                    time.monotonic() - self.started > self.dropped_after_s + 1.0:  # type: ignore
+            alive = await self.sample()
+            dropped = self.dropped_after_s  # set by sample() once the client is gone
+            if not alive and dropped is not None and time.monotonic() - self.started > dropped + 1:
                 await lg.call(lg.mover, "stop_churn")
             await asyncio.sleep(0.5)
 
