@@ -193,7 +193,7 @@ async def _sign_ups_across_a_sigterm(url: str, proc: subprocess.Popen,
         await asyncio.to_thread(proc.wait, STOP_SECONDS + 5)
         took = time.monotonic() - start
         codes = await asyncio.gather(*tasks)
-        return dict(zip(names, codes)), took
+        return dict(zip(names, codes, strict=True)), took
     finally:
         http.close()
 

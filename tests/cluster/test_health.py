@@ -68,8 +68,12 @@ def test_each_worker_reports_its_own_health(start_app: Any, sqlite_url: str,
     nodes = set()
     for worker in range(2):
         url = f"http://127.0.0.1:{health_port + worker}"
-        status, body = wait_until(lambda url=url: (lambda h: h if h[0] == 200 else None)(
-            http_json(url + "/healthz", 1)), 20, f"worker {worker}'s health port")
+
+        def healthy(url: str = url) -> Any:
+            answer = http_json(url + "/healthz", 1)
+            return answer if answer[0] == 200 else None
+
+        status, body = wait_until(healthy, 20, f"worker {worker}'s health port")
         assert body["status"] == "ok"
         nodes.add(body["node"])
         with urllib.request.urlopen(url + "/metrics", timeout=3) as response:
