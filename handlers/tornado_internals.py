@@ -335,8 +335,11 @@ async def _probe_stream(stream_class: type[tornado.iostream.IOStream]) -> list[s
     try:
         return await _exercise_stream(stream, left, peer)
     finally:
-        stream.close()
         peer.close()
+        try:
+            stream.close()
+        except Exception:  # a changed IOStream may fail here too: its problem is reported
+            left.close()
 
 
 async def _exercise_stream(stream: Any, sock: socket.socket,
@@ -376,15 +379,17 @@ class _ProbeConnection(tornado.httputil.HTTPConnection):
 def _protocol_problems(handler_class: type[WebSocketHandler]) -> list[str]:
     class Probe(handler_class):  # type: ignore[valid-type, misc]
         text_frame = False
-        got: list[Any] = []
+        got: list[Any]
 
         def on_message(self, message: str | bytes) -> None:
             self.got.append((message, self.text_frame))
 
     request = tornado.httputil.HTTPServerRequest(
-        method="GET", uri="/ws", connection=_ProbeConnection(),
-        headers=tornado.httputil.HTTPHeaders({"Sec-WebSocket-Version": "13"}))
+        start_line=tornado.httputil.RequestStartLine("GET", "/ws", "HTTP/1.1"),
+        connection=_ProbeConnection(),
+        headers=tornado.httputil.HTTPHeaders({"Host": "localhost", "Sec-WebSocket-Version": "13"}))
     handler = Probe(tornado.web.Application(), request)
+    handler.got = []
     problems = [] if hasattr(handler, "ws_connection") else ["WebSocketHandler.ws_connection "
                                                              "is missing"]
     if _params(getattr(handler_class, "get_websocket_protocol", None)) != ["self"]:

@@ -8,6 +8,7 @@ module uses Tornado's public API only.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 from typing import Protocol, Sequence
 
@@ -25,6 +26,8 @@ TAIL_MAX = 64 * 1024
 #: its coroutine, Tornado's write Future, the frame header; measured at ~1 KiB, see
 #: tests/test_tornado_internals.py), counted so that the limit bounds real memory.
 MESSAGE_COST = 1536
+#: The fallback's messages in flight at once, counted as above (~40 small ones).
+WINDOW = 64 * 1024
 
 CLOSE_INVALID_DATA = 1007
 
@@ -97,31 +100,49 @@ def frame_payloads(data: bytes) -> list[bytes]:
 class MessageWriter:
     """The fallback writer: Tornado's public ``write_message`` only.
 
-    The frames are split back into their payloads and written one message each. Every
-    message in flight counts its payload plus ``MESSAGE_COST`` until the Future
-    ``write_message`` returned is done (Tornado writes in order, so the events keep theirs);
-    ``send`` returns False once the socket holds more than ``limit``. Each Future's outcome is
-    retrieved, so a closed socket leaves no "exception was never retrieved" behind.
+    Frames are split back into their payloads and queued here (bytes plus ``ITEM_OVERHEAD``
+    each); they go out one ``write_message`` each, in order, while the messages in flight
+    (each counted at its payload plus ``MESSAGE_COST``, until the Future ``write_message``
+    returned is done) stay under ``WINDOW``: a batch of thousands of events is never
+    thousands of Tasks at once. ``send`` returns False once the socket holds more than
+    ``limit`` (queued plus in flight), so it holds at most ``limit`` + ``WINDOW`` + one
+    write. Every Future's outcome is retrieved: a socket that closes leaves no "exception was
+    never retrieved" behind.
     """
 
-    __slots__ = ("_handler", "limit", "_pending")
+    __slots__ = ("_handler", "limit", "_queue", "_queued", "_pending")
 
     def __init__(self, handler: WebSocketHandler, limit: int) -> None:
         self._handler: WebSocketHandler | None = handler
         self.limit = limit
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._queued = 0
         self._pending = 0
 
     def send(self, parts: Sequence[bytes]) -> bool:
-        handler = self._handler
-        if handler is None or self._pending > self.limit:
+        if self._handler is None or self.held() > self.limit:
             return False
         try:
-            for payload in frame_payloads(b"".join(parts)):
+            payloads = frame_payloads(b"".join(parts))
+        except ValueError:
+            return False
+        self._queue.extend(payloads)
+        self._queued += sum(len(payload) for payload in payloads)
+        self._queued += ITEM_OVERHEAD * len(payloads)
+        return self._pump()
+
+    def _pump(self) -> bool:
+        handler, queue = self._handler, self._queue
+        try:
+            while queue and handler is not None and self._pending < WINDOW:
+                payload = queue.popleft()
+                self._queued -= len(payload) + ITEM_OVERHEAD
                 future = handler.write_message(payload)
                 cost = len(payload) + MESSAGE_COST
                 self._pending += cost
                 future.add_done_callback(functools.partial(self._written, cost))
-        except (ValueError, WebSocketClosedError):
+        except WebSocketClosedError:
+            self.release()
             return False
         return True
 
@@ -129,9 +150,11 @@ class MessageWriter:
         self._pending -= cost
         if not future.cancelled():
             future.exception()  # retrieved: a write to a socket that closed meanwhile
+        if self._queue:
+            self._pump()
 
     def held(self) -> int:
-        return self._pending
+        return self._queued + self._pending
 
     def closing(self) -> bool:
         return self._handler is None
@@ -142,3 +165,4 @@ class MessageWriter:
 
     def release(self) -> None:
         self._handler = None
+        self._queue, self._queued = collections.deque(), 0
