@@ -110,12 +110,12 @@ class MessageWriter:
     never retrieved" behind.
     """
 
-    __slots__ = ("_handler", "limit", "_queue", "_queued", "_pending")
+    __slots__ = ("_handler", "limit", "_outbox", "_queued", "_pending")
 
     def __init__(self, handler: WebSocketHandler, limit: int) -> None:
         self._handler: WebSocketHandler | None = handler
         self.limit = limit
-        self._queue: collections.deque[bytes] = collections.deque()
+        self._outbox: collections.deque[bytes] = collections.deque()
         self._queued = 0
         self._pending = 0
 
@@ -126,16 +126,16 @@ class MessageWriter:
             payloads = frame_payloads(b"".join(parts))
         except ValueError:
             return False
-        self._queue.extend(payloads)
+        self._outbox.extend(payloads)
         self._queued += sum(len(payload) for payload in payloads)
         self._queued += ITEM_OVERHEAD * len(payloads)
         return self._pump()
 
     def _pump(self) -> bool:
-        handler, queue = self._handler, self._queue
+        handler, outbox = self._handler, self._outbox
         try:
-            while queue and handler is not None and self._pending < WINDOW:
-                payload = queue.popleft()
+            while outbox and handler is not None and self._pending < WINDOW:
+                payload = outbox.popleft()
                 self._queued -= len(payload) + ITEM_OVERHEAD
                 future = handler.write_message(payload)
                 cost = len(payload) + MESSAGE_COST
@@ -150,7 +150,7 @@ class MessageWriter:
         self._pending -= cost
         if not future.cancelled():
             future.exception()  # retrieved: a write to a socket that closed meanwhile
-        if self._queue:
+        if self._outbox:
             self._pump()
 
     def held(self) -> int:
@@ -165,4 +165,4 @@ class MessageWriter:
 
     def release(self) -> None:
         self._handler = None
-        self._queue, self._queued = collections.deque(), 0
+        self._outbox, self._queued = collections.deque(), 0

@@ -265,7 +265,9 @@ def tornado_private_names() -> set[str]:
 
 def internals_read(source: str, private: set[str]) -> list[str]:
     """``x._name`` / ``getattr(x, "_name")`` for a Tornado-private name, or an undocumented
-    attribute; attributes of imported modules (``socket.AF_INET``) do not count."""
+    attribute; attributes of imported modules (``socket.AF_INET``) do not count. Our own
+    attributes count too when Tornado uses the name (on a handler they would shadow
+    Tornado's): rename them."""
     tree = ast.parse(source)
     modules = {alias.asname or alias.name.split(".")[0] for node in ast.walk(tree)
                if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
@@ -297,9 +299,7 @@ def test_the_internals_checker_sees_what_it_must() -> None:
         "line 5: .stream", "line 5: .ws_connection", "line 6: getattr(..., '_write_buffer')"]
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "handlers").rglob("*.py")),
+@pytest.mark.parametrize("path", sorted(set((ROOT / "handlers").rglob("*.py")) - {ADAPTER}),
                          ids=lambda p: p.name)
 def test_only_the_adapter_reads_tornado_internals(path: Path) -> None:
-    if path == ADAPTER:
-        pytest.skip("the adapter is where they live")
     assert internals_read(path.read_text(), tornado_private_names()) == []
