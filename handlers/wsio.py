@@ -23,8 +23,8 @@ BY_REFERENCE = 4096
 #: A tail buffer stops growing here and a new one starts (one write each when draining).
 TAIL_MAX = 64 * 1024
 #: What one message in flight through ``write_message`` costs besides its payload (a Task,
-#: its coroutine, Tornado's write Future, the frame header; measured at ~1 KiB, see
-#: tests/test_tornado_internals.py), counted so that the limit bounds real memory.
+#: its coroutine, Tornado's write Future and callbacks, the frame header: under 1 KiB with
+#: tracemalloc), counted so that the limit bounds real memory (tests/test_tornado_internals.py).
 MESSAGE_COST = 1536
 #: The fallback's messages in flight at once, counted as above (~40 small ones).
 WINDOW = 64 * 1024
