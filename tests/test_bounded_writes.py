@@ -129,7 +129,8 @@ async def test_kernel_send_buffer_is_capped(services: Any, user_factory: Any) ->
 @pytest.mark.parametrize("field", ["socket_send_buffer"])
 def test_kernel_autotuning_can_be_kept(field: str) -> None:
     from presence_app.config import validate
-    assert validate(replace(Settings(), **{field: 0})).socket_send_buffer == 0
+    changes: dict[str, Any] = {field: 0}
+    assert validate(replace(Settings(), **changes)).socket_send_buffer == 0
 
 
 class TestMessageRate:
