@@ -10,6 +10,7 @@ from handlers.auth import LoginHandler, LogoutHandler, SignupHandler
 from handlers.base import NotFoundHandler
 from handlers.ops import HealthHandler, MetricsHandler, request_logger
 from handlers.static import StaticHandler
+from handlers.tornado_internals import TornadoInternals, checked
 from handlers.users import SessionApiHandler, UsersApiHandler, UsersPageHandler
 from handlers.ws import PresenceSocketHandler
 from presence_app.services import Services
@@ -34,7 +35,10 @@ def asset_dir(name: str, package_dir: Path = PACKAGE_DIR) -> Path:
                        f"and {checkout / name}")
 
 
-def make_app(services: Services) -> tornado.web.Application:
+def make_app(services: Services,
+             internals: TornadoInternals | None = None) -> tornado.web.Application:
+    """``internals``: how to write below Tornado's API; by default what ``checked()`` found
+    (once per process). Tests pass ``TornadoInternals(("forced",))`` for the fallback."""
     settings = services.settings
     jinja_env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(asset_dir("templates"))),
@@ -56,6 +60,7 @@ def make_app(services: Services) -> tornado.web.Application:
     return tornado.web.Application(
         routes,
         services=services,
+        tornado_internals=internals if internals is not None else checked(),  # SETTING
         jinja_env=jinja_env,
         cookie_secret=settings.cookie_secret,
         xsrf_cookies=True,

@@ -1,7 +1,6 @@
 """BaseHandler: services, the session cookie, Jinja2 rendering, errors without tracebacks."""
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 from types import TracebackType
@@ -11,6 +10,7 @@ from urllib.parse import urlsplit
 import tornado.web
 from markupsafe import Markup
 
+from handlers.tornado_internals import reason_phrase
 from handlers.xsrf import SessionXsrfMixin
 from presence_app.accounts.auth import AuthService
 from presence_app.accounts.errors import (
@@ -234,7 +234,7 @@ class BaseHandler(SessionMixin, SessionXsrfMixin, tornado.web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Errors as a short page or JSON; never a traceback, whatever ``debug`` says."""
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        reason = self._reason or http.client.responses.get(status_code, "Error")
+        reason = reason_phrase(status_code, kwargs)
         if (isinstance(exc, tornado.web.HTTPError) and exc.log_message
                 and (status_code < 500 or status_code == 503)):  # 503s say what to do
             reason = exc.log_message % exc.args if exc.args else exc.log_message

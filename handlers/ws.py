@@ -11,7 +11,8 @@ import tornado.web
 import tornado.websocket
 
 from handlers.base import SessionMixin, set_security_headers
-from handlers.wsio import CLOSE_INVALID_DATA, BoundedWriter, adapt_protocol, set_send_buffer
+from handlers.tornado_internals import SETTING, TornadoInternals, checked
+from handlers.wsio import CLOSE_INVALID_DATA, SocketWriter
 from presence_app.live.fanout import CLOSE_POLICY
 from presence_app.live.frames import text_frame
 from presence_app.live.limits import MessageRate
@@ -27,8 +28,8 @@ EXTENSIONS = "Sec-WebSocket-Extensions"
 #: What the server answers to an acceptable permessage-deflate offer. No context takeover on
 #: either side: Tornado then keeps no zlib state per socket (it would be ~300 KiB each), the
 #: shared snapshot is a self-contained segment, and client frames (tiny pings) decode alone.
+#: (handlers/tornado_internals.py ``DEFLATE_PARAMS`` agrees to the same.)
 DEFLATE_AGREED = "permessage-deflate; client_no_context_takeover; server_no_context_takeover"
-_AGREED_PARAMS = {"client_no_context_takeover": None, "server_no_context_takeover": None}
 _DEFLATE_PARAMS = {"server_no_context_takeover", "client_no_context_takeover",
                    "server_max_window_bits", "client_max_window_bits"}
 
@@ -64,11 +65,18 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
     deflate = False
     #: Set by ``PresenceProtocol`` while a text frame's payload (bytes) is being delivered.
     text_frame = False
-    writer: BoundedWriter | None = None
+    writer: SocketWriter | None = None
     rate: MessageRate | None = None
     counted = False  # this socket is counted in ``services.caps``
     after_close = 0  # frames received after our close frame
     closed_with: int | None = None  # the code of our close frame, if we closed first
+    connected = False  # from open() until our close() or on_close()
+
+    @property
+    def internals(self) -> TornadoInternals:
+        """How this app writes below Tornado's API (checked once, when the app was made)."""
+        internals: TornadoInternals | None = self.settings.get(SETTING)
+        return internals if internals is not None else checked()
 
     def set_default_headers(self) -> None:
         """The refusals (401, 403, 400) and the 101 carry the same headers as every page."""
@@ -91,7 +99,7 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
         # drops valueless parameters such as server_no_context_takeover. RFC 7692 lets a
         # server add both no_context_takeover parameters to its answer.
         headers = self.request.headers
-        self.deflate = deflate_offer(headers.get(EXTENSIONS, ""))
+        self.deflate = self.internals.deflate and deflate_offer(headers.get(EXTENSIONS, ""))
         if EXTENSIONS in headers:
             del headers[EXTENSIONS]
 
@@ -99,12 +107,11 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
         # Called once every check (Origin, version) has passed, just before the 101.
         if self.deflate:
             self.set_header(EXTENSIONS, DEFLATE_AGREED)
-        return adapt_protocol(super().get_websocket_protocol())
+        return self.internals.protocol(super().get_websocket_protocol())
 
     def open(self, *args: Any, **kwargs: Any) -> None:
-        settings = self.services.settings
-        conn = self.ws_connection
-        assert conn is not None
+        settings, internals = self.services.settings, self.internals
+        self.connected = True
         # Checked again now that it is open: sockets that passed prepare() together
         # must not overshoot the cap.
         refusal = self.services.caps.open(self.username, self.address)
@@ -112,27 +119,24 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
             self.close(CLOSE_POLICY, refusal[:120])
             return
         self.counted = True
-        self.writer = BoundedWriter(conn, settings.send_buffer_limit)
+        self.writer = internals.writer(self, settings.send_buffer_limit)
         self.rate = MessageRate(settings.client_message_rate, settings.client_message_burst)
-        set_send_buffer(conn, settings.socket_send_buffer)
+        internals.cap_send_buffer(self, settings.socket_send_buffer)
         if self.deflate:
-            # Below Tornado's public API (6.6): a decompressor for the client's compressed
-            # frames, and a compressor that is never used (we send only pre-built frames:
-            # snapshots compressed once, presence_app/live/frames.py; events, pongs and errors
-            # plain, which permessage-deflate allows). Neither keeps state between messages.
-            self.ws_connection._create_compressors(  # type: ignore[union-attr]
-                "server", dict(_AGREED_PARAMS))
+            # Snapshots go compressed once (presence_app/live/frames.py); events, pongs and errors
+            # plain, which permessage-deflate allows. Client frames are decompressed.
+            internals.start_deflate(self)
         self.presence.add(self)
 
     def on_message(self, message: str | bytes) -> None:
-        conn = self.ws_connection
-        if conn is None or conn.is_closing() or self.rate is None:
-            # Closing (Tornado drops ws_connection at close) or refused at open: what the
+        writer = self.writer
+        if not self.connected or writer is None or writer.closing() or self.rate is None:
+            # Closing (we closed, or Tornado's protocol is) or refused at open: what the
             # client still sends is ignored, and a client that goes on sending instead of
             # answering the close frame is cut off.
             self.after_close += 1
-            if self.writer is not None and self.after_close > AFTER_CLOSE:
-                self.writer.cut()
+            if writer is not None and self.after_close > AFTER_CLOSE:
+                writer.cut()
             return
         if not self.rate.allow():
             settings = self.services.settings
@@ -171,6 +175,7 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
 
     def on_close(self) -> None:
         # Ours if we closed first (a dropped socket may never answer), else the client's.
+        self.connected = False
         self.services.metrics.websocket_closed(self.closed_with or self.close_code)
         if self.writer is not None:
             self.writer.release()
@@ -181,24 +186,25 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
         self.presence.remove(self)
 
     def close(self, code: int | None = None, reason: str | None = None) -> None:
-        if self.closed_with is None and self.ws_connection is not None:
+        if self.closed_with is None and self.connected:
             self.closed_with = code
+        self.connected = False
         super().close(code, reason)
 
     def send(self, parts: Sequence[bytes]) -> bool:
         """Write pre-built frames (or pieces of one): the one place where bytes meet this
         socket (presence_app/live/fanout.py calls it for events, snapshots and replies), bounded
-        by ``--send-buffer-limit`` (handlers/wsio.py ``BoundedWriter``). False: the socket
+        by ``--send-buffer-limit`` (handlers/tornado_internals.py ``BoundedWriter``, or
+        handlers/wsio.py ``MessageWriter`` on the public-API fallback). False: the socket
         is gone or over its limit, and is dropped."""
         writer = self.writer
         return writer is not None and writer.send(parts)
 
-    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
-        # Before the upgrade this is plain HTTP: answer with a short JSON error.
-        if not self._finished and not self._headers_written:
-            self.clear()
-            self.set_status(status_code)
-            self.set_header("Content-Type", "application/json")
-            exc = kwargs.get("exc_info", (None, None, None))[1]
-            reason = exc.log_message if isinstance(exc, tornado.web.HTTPError) else "error"
-            self.finish(json.dumps({"error": reason, "status": status_code}))
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """A refusal before the upgrade is plain HTTP: a short JSON error. (Tornado's
+        ``send_error`` calls this only while nothing is written or finished; after the
+        upgrade errors close the socket instead.)"""
+        self.set_header("Content-Type", "application/json")
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        reason = exc.log_message if isinstance(exc, tornado.web.HTTPError) else "error"
+        self.finish(json.dumps({"error": reason, "status": status_code}))

@@ -1,22 +1,19 @@
-"""Below Tornado's public WebSocket API, in one place: the bounded write path and the
-protocol fixes (close 1007 for invalid UTF-8, a close reason that is not UTF-8).
+"""Writing pre-built frames to one socket, bounded: what every writer promises, the pieces
+of the fast path that need no Tornado internals, and the public-API fallback writer.
 
-Relies on Tornado 6.6 internals (pinned in requirements.txt; tests/live/test_fanout.py and
-tests/handlers/test_bounded_writes.py cover them): ``IOStream._write_buffer``, ``IOStream.socket``,
-``WebSocketProtocol13._handle_message``.
+The fast path itself (``BoundedWriter``: a direct ``sendmsg``, Tornado's write buffer
+measured) lives in handlers/tornado_internals.py, the one module below Tornado's API; this
+module uses Tornado's public API only.
 """
 from __future__ import annotations
 
 import asyncio
-import socket
+import collections
+import functools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
-import tornado.iostream
-from tornado.websocket import WebSocketProtocol13
-
-if TYPE_CHECKING:
-    from tornado.websocket import WebSocketProtocol
+from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 #: What one held item costs besides its bytes (the list slot, the object header): counted,
 #: so that many tiny frames cannot hide their real cost from the limit.
@@ -26,125 +23,56 @@ ITEM_OVERHEAD = 64
 BY_REFERENCE = 4096
 #: A tail buffer stops growing here and a new one starts (one write each when draining).
 TAIL_MAX = 64 * 1024
+#: What one message in flight through ``write_message`` costs besides its payload (a Task,
+#: its coroutine, Tornado's write Future and callbacks, the frame header: under 1 KiB with
+#: tracemalloc), counted so that the limit bounds real memory
+#: (tests/handlers/test_tornado_internals.py).
+MESSAGE_COST = 1536
+#: The fallback's messages in flight at once, counted as above (~40 small ones).
+WINDOW = 64 * 1024
 
 CLOSE_INVALID_DATA = 1007
 
 
-class BoundedWriter:
-    """Writes pre-built frames to one socket; everything this process holds for the socket
-    (Tornado's write buffer plus what waits here) stays within ``limit`` bytes.
+class SocketWriter(Protocol):
+    """Writes pre-built frames to one socket; what this process holds for it stays within
+    ``limit`` bytes plus one write."""
 
-    - Nothing queued: one ``sendmsg`` straight to the socket (no Future, no Task); what the
-      kernel does not take goes to Tornado's buffer, by reference.
-    - While Tornado still has bytes of ours to write, new frames wait here, coalesced (a
-      flood of 130-byte pongs is a few bytearrays, not a Future and a tuple each), and
-      follow in one ``IOStream.write`` per item once Tornado's buffer has drained: at most
-      one write of ours is ever in flight, so Tornado holds at most a handful of Futures.
-    - ``send`` returns False when the socket is gone or already holds more than ``limit``:
-      the caller drops the socket (presence_app/live/fanout.py). What one socket holds is thus
-      at most ``limit`` plus one write (a flush's batch, shared by every socket, or a reply).
-    """
+    limit: int
 
-    __slots__ = ("_conn", "limit", "_held", "_held_size", "_draining")
-
-    def __init__(self, conn: WebSocketProtocol, limit: int) -> None:
-        self._conn: WebSocketProtocol | None = conn
-        self.limit = limit
-        self._held: list[bytes | memoryview | bytearray] = []
-        self._held_size = 0
-        self._draining = False
-
-    def release(self) -> None:
-        """The socket closed: drop what waits here and the reference to the connection.
-        (handler -> writer -> connection -> handler is a cycle; Tornado breaks its own on
-        close so that closed sockets are freed at once, not by the cyclic collector, which
-        presence_app/runtime/gcpolicy.py keeps away from connections.)"""
-        self._conn = None
-        self._held, self._held_size = [], 0
-
-    def cut(self) -> None:
-        """End the TCP connection now, without waiting the 5 s Tornado gives a client to
-        answer our close frame (a flooder that ignores it keeps the loop parsing its frames).
-        """
-        stream = getattr(self._conn, "stream", None)
-        if stream is not None and not stream.closed():
-            stream.close()
+    def send(self, parts: Sequence[bytes]) -> bool:
+        """Write ``parts`` (complete frames, or pieces of them). False: the socket is gone
+        or already holds more than ``limit``, and the caller drops it."""
 
     def held(self) -> int:
         """Bytes this process holds for the socket (its share of Python objects included)."""
-        stream = getattr(self._conn, "stream", None)
-        queued = len(stream._write_buffer) if stream is not None else 0
-        return queued + self._held_size + ITEM_OVERHEAD * len(self._held)
 
-    def send(self, parts: Sequence[bytes]) -> bool:
-        conn = self._conn
-        stream = getattr(conn, "stream", None)
-        if conn is None or stream is None or conn.is_closing() or stream.closed():
-            return False
-        if self._draining:
-            if self.held() > self.limit:
-                return False
-            self._hold(parts)
-            return True
-        size = sum(len(part) for part in parts)
-        rest: Sequence[bytes | memoryview] = parts
-        queued = len(stream._write_buffer)  # Tornado's own frames (ping, close)
-        try:
-            if queued == 0 and type(stream) is tornado.iostream.IOStream:
-                try:
-                    sent = stream.socket.sendmsg(parts)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
-                if sent == size:
-                    return True
-                rest = _unsent(parts, sent)
-                size -= sent
-            if queued > self.limit:
-                return False
-            self._write(stream, rest)
-        except (OSError, tornado.iostream.StreamClosedError):
-            return False
-        return True
+    def closing(self) -> bool:
+        """Whether the socket is closing (nothing the client sends is answered then)."""
 
-    def _hold(self, parts: Sequence[bytes]) -> None:
-        held = self._held
-        for part in parts:
-            if len(part) >= BY_REFERENCE:
-                held.append(part)
-            elif held and type(held[-1]) is bytearray and len(held[-1]) < TAIL_MAX:
-                held[-1] += part  # type: ignore[operator]
-            else:
-                held.append(bytearray(part))
-            self._held_size += len(part)
+    def cut(self) -> None:
+        """End the TCP connection now, if this writer can."""
 
-    def _write(self, stream: tornado.iostream.IOStream,
-               parts: Sequence[bytes | memoryview | bytearray]) -> None:
-        future: asyncio.Future[None] | None = None
-        for part in parts:
-            # Tornado retrieves these Futures' exceptions itself. A held bytearray is never
-            # touched again once written (the list that held it is replaced).
-            future = stream.write(memoryview(part) if isinstance(part, bytearray) else part)
-        if future is not None and not future.done():
-            self._draining = True
-            future.add_done_callback(self._drained)
-
-    def _drained(self, future: asyncio.Future[None]) -> None:
-        """Tornado wrote our last write (or the stream closed): hand it what waited here."""
-        self._draining = False
-        held, self._held, self._held_size = self._held, [], 0
-        if future.cancelled() or future.exception() is not None or not held:
-            return
-        conn = self._conn
-        stream = getattr(conn, "stream", None)
-        if conn is None or stream is None or conn.is_closing() or stream.closed():
-            return  # after a close frame nothing else may be sent
-        try:
-            self._write(stream, held)
-        except (OSError, tornado.iostream.StreamClosedError):
-            pass  # the stream closes itself; its close callback unregisters the socket
+    def release(self) -> None:
+        """The socket closed: drop what waits and every reference to the connection."""
 
 
-def _unsent(parts: Sequence[bytes], sent: int) -> Sequence[bytes | memoryview]:
+def hold(held: list[bytes | memoryview | bytearray], parts: Sequence[bytes]) -> int:
+    """Append ``parts`` to ``held``, coalescing short ones (a flood of 130-byte pongs is a few
+    bytearrays, not an object each); the bytes added."""
+    added = 0
+    for part in parts:
+        if len(part) >= BY_REFERENCE:
+            held.append(part)
+        elif held and type(held[-1]) is bytearray and len(held[-1]) < TAIL_MAX:
+            held[-1] += part  # type: ignore[operator]
+        else:
+            held.append(bytearray(part))
+        added += len(part)
+    return added
+
+
+def unsent(parts: Sequence[bytes], sent: int) -> Sequence[bytes | memoryview]:
     """What is left of ``parts`` after the kernel took ``sent`` bytes (views, not copies)."""
     for index, part in enumerate(parts):
         if sent < len(part):
@@ -153,50 +81,90 @@ def _unsent(parts: Sequence[bytes], sent: int) -> Sequence[bytes | memoryview]:
     return ()
 
 
-def set_send_buffer(conn: WebSocketProtocol, size: int) -> None:
-    """Cap the kernel's send buffer of this socket (``SO_SNDBUF``; Linux doubles it and caps
-    it at ``net.core.wmem_max``). Autotuned, loopback grows it to megabytes per socket, all
-    of it held for a client that stopped reading. 0 keeps the kernel's autotuning."""
-    stream = getattr(conn, "stream", None)
-    sock = getattr(stream, "socket", None)
-    if size > 0 and sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
-        except OSError:
-            pass  # a socket already closing: nothing to cap
+def frame_payloads(data: bytes) -> list[bytes]:
+    """The payloads of ``data``, a run of complete, unmasked, uncompressed final text frames
+    (what presence_app/live/frames.py builds when permessage-deflate is off). ValueError else."""
+    payloads, pos, end = [], 0, len(data)
+    while pos < end:
+        if pos + 2 > end or data[pos] != 0x81 or data[pos + 1] & 0x80:
+            raise ValueError("not a final, unmasked, uncompressed text frame")
+        size, pos = data[pos + 1], pos + 2
+        if size >= 126:
+            width = 2 if size == 126 else 8
+            size, pos = int.from_bytes(data[pos:pos + width], "big"), pos + width
+        if pos + size > end:
+            raise ValueError("a frame is cut short")
+        payloads.append(data[pos:pos + size])
+        pos += size
+    return payloads
 
 
-class PresenceProtocol(WebSocketProtocol13):
-    """Tornado's RFC 6455 protocol with two answers the RFC asks for instead of a cut TCP
-    connection (Tornado 6.6 aborts on both):
+class MessageWriter:
+    """The fallback writer: Tornado's public ``write_message`` only.
 
-    - a text frame that is not valid UTF-8 closes with 1007 (invalid frame payload data);
-    - a close frame whose reason is not valid UTF-8 is answered like any other close
-      (Tornado's ``to_unicode`` would raise inside its frame loop).
-
-    Text frames reach ``on_message`` as bytes with ``handler.text_frame`` set: the handler
-    decodes them and closes with 1007 on failure (after decompression, which Tornado does).
+    Frames are split back into their payloads and queued here (bytes plus ``ITEM_OVERHEAD``
+    each); they go out one ``write_message`` each, in order, while the messages in flight
+    (each counted at its payload plus ``MESSAGE_COST``, until the Future ``write_message``
+    returned is done) stay under ``WINDOW``: a batch of thousands of events is never
+    thousands of Tasks at once. ``send`` returns False once the socket holds more than
+    ``limit`` (queued plus in flight), so it holds at most ``limit`` + ``WINDOW`` + one
+    write. Every Future's outcome is retrieved: a socket that closes leaves no "exception was
+    never retrieved" behind.
     """
 
-    def _handle_message(self, opcode: int, data: bytes) -> Any:
-        if opcode == 0x1:
-            handler: Any = self.handler
-            handler.text_frame = True
-            try:
-                return super()._handle_message(0x2, data)
-            finally:
-                handler.text_frame = False
-        if opcode == 0x8 and len(data) > 2:
-            try:
-                data[2:].decode("utf-8")
-            except UnicodeDecodeError:
-                data = data[:2]
-        return super()._handle_message(opcode, data)
+    __slots__ = ("_handler", "limit", "_outbox", "_queued", "_pending")
 
+    def __init__(self, handler: WebSocketHandler, limit: int) -> None:
+        self._handler: WebSocketHandler | None = handler
+        self.limit = limit
+        self._outbox: collections.deque[bytes] = collections.deque()
+        self._queued = 0
+        self._pending = 0
 
-def adapt_protocol(protocol: WebSocketProtocol | None) -> WebSocketProtocol | None:
-    """Tornado's protocol object, with ``PresenceProtocol``'s behaviour when it is the
-    RFC 6455 one (the only one Tornado 6.6 implements)."""
-    if type(protocol) is WebSocketProtocol13:
-        protocol.__class__ = PresenceProtocol
-    return protocol
+    def send(self, parts: Sequence[bytes]) -> bool:
+        if self._handler is None or self.held() > self.limit:
+            return False
+        try:
+            payloads = frame_payloads(b"".join(parts))
+        except ValueError:
+            return False
+        self._outbox.extend(payloads)
+        self._queued += sum(len(payload) for payload in payloads)
+        self._queued += ITEM_OVERHEAD * len(payloads)
+        return self._pump()
+
+    def _pump(self) -> bool:
+        handler, outbox = self._handler, self._outbox
+        try:
+            while outbox and handler is not None and self._pending < WINDOW:
+                payload = outbox.popleft()
+                self._queued -= len(payload) + ITEM_OVERHEAD
+                future = handler.write_message(payload)
+                cost = len(payload) + MESSAGE_COST
+                self._pending += cost
+                future.add_done_callback(functools.partial(self._written, cost))
+        except WebSocketClosedError:
+            self.release()
+            return False
+        return True
+
+    def _written(self, cost: int, future: asyncio.Future[None]) -> None:
+        self._pending -= cost
+        if not future.cancelled():
+            future.exception()  # retrieved: a write to a socket that closed meanwhile
+        if self._outbox:
+            self._pump()
+
+    def held(self) -> int:
+        return self._queued + self._pending
+
+    def closing(self) -> bool:
+        return self._handler is None
+
+    def cut(self) -> None:
+        """No public way to end the TCP connection at once: Tornado closes it 5 s after our
+        close frame if the client does not answer."""
+
+    def release(self) -> None:
+        self._handler = None
+        self._outbox, self._queued = collections.deque(), 0
