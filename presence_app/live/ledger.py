@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from presence_app.db.database import (
     Database, DatabaseWriteError, OnlineUser, PendingOffline, User, utcnow,
 )
-from presence_app.backends.store import Pending
+from presence_app.backends.base import Pending
 
 log = logging.getLogger(__name__)
 
