@@ -3,8 +3,8 @@
 Messages: what is published reaches every listener, in order, the publisher's own included;
 a failing handler costs one message, never the listener; a cancelled listener ends cancelled.
 Presence: one event per real transition (returned and published alike), versions that grow,
-``last_seen`` as told, the grace's pending deadlines, reaping and handover. The factory picks
-the backend by the URL's scheme and names the schemes it knows when it meets another one.
+``last_seen`` as told, the grace's pending deadlines, reaping and handover. (The factory:
+``test_backend_factory.py``.)
 
 A deployment here is one backend per node for Redis (as processes have) and, for memory, the
 one backend every node shares (one process). Each Redis test has its own key prefix, dropped
@@ -16,34 +16,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
 import pytest
 
-from presence_app.backends import (
-    BACKENDS, Backend, MemoryBackend, RedisBackend, UnknownBackend, make_backend, open_backend,
-)
-from presence_app.backends.urls import SCHEMES
-from tests.conftest import REDIS_URL, _drop_redis_keys, unavailable
+from presence_app.backends import Backend, make_backend
+from tests.conftest import _drop_redis_keys
 
 T0, T1, T2, T3 = (f"2026-01-01T00:00:0{i}.000Z" for i in range(4))
 ALIVE = 60.0  # heartbeat timeout: never expires within a test
-
-
-@pytest.fixture(params=["memory", "redis"])
-def url(request: Any, redis_available: bool) -> str:
-    if request.param == "memory":
-        return "memory://"
-    if not redis_available:
-        unavailable(f"Redis at {REDIS_URL} is not reachable")
-    return REDIS_URL
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"presence-contract-{uuid.uuid4().hex[:10]}"
 
 
 class Deployment:
@@ -127,8 +109,9 @@ def parsed(events: list[str]) -> list[dict[str, Any]]:
 
 # -- messages ---------------------------------------------------------------------------------
 @pytest.mark.gen_test
-async def test_every_listener_gets_every_message_in_order(url: str, prefix: str) -> None:
-    async with deployment(url, prefix) as dep:
+async def test_every_listener_gets_every_message_in_order(
+        backend_url: str, redis_prefix: str) -> None:
+    async with deployment(backend_url, redis_prefix) as dep:
         one, two = dep.node("a"), dep.node("b")
         listeners = [dep.listen(one), dep.listen(one), dep.listen(two)]
         await dep.drain(one, *listeners)
@@ -140,8 +123,8 @@ async def test_every_listener_gets_every_message_in_order(url: str, prefix: str)
 
 @pytest.mark.gen_test
 async def test_a_failing_handler_loses_one_message_not_the_listener(
-        url: str, prefix: str, caplog: Any) -> None:
-    async with deployment(url, prefix) as dep:
+        backend_url: str, redis_prefix: str, caplog: Any) -> None:
+    async with deployment(backend_url, redis_prefix) as dep:
         backend = dep.node("a")
         got: list[str] = []
 
@@ -164,8 +147,8 @@ async def test_a_failing_handler_loses_one_message_not_the_listener(
 
 @pytest.mark.gen_test
 async def test_a_cancelled_listener_ends_cancelled_and_close_may_be_repeated(
-        url: str, prefix: str) -> None:
-    async with deployment(url, prefix) as dep:
+        backend_url: str, redis_prefix: str) -> None:
+    async with deployment(backend_url, redis_prefix) as dep:
         backend = dep.node("a")
         received = dep.listen(backend)
         await dep.drain(backend, received)
@@ -181,24 +164,13 @@ async def test_a_cancelled_listener_ends_cancelled_and_close_may_be_repeated(
         await backend.close()
 
 
-@pytest.mark.gen_test
-async def test_open_backend_connects_and_closes(url: str, prefix: str) -> None:
-    try:
-        async with open_backend(url, prefix) as backend:
-            assert backend.problem is None and backend.name == url.split(":")[0]
-            assert await backend.announce("ann") is not None
-            assert set(await backend.states()) == {"ann"}
-    finally:
-        if url != "memory://":
-            await _drop_redis_keys(url, prefix)
-
-
 # -- presence transitions ---------------------------------------------------------------------
 @pytest.mark.gen_test
-async def test_one_event_per_real_transition_with_growing_versions(url: str, prefix: str) -> None:
+async def test_one_event_per_real_transition_with_growing_versions(
+        backend_url: str, redis_prefix: str) -> None:
     """Two nodes hold alice: only the first attach and the last detach change anything; what
     a transition returns is what every listener receives."""
-    async with deployment(url, prefix) as dep:
+    async with deployment(backend_url, redis_prefix) as dep:
         watcher, received = await watched(dep)
         n1, n2 = dep.node("n1"), dep.node("n2")
         steps = [(n1.attach, "n1", T0, True), (n2.attach, "n2", T1, False),
@@ -221,8 +193,9 @@ async def test_one_event_per_real_transition_with_growing_versions(url: str, pre
 
 
 @pytest.mark.gen_test
-async def test_announce_once_then_online_with_a_newer_version(url: str, prefix: str) -> None:
-    async with deployment(url, prefix) as dep:
+async def test_announce_once_then_online_with_a_newer_version(
+        backend_url: str, redis_prefix: str) -> None:
+    async with deployment(backend_url, redis_prefix) as dep:
         watcher, received = await watched(dep)
         node = dep.node("n1")
         announced = await node.announce("bob")
@@ -239,8 +212,9 @@ async def test_announce_once_then_online_with_a_newer_version(url: str, prefix: 
 
 
 @pytest.mark.gen_test
-async def test_settle_and_forget_spare_a_user_some_node_holds(url: str, prefix: str) -> None:
-    async with deployment(url, prefix) as dep:
+async def test_settle_and_forget_spare_a_user_some_node_holds(
+        backend_url: str, redis_prefix: str) -> None:
+    async with deployment(backend_url, redis_prefix) as dep:
         n1, n2 = dep.node("n1"), dep.node("n2")
         await n1.attach("n1", "carol", T0)
         assert await n2.settle("carol", T1) is None  # held: stays online
@@ -255,8 +229,8 @@ async def test_settle_and_forget_spare_a_user_some_node_holds(url: str, prefix: 
 
 @pytest.mark.gen_test
 async def test_reap_and_handover_take_only_that_nodes_users_offline(
-        url: str, prefix: str) -> None:
-    async with deployment(url, prefix) as dep:
+        backend_url: str, redis_prefix: str) -> None:
+    async with deployment(backend_url, redis_prefix) as dep:
         n1, n2 = dep.node("n1"), dep.node("n2")
         epoch, _ = await n1.heartbeat("n1", ALIVE)
         assert (await n1.heartbeat("n1", ALIVE))[0] == epoch  # the same state: the same epoch
@@ -278,8 +252,8 @@ async def test_reap_and_handover_take_only_that_nodes_users_offline(
 
 @pytest.mark.gen_test
 async def test_a_grace_defers_offline_to_one_sweep_with_the_close_time(
-        url: str, prefix: str) -> None:
-    async with deployment(url, prefix, grace=0.2) as dep:
+        backend_url: str, redis_prefix: str) -> None:
+    async with deployment(backend_url, redis_prefix, grace=0.2) as dep:
         watcher, received = await watched(dep)
         n1, n2 = dep.node("n1"), dep.node("n2")
         await n1.attach("n1", "hana", T0)
@@ -297,54 +271,3 @@ async def test_a_grace_defers_offline_to_one_sweep_with_the_close_time(
         [published] = await dep.drain(watcher, received)
         assert [e["online"] for e in parsed(published)] == [True, False]
         assert published[-1] == swept[0]
-
-
-# -- the factory ------------------------------------------------------------------------------
-def test_every_url_the_settings_accept_has_a_backend() -> None:
-    assert set(BACKENDS) == {"memory", *SCHEMES}
-
-
-@pytest.mark.parametrize("backend_url,kind", [
-    ("memory://", MemoryBackend),
-    ("redis://127.0.0.1:6379/0", RedisBackend),
-    ("rediss://:secret@redis.example:6380/1", RedisBackend),
-    ("unix:///run/redis.sock", RedisBackend),
-    ("redis+sentinel://a:26379,b:26379/primary/0", RedisBackend),
-])
-@pytest.mark.gen_test
-async def test_the_scheme_picks_the_backend_without_connecting(backend_url: str,
-                                                               kind: type) -> None:
-    backend = make_backend(backend_url, "p", grace=1.5)
-    try:
-        assert type(backend) is kind and backend.grace == 1.5
-    finally:
-        await backend.close()
-
-
-@pytest.mark.parametrize("bad_url,scheme", [
-    ("kafka://:hunter2@broker:9092", "kafka://"),
-    ("memory", "(none)"),
-    ("", "(none)"),
-    ("http://127.0.0.1:6379", "http://"),
-])
-def test_an_unknown_scheme_is_refused_with_the_known_ones(bad_url: str, scheme: str) -> None:
-    with pytest.raises(UnknownBackend) as caught:
-        make_backend(bad_url)
-    message = str(caught.value)
-    assert isinstance(caught.value, ValueError)
-    assert f"unknown backend URL scheme {scheme}" in message
-    assert "memory://, redis://, rediss://" in message and "redis+sentinel://" in message
-    assert "hunter2" not in message
-
-
-@pytest.mark.gen_test
-async def test_the_login_throttle_locks_a_pair_after_its_failures(url: str, prefix: str) -> None:
-    """Counted in this process (memory) or in Redis for the deployment: the rule is one."""
-    async with deployment(url, prefix) as dep:
-        throttle = dep.node("n1").login_throttle(max_failures=2, window=60.0)
-        for _ in range(2):
-            assert await throttle.reserve("Ivy", "10.0.0.1") == 0
-            await throttle.release("ivy", "10.0.0.1", False)
-        assert 0 < await throttle.reserve("IVY", "10.0.0.1") <= 60.0
-        assert await throttle.reserve("ivy", "10.0.0.2") == 0  # another address: its own count
-        await throttle.release("ivy", "10.0.0.2", True)
