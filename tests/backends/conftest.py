@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REDIS_URL, unavailable
+from tests.support.env import REDIS_URL, unavailable
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -22,7 +22,7 @@ from typing import Any, AsyncIterator
 import pytest
 
 from presence_app.backends import Backend, make_backend
-from tests.conftest import _drop_redis_keys
+from tests.support.redis import drop_keys
 
 T0, T1, T2, T3 = (f"2026-01-01T00:00:0{i}.000Z" for i in range(4))
 ALIVE = 60.0  # heartbeat timeout: never expires within a test
@@ -83,7 +83,7 @@ class Deployment:
         for backend in self.backends.values():
             await backend.close()
         if not self.url.startswith("memory"):
-            await _drop_redis_keys(self.url, self.prefix)
+            await drop_keys(self.url, self.prefix)
 
 
 @asynccontextmanager

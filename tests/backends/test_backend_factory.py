@@ -10,7 +10,7 @@ from presence_app.backends import (
     BACKENDS, MemoryBackend, RedisBackend, UnknownBackend, make_backend, open_backend,
 )
 from presence_app.backends.urls import SCHEMES
-from tests.conftest import _drop_redis_keys
+from tests.support.redis import drop_keys
 
 
 @pytest.mark.gen_test
@@ -22,7 +22,7 @@ async def test_open_backend_connects_and_closes(backend_url: str, redis_prefix: 
             assert set(await backend.states()) == {"ann"}
     finally:
         if backend_url != "memory://":
-            await _drop_redis_keys(backend_url, redis_prefix)
+            await drop_keys(backend_url, redis_prefix)
 
 
 def test_every_url_the_settings_accept_has_a_backend() -> None:
@@ -76,4 +76,4 @@ async def test_the_login_throttle_locks_a_pair_after_its_failures(
             await throttle.release("ivy", "10.0.0.2", True)
     finally:
         if backend_url != "memory://":
-            await _drop_redis_keys(backend_url, redis_prefix)
+            await drop_keys(backend_url, redis_prefix)
