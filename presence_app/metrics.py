@@ -127,7 +127,7 @@ class ServicesCollector(Collector):
             dropped.add_metric([reason], count)
         yield dropped
         yield _counter("presence_broker_reconnects", "Times the broker subscription was "
-                       "re-established after a loss", s.broker.reconnects)
+                       "re-established after a loss", s.backend.reconnects)
         yield _counter("presence_resyncs", "Presence resynchronisations", s.sync.resyncs)
         yield _counter("presence_processes_reaped", "Dead processes whose users this process "
                        "took offline", s.sync.reaped)

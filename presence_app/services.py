@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 from presence_app.accounts.auth import AuthService
 from presence_app.accounts.passwords import PasswordHasher
 from presence_app.accounts.service import AccountService
-from presence_app.backends.broker import Broker, LocalBroker, RedisBroker, make_broker
-from presence_app.backends.store import MemoryStore, PresenceStore
-from presence_app.backends.throttle import LoginThrottle, Throttle
+from presence_app.backends import Backend, make_backend
+from presence_app.backends.throttle import Throttle
 from presence_app.config import Settings
 from presence_app.db.database import Database
 from presence_app.live.ledger import OnlineLedger
@@ -38,7 +37,7 @@ class Services:
     settings: Settings
     db: Database
     accounts: AccountService
-    broker: Broker
+    backend: Backend
     presence: PresenceService
     sync: PresenceSync
     ledger: OnlineLedger
@@ -72,7 +71,7 @@ class Services:
         problems = ["shutting down"] if self.requests.draining else []
         if self.db.write_problem:  # reads work, writes do not (a full disk, say)
             problems.append("database cannot write")
-        for problem in (self.broker.problem, self.sync.problem):
+        for problem in (self.backend.problem, self.sync.problem):
             if problem and problem not in problems:
                 problems.append(problem)
         return problems
@@ -89,7 +88,7 @@ class Services:
         body: dict[str, object] = {
             "status": "unavailable" if problems else "ok",
             "node": self.settings.node_id,
-            "broker": self.broker.name,
+            "broker": self.backend.name,
             "sockets": self.presence.socket_count,
             "online_users": self.presence.online_count(),
         }
@@ -98,23 +97,10 @@ class Services:
         return not problems, body
 
 
-def make_store(broker: Broker, prefix: str, grace: float = 0.0) -> PresenceStore:
-    if isinstance(broker, LocalBroker):
-        return MemoryStore(broker, grace)
-    from presence_app.backends.redis_store import RedisStore
-    assert isinstance(broker, RedisBroker)
-    return RedisStore(broker, prefix, grace)
-
-
-def make_throttle(broker: Broker, settings: Settings) -> Throttle:
+def make_throttle(backend: Backend, settings: Settings) -> Throttle:
     """Failed logins counted in this process, or in Redis for the whole deployment."""
-    if isinstance(broker, LocalBroker):
-        return LoginThrottle(settings.login_max_failures, settings.login_failure_window,
-                             settings.login_throttle_entries)
-    from presence_app.backends.redis_throttle import RedisLoginThrottle
-    assert isinstance(broker, RedisBroker)
-    return RedisLoginThrottle(broker.client, settings.redis_prefix, settings.login_max_failures,
-                              settings.login_failure_window, settings.login_throttle_entries)
+    return backend.login_throttle(settings.login_max_failures, settings.login_failure_window,
+                                  settings.login_throttle_entries)
 
 
 @asynccontextmanager
@@ -122,7 +108,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     db = Database(settings.database_url)
     hasher = PasswordHasher(settings.bcrypt_rounds, settings.bcrypt_threads,
                             settings.bcrypt_queue_per_address)
-    broker = make_broker(settings.broker_url, settings.redis_prefix, settings.redis_timeout)
+    backend = make_backend(settings.broker_url, settings.redis_prefix,
+                           grace=settings.offline_grace, timeout=settings.redis_timeout)
     tasks: list[asyncio.Task[None]] = []
     try:
         try:
@@ -133,32 +120,31 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                                f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}"
                                ) from exc
         accounts = AccountService(db, hasher, settings.session_days)
-        await broker.connect()
-        store = make_store(broker, settings.redis_prefix, settings.offline_grace)
+        await backend.connect()
         ledger = OnlineLedger(db, settings.node_id)
-        presence = PresenceService(settings.node_id, broker, store, ledger, accounts)
-        sync = PresenceSync(presence, store, ledger, settings.node_id,
+        presence = PresenceService(settings.node_id, backend, ledger, accounts)
+        sync = PresenceSync(presence, backend, ledger, settings.node_id,
                             settings.heartbeat_timeout, settings.heartbeat_interval)
         # Subscribe before loading state, so nothing published in between is missed.
         # Cached sessions are served only while revocations can reach this process.
-        accounts.guard_cache(lambda: broker.problem is None and sync.problem is None)
-        sync.on_recovered = broker.retry_now
-        tasks.append(asyncio.create_task(broker.listen(presence.on_message, sync.resubscribed)))
-        await broker.wait_subscribed(timeout=3.0)
+        accounts.guard_cache(lambda: backend.problem is None and sync.problem is None)
+        sync.on_recovered = backend.retry_now
+        tasks.append(asyncio.create_task(backend.listen(presence.on_message, sync.resubscribed)))
+        await backend.wait_subscribed(timeout=3.0)
         await sync.start()
         tasks.append(asyncio.create_task(sync.run()))
         tasks.append(asyncio.create_task(ledger.run(settings.flush_interval)))
         tasks.append(asyncio.create_task(
             db.run_write_probe(settings.node_id, settings.write_probe_interval)))
-        throttle = make_throttle(broker, settings)
+        throttle = make_throttle(backend, settings)
         auth = AuthService(accounts, throttle, presence)
-        services = Services(settings, db, accounts, broker, presence, sync, ledger, throttle,
+        services = Services(settings, db, accounts, backend, presence, sync, ledger, throttle,
                             auth, tasks, SocketCaps(settings.max_sockets_per_user,
                                                     settings.max_sockets_per_address),
                             metrics=Metrics(settings.metrics_address))
         services.metrics.watch(services)
         log.info("Services ready: node %s, database %s, broker %s", settings.node_id,
-                 db.engine.url.render_as_string(hide_password=True), broker.name)
+                 db.engine.url.render_as_string(hide_password=True), backend.name)
         try:
             yield services
         finally:
@@ -170,6 +156,6 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await broker.close()
+        await backend.close()
         hasher.close()
         await db.close()

@@ -223,7 +223,7 @@ def test_the_layer_checker_catches_upward_imports(unit, snippet):
 
 
 @pytest.mark.parametrize("unit,snippet", [
-    ("live", "from presence_app.backends.store import UserState"),
+    ("live", "from presence_app.backends.base import UserState"),
     ("metrics", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
                 "    from presence_app.services import Services\n"),
     ("backends", "import redis.asyncio as aioredis"),

@@ -321,6 +321,26 @@ def test_installed_package_runs_from_anywhere(installed):
     assert "Traceback" not in stderr_path.read_text()
 
 
+@pytest.mark.cluster
+def test_installed_package_ships_the_lua_scripts(installed):
+    """The Redis backend reads its scripts from package data (importlib.resources): a wheel
+    without them would fail only once Redis is configured."""
+    env = clean_env()
+    env.pop("PYTHONPATH", None)
+    code = ("from presence_app.backends import scripts; from importlib import resources; "
+            "folder = resources.files('presence_app.backends').joinpath('lua'); print(folder); "
+            "print(*sorted(p.name for p in folder.iterdir() if p.name.endswith('.lua'))); "
+            "print(len(scripts.lua('presence', 'attach')) > 0)")
+    done = subprocess.run([str(installed["venv"] / "bin" / "python"), "-c", code],
+                          cwd=installed["outside"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    folder, names, loaded = done.stdout.splitlines()
+    assert Path(folder).is_relative_to(installed["venv"]), folder
+    shipped = sorted(p.name for p in (ROOT / "presence_app" / "backends" / "lua").glob("*.lua"))
+    assert names.split() == shipped and loaded == "True"
+
+
 def check_pages(port: int) -> None:
     """GET / redirects to the login page, which renders (templates found) and links a
     stylesheet and a script that are served (static files found, js/ included)."""

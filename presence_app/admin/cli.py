@@ -135,15 +135,16 @@ def prepare_sqlite_dir(settings: Settings) -> None:
 async def run_users(settings: Settings, action: str, name: str, password: str,
                     out: TextIO, err: TextIO) -> int:
     """Open the database (upgraded, as the server would) and, for changes with Redis, the
-    broker; run one use case; close everything."""
-    from presence_app.backends.broker import make_broker
-    from presence_app.services import make_store
+    backend; run one use case; close everything."""
+    from presence_app.backends import make_backend
 
     prepare_sqlite_dir(settings)
     db = Database(settings.database_url)
     hasher = PasswordHasher(settings.bcrypt_rounds, 1)
-    broker = make_broker(settings.broker_url, settings.redis_prefix, settings.redis_timeout)
-    logging.getLogger("presence_app.backends.broker").setLevel(logging.ERROR)  # reported below
+    backend = make_backend(settings.broker_url, settings.redis_prefix,
+                           timeout=settings.redis_timeout)
+    # Redis being unreachable is reported below, in one line: not as a warning too.
+    logging.getLogger("presence_app.backends.redis_pubsub").setLevel(logging.ERROR)
     try:
         try:
             await db.upgrade_schema()
@@ -153,12 +154,11 @@ async def run_users(settings: Settings, action: str, name: str, password: str,
                   f"{str(exc).splitlines()[0][:200]}", file=err)
             return FAILED
         if action in CHANGES and settings.redis_url:
-            await broker.connect()
-            if broker.problem:  # change nothing that running servers would not hear of
-                print(f"error: {broker.problem}; nothing changed", file=err)
+            await backend.connect()
+            if backend.problem:  # change nothing that running servers would not hear of
+                print(f"error: {backend.problem}; nothing changed", file=err)
                 return FAILED
-        store = make_store(broker, settings.redis_prefix) if settings.redis_url else None
-        admin = UserAdmin(db, AccountService(db, hasher, settings.session_days), broker, store)
+        admin = UserAdmin(db, AccountService(db, hasher, settings.session_days), backend)
         code = await run_action(admin, action, name, password, out)
         if action in CHANGES and not settings.redis_url and code == OK:
             print("note: no --redis-url: a running server applies this within a few seconds "
@@ -174,7 +174,7 @@ async def run_users(settings: Settings, action: str, name: str, password: str,
         print(f"error: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}", file=err)
         return FAILED
     finally:
-        await broker.close()
+        await backend.close()
         hasher.close()
         await db.close()
 

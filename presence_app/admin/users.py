@@ -18,8 +18,7 @@ from sqlalchemy import delete, func, select, update
 from presence_app.accounts.errors import InvalidUsername
 from presence_app.accounts.fields import check_new_password, check_username
 from presence_app.accounts.service import AccountService
-from presence_app.backends.broker import Broker
-from presence_app.backends.store import PresenceStore
+from presence_app.backends.base import Backend
 from presence_app.db.database import Database, Session, User, aware, utcnow
 from presence_app.live.presence import user_removed_message, user_sessions_ended_message
 
@@ -42,18 +41,16 @@ class UserInfo:
 
 
 class UserAdmin:
-    """One database unit of work per use case, then one broker message for running servers.
+    """One database unit of work per use case, then one backend message for running servers.
 
-    ``store`` is the shared presence store when Redis is configured (None otherwise): a new
-    account is announced through it and a deleted one forgotten by it.
+    Through ``backend`` a new account is announced and a deleted one forgotten too (with the
+    in-process backend nobody else hears of it: servers find out from the database).
     """
 
-    def __init__(self, db: Database, accounts: AccountService, broker: Broker,
-                 store: PresenceStore | None) -> None:
+    def __init__(self, db: Database, accounts: AccountService, backend: Backend) -> None:
         self.db = db
         self.accounts = accounts
-        self.broker = broker
-        self.store = store
+        self.backend = backend
 
     async def all(self) -> list[UserInfo]:
         return await self._select(None)
@@ -81,8 +78,7 @@ class UserAdmin:
     async def add(self, username: str, password: str) -> str:
         """Create an account (the sign-up rules apply: an ``AccountError`` otherwise)."""
         record = await self.accounts.create_user(username, password, password)
-        if self.store is not None:
-            await self.store.announce(record.username)  # appears live, as after a sign-up
+        await self.backend.announce(record.username)  # appears live, as after a sign-up
         return record.username
 
     async def set_disabled(self, username: str, disabled: bool) -> str:
@@ -104,7 +100,7 @@ class UserAdmin:
         """End every session of the account; their sockets close with 4001 everywhere."""
         name = await self._stored_name(username)
         count = await self.accounts.end_user_sessions(name)
-        await self.broker.publish(user_sessions_ended_message(name))
+        await self.backend.publish(user_sessions_ended_message(name))
         return count
 
     async def delete(self, username: str) -> str:
@@ -113,9 +109,8 @@ class UserAdmin:
         name = await self._stored_name(username)
         async with self.db.write() as session:
             await session.execute(delete(User).where(User.username_key == name.lower()))
-        await self.broker.publish(user_removed_message(name))
-        if self.store is not None:
-            await self.store.forget(name)  # nobody held it; else its holder forgets it
+        await self.backend.publish(user_removed_message(name))
+        await self.backend.forget(name)  # nobody held it; else its holder forgets it
         return name
 
     async def _stored_name(self, username: str) -> str:

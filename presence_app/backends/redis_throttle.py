@@ -10,10 +10,11 @@ holds for the deployment. Keys (under the app's ``--redis-prefix`` ``p``):
                                           their turn lapses (a process killed mid-check
                                           cannot hold a turn for ever)
 
-Both scripts are atomic, so the simultaneous-guess rule holds across processes too: no more
-checks of one pair run at once, anywhere, than failures it is still allowed. A lockout has
-the same sliding window as the memory version: it lasts until the oldest of the last
-``max_failures`` failures is ``window`` seconds old, and that is the wait the 429 announces.
+Both scripts (``lua/throttle_*.lua``) are atomic, so the simultaneous-guess rule holds across
+processes too: no more checks of one pair run at once, anywhere, than failures it is still
+allowed. A lockout has the same sliding window as the memory version: it lasts until the
+oldest of the last ``max_failures`` failures is ``window`` seconds old, and that is the wait
+the 429 announces.
 
 When Redis does not answer, the process falls back to its own ``LoginThrottle`` (logged once,
 and once again when Redis is back): logins keep working, limited per process as before.
@@ -26,6 +27,7 @@ import secrets
 import time
 from typing import Any
 
+from presence_app.backends.scripts import lua
 from presence_app.backends.throttle import Key, LoginThrottle
 
 log = logging.getLogger(__name__)
@@ -37,43 +39,6 @@ POLL = 0.05
 #: Seconds logins skip Redis after it failed to answer: a Redis that hangs (rather than
 #: refusing) would otherwise cost every login a full command timeout.
 RETRY_REDIS = 1.0
-
-_NOW = r"""
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-
-# KEYS: failures, turns   ARGV: max failures, window ms, lease ms, token
-# Returns {1, ms to wait} when locked, {0, 0} when every turn is taken, {2, 0} with a turn.
-_RESERVE = _NOW + r"""
-local max, window = tonumber(ARGV[1]), tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local failed = redis.call('ZCARD', KEYS[1])
-if failed >= max then
-  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return {1, math.max(tonumber(oldest[2]) + window - now, 1)}
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-if failed + redis.call('ZCARD', KEYS[2]) >= max then return {0, 0} end
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-return {2, 0}
-"""
-
-# KEYS: failures, turns   ARGV: max failures, window ms, token, outcome (ok|failed|none)
-_RELEASE = _NOW + r"""
-redis.call('ZREM', KEYS[2], ARGV[3])
-if ARGV[4] == 'ok' then
-  redis.call('DEL', KEYS[1])
-elseif ARGV[4] == 'failed' then
-  local max, window = tonumber(ARGV[1]), tonumber(ARGV[2])
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(max + 1))
-  redis.call('PEXPIRE', KEYS[1], window)
-end
-return 0
-"""
 
 
 class RedisLoginThrottle:
@@ -87,8 +52,8 @@ class RedisLoginThrottle:
         self.window = window
         #: Used while Redis does not answer; also what ``len()`` reports.
         self.local = LoginThrottle(max_failures, window, max_entries)
-        self._reserve = client.register_script(_RESERVE)
-        self._release = client.register_script(_RELEASE)
+        self._reserve = client.register_script(lua("clock", "throttle_reserve"))
+        self._release = client.register_script(lua("clock", "throttle_release"))
         self._tokens: dict[Key, list[str]] = {}  # turns this process holds in Redis
         self._local_turns: dict[Key, int] = {}  # turns taken from the fallback
         self._released: dict[Key, asyncio.Event] = {}

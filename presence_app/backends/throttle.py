@@ -1,6 +1,6 @@
 """Failed-login throttling: after too many failures for one name from one address, wait.
 
-This is the in-memory version, for one process (with Redis configured, services use
+This is the in-memory version, for one process (the Redis backend's ``login_throttle`` is
 ``redis_throttle.RedisLoginThrottle``, which shares the counters across processes). Successful
 logins never count and are never refused while the pair is not locked (load tests log in
 thousands of times from one address). A locked pair is refused even with the right password:

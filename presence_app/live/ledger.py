@@ -16,7 +16,7 @@ from sqlalchemy import Table, bindparam, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from presence_app.backends.store import Pending
+from presence_app.backends.base import Pending
 from presence_app.db.database import (
     Database,
     DatabaseWriteError,

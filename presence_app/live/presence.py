@@ -12,8 +12,7 @@ import json
 import logging
 
 from presence_app.accounts.service import AccountService
-from presence_app.backends.broker import Broker
-from presence_app.backends.store import PresenceStore, UserState, presence_event
+from presence_app.backends.base import Backend, UserState, presence_event
 from presence_app.live.fanout import CLOSE_GOING_AWAY, Connection, Fanout
 from presence_app.live.frames import SharedSnapshot, text_frame
 from presence_app.live.ledger import OnlineLedger
@@ -62,11 +61,10 @@ def _row(username: str, state: UserState) -> bytes:
 
 
 class PresenceService:
-    def __init__(self, node_id: str, broker: Broker, store: PresenceStore,
-                 ledger: OnlineLedger, accounts: AccountService) -> None:
+    def __init__(self, node_id: str, backend: Backend, ledger: OnlineLedger,
+                 accounts: AccountService) -> None:
         self.node_id = node_id
-        self.broker = broker
-        self.store = store
+        self.backend = backend
         self.ledger = ledger
         self.accounts = accounts
         self._conns: dict[Connection, None] = {}       # insertion-ordered set
@@ -93,7 +91,7 @@ class PresenceService:
         view = {u.username: UserState(False, 0, iso(u.last_seen))
                 for u in await self.accounts.all_users()}
         try:
-            states = await self.store.states()
+            states = await self.backend.states()
         except Exception as exc:  # Redis down at start: serve from the database, resync later
             log.warning("Presence store unavailable at start (%s)", exc)
             self.needs_resync, states = True, {}
@@ -204,10 +202,10 @@ class PresenceService:
                     return
                 now = iso_now()
                 if want:
-                    event = await self.store.attach(self.node_id, username, now)
+                    event = await self.backend.attach(self.node_id, username, now)
                     self._registered.add(username)
                 else:
-                    event = await self.store.detach(self.node_id, username, now)
+                    event = await self.backend.detach(self.node_id, username, now)
                     self._registered.discard(username)
                 if event:
                     self.ledger.record([event])
@@ -301,7 +299,7 @@ class PresenceService:
 
     async def _announce(self, message: str) -> None:
         try:
-            await self.broker.publish(message)
+            await self.backend.publish(message)
         except Exception as exc:
             log.warning("Could not announce a revocation to other processes now (%s); "
                         "will announce it when the broker is back", exc)
@@ -316,7 +314,7 @@ class PresenceService:
         try:
             while self._unannounced:
                 message = next(iter(self._unannounced))
-                await self.broker.publish(message)  # raises: the rest waits for the next try
+                await self.backend.publish(message)  # raises: the rest waits for the next try
                 self._unannounced.pop(message, None)
                 sent += 1
         finally:
@@ -366,7 +364,7 @@ class PresenceService:
             running = self._reconciling.get(username)
             if running is not None:
                 await asyncio.wait([running], timeout=5.0)
-            await self.store.forget(username)
+            await self.backend.forget(username)
         except Exception as exc:  # the next resync drops users the database no longer has
             log.warning("Could not remove deleted user %s from the presence store (%s)",
                         username, exc)
@@ -411,7 +409,7 @@ class PresenceService:
     async def user_signed_up(self, username: str) -> None:
         """Announce a new account to every client (as offline, never seen)."""
         try:
-            await self.store.announce(username)
+            await self.backend.announce(username)
         except Exception as exc:  # resync reloads accounts from the database
             self.needs_resync = True
             log.warning("Could not announce new user %s now (%s)", username, exc)

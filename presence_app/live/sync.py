@@ -15,7 +15,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from presence_app.backends.store import PresenceStore, UserState
+from presence_app.backends.base import Backend, UserState
 from presence_app.live.ledger import OnlineLedger
 from presence_app.live.presence import PresenceService, iso, iso_now
 
@@ -33,10 +33,10 @@ GRACE_SLACK = 0.05
 
 
 class PresenceSync:
-    def __init__(self, presence: PresenceService, store: PresenceStore, ledger: OnlineLedger,
+    def __init__(self, presence: PresenceService, backend: Backend, ledger: OnlineLedger,
                  node_id: str, heartbeat_timeout: float, heartbeat_interval: float) -> None:
         self.presence = presence
-        self.store = store
+        self.backend = backend
         self.ledger = ledger
         self.node_id = node_id
         self.timeout = heartbeat_timeout
@@ -57,28 +57,28 @@ class PresenceSync:
         try:
             # With a grace, our earlier life's users (killed and restarted at once, say) get
             # their grace too: their clients are probably reconnecting to us right now.
-            self.ledger.record(await self.store.handover(self.node_id, iso_now()))
-            self._epoch, _ = await self.store.heartbeat(self.node_id, self.timeout)
+            self.ledger.record(await self.backend.handover(self.node_id, iso_now()))
+            self._epoch, _ = await self.backend.heartbeat(self.node_id, self.timeout)
         except Exception as exc:
             self.problem = f"presence store unreachable: {exc}"
             self.presence.needs_resync = True
             log.warning("Presence store unreachable at start: %s", exc)
         await self.ledger.clear_node(self.node_id)
-        if not self.store.survives_restart:
+        if not self.backend.survives_restart:
             saved = await self.ledger.take_pending()
-            if self.store.grace > 0 and saved:
-                await self.store.restore(saved)
+            if self.backend.grace > 0 and saved:
+                await self.backend.restore(saved)
                 log.info("%d user(s) handed over by the previous run stay online until they "
-                         "come back or their grace ends", len(await self.store.pending()))
+                         "come back or their grace ends", len(await self.backend.pending()))
         await self.presence.load()
 
     async def run(self) -> None:
         """Liveness and maintenance in separate loops: a slow resync, reap or database write
         must never delay the heartbeat (or others would reap this live process)."""
         loops = [self._liveness(), self._maintenance(), self._expiry()]
-        if not self.store.survives_restart:
+        if not self.backend.survives_restart:
             loops.append(self._database_check())
-        if self.store.grace > 0:
+        if self.backend.grace > 0:
             loops.append(self._sweeper())
         await asyncio.gather(*loops)
 
@@ -91,7 +91,7 @@ class PresenceSync:
     async def beat(self) -> None:
         """Refresh our liveness key; flag a resync if the store was reset or reaped us."""
         try:
-            epoch, rejoined = await self.store.heartbeat(self.node_id, self.timeout)
+            epoch, rejoined = await self.backend.heartbeat(self.node_id, self.timeout)
             if epoch != self._epoch:
                 log.warning("Presence store was reset (epoch %s -> %s); resynchronising",
                             self._epoch, epoch)
@@ -191,13 +191,13 @@ class PresenceSync:
         deadline another process recorded is seen in time), and wakes early when this process
         records one that is due sooner."""
         loop = asyncio.get_running_loop()
-        added, grace = self.store.pending_added, self.store.grace
+        added, grace = self.backend.pending_added, self.backend.grace
         while True:
             added.clear()  # before the sweep: a deadline recorded meanwhile still wakes us
             delay = self.interval
             if self.problem is None:
                 try:
-                    events, wait = await self.store.sweep()
+                    events, wait = await self.backend.sweep()
                     if events:
                         self.ledger.record(events)
                         log.info("%d user(s) went offline after the %.1f s grace",
@@ -232,8 +232,8 @@ class PresenceSync:
     async def reap_dead(self) -> None:
         if asyncio.get_running_loop().time() < self._reap_from:
             return
-        for node in await self.store.dead_nodes(self.node_id):
-            events = await self.store.reap(node, iso_now())
+        for node in await self.backend.dead_nodes(self.node_id):
+            events = await self.backend.reap(node, iso_now())
             self.reaped += 1
             self.ledger.record(events)
             await self.ledger.clear_node(node)
@@ -246,9 +246,9 @@ class PresenceSync:
             p = self.presence
             p.needs_resync = False
             self.resyncs += 1
-            self._epoch, _ = await self.store.heartbeat(self.node_id, self.timeout)
+            self._epoch, _ = await self.backend.heartbeat(self.node_id, self.timeout)
             self._answered()
-            held = await self.store.members(self.node_id)
+            held = await self.backend.members(self.node_id)
             p.registered.clear()
             p.registered.update(held)
             for username in held | p.local_users():
@@ -261,7 +261,7 @@ class PresenceSync:
             for user in accounts:  # sign-ups we may have missed
                 if not p.known(user.username):
                     p.apply_and_broadcast(user.username, UserState(False, 0, iso(user.last_seen)))
-            states = await self.store.states()
+            states = await self.backend.states()
             p.prune(names | {name for name, state in states.items() if state.online}, before)
             for username, state in states.items():
                 if username in names or state.online:  # not a deleted account's remnant
@@ -292,9 +292,9 @@ class PresenceSync:
         await asyncio.sleep(2 * self.interval)
         usernames, self._to_settle = self._to_settle, set()
         try:
-            states = await self.store.states()
+            states = await self.backend.states()
             for username in sorted(usernames - set(states)):
-                event = await self.store.settle(username, iso_now())  # no-op if held again
+                event = await self.backend.settle(username, iso_now())  # no-op if held again
                 self.ledger.record([event] if event else [])
         except Exception as exc:
             log.warning("Could not settle users missing after a reset (%s)", exc)
@@ -314,16 +314,16 @@ class PresenceSync:
         p.gc.cancel()
         await p.settled(timeout=2.0)
         try:
-            self.ledger.record(await self.store.handover(self.node_id, iso_now()))
+            self.ledger.record(await self.backend.handover(self.node_id, iso_now()))
         except Exception as exc:
             log.warning("Could not clear this process from the presence store: %s", exc)
         # Before the rows: within the shutdown's time budget, this is what users would notice.
-        if self.store.grace > 0 and not self.store.survives_restart:
+        if self.backend.grace > 0 and not self.backend.survives_restart:
             try:
-                saved = await self.store.pending()
+                saved = await self.backend.pending()
                 await self.ledger.save_pending(saved)
                 log.info("Handed over %d user(s) for the next start (grace %.1f s)",
-                         len(saved), self.store.grace)
+                         len(saved), self.backend.grace)
             except Exception as exc:
                 log.warning("Could not save the users handed over (%s); a restart will list "
                             "them offline", exc)

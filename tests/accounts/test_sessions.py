@@ -218,7 +218,7 @@ async def test_user_level_revocation_closes_every_socket_of_the_user(
     if how == "service":
         await services.presence.end_user_sessions("bob")
     else:  # as another process announces it: through the broker only
-        await services.broker.publish(json.dumps({"type": "user_sessions_ended",
+        await services.backend.publish(json.dumps({"type": "user_sessions_ended",
                                                   "username": "Bob"}))
     for tab in tabs:
         assert await tab.wait_closed(timeout=5) == 4001
@@ -239,11 +239,11 @@ async def test_cache_is_bypassed_while_the_broker_is_unhealthy(services: Any,
     assert await session_status(bob) == 200  # cached
     async with services.db.write() as session:
         await session.execute(delete(Session))  # the other process's logout
-    services.broker.problem = "redis unreachable: test"
+    services.backend.problem = "redis unreachable: test"
     try:
         assert await session_status(bob) == 401
     finally:
-        services.broker.problem = None
+        services.backend.problem = None
 
 
 @pytest.mark.gen_test

@@ -133,7 +133,7 @@ async def test_delete_removes_the_user_live_everywhere(services: Any, settings: 
     assert b'data-username="alice"' in page.body and b'data-username="bob"' not in page.body
     fresh = await alice.connect()
     assert fresh.state.keys() == {"alice"}
-    assert "bob" not in await services.sync.store.states()  # a resync will not revive him
+    assert "bob" not in await services.sync.backend.states()  # a resync will not revive him
     await services.sync.resync()
     assert [u["username"] for u in await alice.users()] == ["alice"]
     # The name is free again, and a new bob shows up like any sign-up.

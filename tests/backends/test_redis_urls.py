@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from presence_app.backends.broker import RedisBroker
+from presence_app.backends import make_backend
 from presence_app.backends.urls import SentinelTarget, mask_url, parse_sentinel_url
 
 
@@ -39,14 +39,14 @@ def test_mask_url_hides_passwords(url, masked):
 ])
 @pytest.mark.gen_test
 async def test_an_unreachable_redis_is_reported_quickly_without_its_password(url, caplog):
-    broker = RedisBroker(url, "p", timeout=1.0)
+    backend = make_backend(url, "p", timeout=1.0)
     started = time.monotonic()
     try:
-        with caplog.at_level(logging.WARNING, logger="presence_app.backends.broker"):
-            await broker.connect()
+        with caplog.at_level(logging.WARNING, logger="presence_app.backends.redis_pubsub"):
+            await backend.connect()
     finally:
-        await broker.close()
+        await backend.close()
     # Quickly: a dead sentinel is not retried with backoff (redis-py's default took 8 s).
     assert time.monotonic() - started < 4
-    assert broker.problem
+    assert backend.problem
     assert "unreachable" in caplog.text and "hunter2" not in caplog.text

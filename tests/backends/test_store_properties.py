@@ -1,11 +1,11 @@
 """Property tests of the presence store: random interleavings of attach, detach, heartbeat,
 kill, reap, handover (a restart), sweep, settle, announce and (Redis) an emptied Redis across
 several nodes and users,
-against both backends (the in-process ``MemoryStore``; ``RedisStore`` on the real Redis, one
-store and one connection per node, as in a deployment), with and without an offline grace.
+against both backends (the in-process ``MemoryBackend``; ``RedisBackend`` on the real Redis,
+one backend per node, as in a deployment), with and without an offline grace.
 
-A model of what docs/PROTOCOL.md promises is kept beside the store, and after every step:
-- the published events (read back through the broker, the one delivery path) are exactly
+A model of what the contract promises is kept beside the store, and after every step:
+- the published events (read back through ``listen``, the one delivery path) are exactly
   those the calls returned: one per real transition, none when nothing changed, no duplicate;
 - every user's versions strictly increase across the events;
 - a user is online exactly while some node holds them (or, with a grace, while their
@@ -13,7 +13,7 @@ A model of what docs/PROTOCOL.md promises is kept beside the store, and after ev
 - ``states()`` and ``members()`` agree with the model.
 
 A failure prints the minimal sequence of steps found (``state.attach(node='n0', ...)``).
-Deadlines run on real clocks (Redis's ``TIME`` for RedisStore), so a sweep close to a deadline
+Deadlines run on real clocks (Redis's ``TIME`` for RedisBackend), so a sweep close to a deadline
 may go either way: the model accepts both there, and requires the event once the deadline has
 clearly passed.
 """
@@ -40,8 +40,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from presence_app.backends.broker import Broker, LocalBroker, RedisBroker
-from presence_app.backends.store import MemoryStore, PresenceStore
+from presence_app.backends import Backend, make_backend
 from tests.conftest import IN_CI, REDIS_URL, unavailable
 from tests.support.redis import drop_keys as _drop_redis_keys
 
@@ -82,10 +81,10 @@ class Deadline:
 
 
 @dataclass
-class Backend:
-    stores: dict[str, PresenceStore]
-    brokers: list[Broker]
-    listener: Broker
+class Deployment:
+    """One backend per node (the same one for every node in memory) and a listener."""
+    stores: dict[str, Backend]
+    listener: Backend
     prefix: str = ""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -108,30 +107,24 @@ class StoreMachine(RuleBasedStateMachine):
         self.epoch: str | None = None
         self.received: list[str] = []
         self.clock = 0
-        self.backend = self.run(self._open())
+        self.deployment = self.run(self._open())
 
     # -- plumbing ---------------------------------------------------------------------------
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(asyncio.wait_for(coro, 10))
 
-    async def _open(self) -> Backend:
+    async def _open(self) -> Deployment:
         if self.redis:
             prefix = f"presence-prop-{uuid.uuid4().hex[:10]}"
-            brokers = [RedisBroker(REDIS_URL, prefix) for _ in NODES]
-            from presence_app.backends.redis_store import RedisStore
-            stores: dict[str, PresenceStore] = {
-                node: RedisStore(broker, prefix, self.grace)
-                for node, broker in zip(NODES, brokers, strict=True)}
-            listener: Broker = RedisBroker(REDIS_URL, prefix)
-            backend = Backend(stores, [*brokers, listener], listener, prefix)
+            stores = {node: make_backend(REDIS_URL, prefix, grace=self.grace) for node in NODES}
+            deployment = Deployment(stores, make_backend(REDIS_URL, prefix), prefix)
         else:
-            local = LocalBroker()
-            store = MemoryStore(local, self.grace)
-            backend = Backend({node: store for node in NODES}, [local], local)
-        backend.tasks.append(asyncio.create_task(
-            backend.listener.listen(self.received.append, self._resubscribed)))
-        await backend.listener.wait_subscribed(timeout=5.0)
-        return backend
+            local = make_backend("memory://", grace=self.grace)
+            deployment = Deployment({node: local for node in NODES}, local)
+        deployment.tasks.append(asyncio.create_task(
+            deployment.listener.listen(self.received.append, self._resubscribed)))
+        await deployment.listener.wait_subscribed(timeout=5.0)
+        return deployment
 
     async def _resubscribed(self) -> None:
         raise AssertionError("the listener lost its subscription: events may be missing")
@@ -141,19 +134,19 @@ class StoreMachine(RuleBasedStateMachine):
         self.loop.close()
 
     async def _close(self) -> None:
-        for task in self.backend.tasks:
+        for task in self.deployment.tasks:
             task.cancel()
-        await asyncio.gather(*self.backend.tasks, return_exceptions=True)
-        for broker in self.backend.brokers:
-            await broker.close()
+        await asyncio.gather(*self.deployment.tasks, return_exceptions=True)
+        for backend in {*self.deployment.stores.values(), self.deployment.listener}:
+            await backend.close()
         if self.redis:
-            await _drop_redis_keys(REDIS_URL, self.backend.prefix)
+            await _drop_redis_keys(REDIS_URL, self.deployment.prefix)
 
     async def _drain(self) -> list[str]:
         """Everything published so far: a marker published after it comes back last."""
         self.clock += 1
         marker = json.dumps({"type": "marker", "n": self.clock})
-        await self.backend.listener.publish(marker)
+        await self.deployment.listener.publish(marker)
         while marker not in self.received:
             await asyncio.sleep(0.0005)
         got = self.received[:self.received.index(marker)]
@@ -166,8 +159,8 @@ class StoreMachine(RuleBasedStateMachine):
         return f"2026-01-01T00:{self.clock // 60000 % 60:02d}:" \
                f"{self.clock // 1000 % 60:02d}.{self.clock % 1000:03d}Z"
 
-    def store(self, node: str) -> PresenceStore:
-        return self.backend.stores[node]
+    def store(self, node: str) -> Backend:
+        return self.deployment.stores[node]
 
     def check(self, returned: list[str], expected: Mapping[str, tuple[bool, str | None]],
               optional: Mapping[str, tuple[bool, str | None]] | None = None) -> set[str]:
@@ -244,7 +237,7 @@ class StoreMachine(RuleBasedStateMachine):
         """Redis restarts empty: every node learns it at its next heartbeat (it is added back),
         and versions keep growing although every counter is gone. Until then the nodes'
         liveness keys are gone too: the model treats them as dead (they do nothing)."""
-        self.run(_drop_redis_keys(REDIS_URL, self.backend.prefix))
+        self.run(_drop_redis_keys(REDIS_URL, self.deployment.prefix))
         self.live = {node: False for node in NODES}
         self.seen.clear()
         self.pending.clear()

@@ -170,8 +170,7 @@ def test_live_process_wrongly_reaped_rejoins(start_app: Any, sqlite_url: str,
                                              prefix: str) -> None:
     """If a live process is reaped (its event loop stalled past the timeout, say), its next
     heartbeat notices and re-registers its users: nobody stays wrongly offline."""
-    from presence_app.backends.broker import RedisBroker
-    from presence_app.backends.redis_store import RedisStore
+    from presence_app.backends import open_backend
 
     a = start_app("node-a", sqlite_url, REDIS_URL, prefix)
     b = start_app("node-b", sqlite_url, REDIS_URL, prefix)
@@ -181,12 +180,8 @@ def test_live_process_wrongly_reaped_rejoins(start_app: Any, sqlite_url: str,
         bob = await signed_up(b.url, "bob")
         await bob.connect()
         await watcher.wait_status("bob", True, timeout=5)
-        broker = RedisBroker(REDIS_URL, prefix)
-        try:
-            events = await RedisStore(broker, prefix).reap("node-b", "2026-01-01T00:00:00Z",
-                                                           force=True)
-        finally:
-            await broker.close()
+        async with open_backend(REDIS_URL, prefix) as backend:
+            events = await backend.reap("node-b", "2026-01-01T00:00:00Z", force=True)
         assert len(events) == 1
         await watcher.wait_status("bob", False, timeout=5)
         rejoined = time.monotonic()

@@ -20,8 +20,7 @@ import tornado.httpserver
 import tornado.testing
 
 from handlers import make_app
-from presence_app.backends.broker import LocalBroker, RedisBroker
-from presence_app.backends.store import MemoryStore
+from presence_app.backends import MemoryBackend, make_backend
 from presence_app.client import PresenceClient, PresenceSocket
 from presence_app.config import ConfigError, Settings, load_settings
 from presence_app.live.ledger import parse_time
@@ -207,7 +206,7 @@ async def test_restart_hands_users_over(services, user_factory):
 # -- the store -----------------------------------------------------------------------------
 @pytest.mark.gen_test
 async def test_without_grace_detach_publishes_at_once_and_nothing_is_pending():
-    store = MemoryStore(LocalBroker())
+    store = MemoryBackend()
     await store.attach("n", "bob", "2026-01-01T00:00:00.000Z")
     event = await store.detach("n", "bob", "2026-01-01T00:00:01.000Z")
     assert event is not None and '"online":false' in event
@@ -218,15 +217,18 @@ def test_racing_sweepers_announce_a_user_once(redis_available: bool) -> None:
     """Three processes sweep the same expired deadline at once: one event, one publisher."""
     if not redis_available:
         unavailable(f"Redis at {REDIS_URL} is not reachable")
-    from presence_app.backends.redis_store import RedisStore
     prefix = f"presence-test-{uuid.uuid4().hex[:10]}"
 
     async def scenario() -> None:
-        brokers = [RedisBroker(REDIS_URL, prefix) for _ in range(3)]
-        stores = [RedisStore(b, prefix, grace=0.2) for b in brokers]
-        listener = brokers[0]._sub_client.pubsub()
+        stores = [make_backend(REDIS_URL, prefix, grace=0.2) for _ in range(3)]
+        received: list[str] = []
+
+        async def resubscribed() -> None:
+            raise AssertionError("the listener lost its subscription")
+
+        listener = asyncio.create_task(stores[0].listen(received.append, resubscribed))
         try:
-            await listener.subscribe(brokers[0].channel)
+            await stores[0].wait_subscribed(timeout=5.0)
             await stores[0].attach("a", "bob", "2026-01-01T00:00:00.000Z")
             await stores[1].attach("b", "bob", "2026-01-01T00:00:00.100Z")
             assert await stores[0].detach("a", "bob", "2026-01-01T00:00:01.000Z") is None
@@ -239,15 +241,13 @@ def test_racing_sweepers_announce_a_user_once(redis_available: bool) -> None:
             assert len(published) == 1 and '"last_seen":"2026-01-01T00:00:02.000Z"' in \
                 published[0]
             assert all(wait is None for _, wait in results)
-            received = []
-            while (message := await listener.get_message(timeout=0.3)) is not None:
-                if message["type"] == "message":
-                    received.append(message["data"])
+            await asyncio.sleep(0.3)
             assert [m for m in received if '"online":false' in m] == published
         finally:
-            await listener.aclose()
-            for broker in brokers:
-                await broker.close()
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+            for store in stores:
+                await store.close()
             await _drop_redis_keys(REDIS_URL, prefix)
 
     asyncio.run(scenario())

@@ -1,120 +1,47 @@
-"""Pub/sub brokers: one tiny interface, an in-process and a Redis implementation.
+"""The messaging half of the Redis backend: connections (Sentinel included) and a receive loop
+that never dies silently. ``redis.RedisBackend`` adds the presence transitions.
 
-What is published comes back through ``listen`` to every subscriber, the publisher included:
-there is one delivery path, and fan-out happens in one place (presence).
+redis-py's PubSub would otherwise reconnect and re-subscribe on its own without telling
+anyone; its client is built with retries off so that every lost connection surfaces here, and
+the loop backs off, resubscribes and asks presence to resynchronise.
+
+``timeout`` bounds every command and the silence of the subscription: a connection that stops
+answering without being closed (half-open: a NAT or firewall that lost its state, a peer that
+vanished) is given up after it, whereas the kernel would wait for many minutes. With
+``redis+sentinel://`` URLs the clients ask the sentinels for the current primary on every new
+connection, so a failover looks like any other lost connection.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import random
-from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
+from presence_app.backends.base import Backend, MessageHandler, ReconnectHandler
 from presence_app.backends.urls import SENTINEL_SCHEME, mask_url, parse_sentinel_url
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 2.0  # seconds between attempts to resubscribe, at most (a failover is over soon)
-MessageHandler = Callable[[str], None]
-ReconnectHandler = Callable[[], Awaitable[None]]
 
 
-class Broker(ABC):
-    """Publish text messages to every process; ``listen`` runs until cancelled."""
-
-    name = "broker"
-    #: Why the broker is unusable right now, or None when it is fine.
-    problem: str | None = None
-    #: Subscriptions re-established after a loss (read by /metrics).
-    reconnects = 0
-    _subscribed: asyncio.Event | None = None
-
-    def retry_now(self) -> None:
-        """Redis answers again (a heartbeat got through): resubscribe without waiting for the
-        backoff, so that presence and /healthz are back within a round trip."""
-
-    def _subscribed_event(self) -> asyncio.Event:
-        if self._subscribed is None:
-            self._subscribed = asyncio.Event()
-        return self._subscribed
-
-    async def wait_subscribed(self, timeout: float) -> None:
-        """Wait until ``listen`` is subscribed (or give up after ``timeout``)."""
-        try:
-            await asyncio.wait_for(self._subscribed_event().wait(), timeout)
-        except TimeoutError:
-            log.warning("Not subscribed to the broker after %.0f s; continuing", timeout)
-
-    async def connect(self) -> None:
-        """Open connections; raise if the broker cannot be reached at all."""
-
-    async def close(self) -> None:
-        """Release connections."""
-
-    @abstractmethod
-    async def publish(self, message: str) -> None:
-        ...
-
-    @abstractmethod
-    async def listen(self, on_message: MessageHandler, on_resubscribed: ReconnectHandler) -> None:
-        """Deliver messages to ``on_message`` forever.
-
-        ``on_resubscribed`` is awaited after every successful (re)subscription except the
-        first: whatever was published meanwhile may have been missed, so state must be
-        resynchronised.
-        """
-
-
-class LocalBroker(Broker):
-    """In-process broker: zero configuration, one process."""
-
-    name = "memory"
-
-    def __init__(self) -> None:
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
-
-    async def publish(self, message: str) -> None:
-        self.publish_nowait(message)
-
-    def publish_nowait(self, message: str) -> None:
-        self._queue.put_nowait(message)
-
-    async def listen(self, on_message: MessageHandler, on_resubscribed: ReconnectHandler) -> None:
-        self._subscribed_event().set()
-        while True:
-            message = await self._queue.get()
-            try:
-                on_message(message)
-            except Exception:
-                log.exception("Message handler failed; message dropped")
-
-
-class RedisBroker(Broker):
-    """Redis pub/sub via ``redis.asyncio`` with a receive loop that never dies silently.
-
-    redis-py's PubSub would otherwise reconnect and re-subscribe on its own without telling
-    anyone; its client is built with retries off so that every lost connection surfaces
-    here, and the loop backs off, resubscribes and asks presence to resynchronise.
-
-    ``timeout`` bounds every command and the silence of the subscription: a connection that
-    stops answering without being closed (half-open: a NAT or firewall that lost its state, a
-    peer that vanished) is given up after it, whereas the kernel would wait for many minutes.
-    With ``redis+sentinel://`` URLs the clients ask the sentinels for the current primary on
-    every new connection, so a failover looks like any other lost connection.
-    """
+class RedisPubSub(Backend):
+    """Publish and listen through one Redis channel, via ``redis.asyncio``."""
 
     name = "redis"
 
-    def __init__(self, url: str, prefix: str, timeout: float = 5.0) -> None:
+    def __init__(self, url: str, channel: str, grace: float = 0.0,
+                 timeout: float = 5.0) -> None:
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
         from redis.exceptions import ConnectionError as RedisConnectionError
 
+        super().__init__(grace)
         self.url = url
         self.safe_url = mask_url(url)
-        self.channel = f"{prefix}:events"
+        self.channel = channel
         self.timeout = timeout
         self._sentinel: Any = None
         common: dict[str, Any] = dict(decode_responses=True, health_check_interval=0,
@@ -122,7 +49,7 @@ class RedisBroker(Broker):
                                       socket_timeout=timeout)
         # Commands (scripts, heartbeats) fail fast: one retry on a fresh connection when a
         # pooled one turns out closed, none after a timeout (it would double the wait).
-        self.client = self._make_client(
+        self._client = self._make_client(
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)), **common)
         self._sub_client = self._make_client(retry=Retry(NoBackoff(), 0), **common)
         self.problem = "not connected yet"
@@ -151,7 +78,7 @@ class RedisBroker(Broker):
 
     async def connect(self) -> None:
         try:
-            await self.client.ping()
+            await self._client.ping()
             self.problem = None
         except Exception as exc:  # keep serving; listen() retries with backoff
             self.problem = f"redis unreachable: {exc}"
@@ -159,12 +86,12 @@ class RedisBroker(Broker):
 
     async def close(self) -> None:
         await self._sub_client.aclose()
-        await self.client.aclose()
+        await self._client.aclose()
         if self._sentinel is not None:
             await _quietly(self._sentinel.aclose())
 
     async def publish(self, message: str) -> None:
-        await self.client.publish(self.channel, message)
+        await self._client.publish(self.channel, message)
 
     def retry_now(self) -> None:
         self._retry.set()
@@ -190,14 +117,18 @@ class RedisBroker(Broker):
                 self.problem = f"redis unreachable: {exc}"
                 first = False
                 log.warning("Redis subscription lost (%s); retrying in %.1f s", exc, delay)
-                self._retry.clear()
-                try:  # the backoff, cut short by retry_now()
-                    await asyncio.wait_for(self._retry.wait(), delay * (0.5 + random.random() / 2))
-                except TimeoutError:
-                    pass
+                await self._backoff(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
             finally:
                 await _quietly(pubsub.aclose())
+
+    async def _backoff(self, delay: float) -> None:
+        """Wait about ``delay`` seconds (jittered), cut short by ``retry_now()``."""
+        self._retry.clear()
+        try:
+            await asyncio.wait_for(self._retry.wait(), delay * (0.5 + random.random() / 2))
+        except TimeoutError:
+            pass
 
     async def _confirmed(self, pubsub: Any) -> None:
         """Wait for Redis to confirm the subscription: from then on nothing is missed."""
@@ -239,11 +170,3 @@ async def _quietly(awaitable: Awaitable[Any]) -> None:
         await awaitable
     except Exception:  # closing a broken connection may fail; nothing to do about it
         pass
-
-
-def make_broker(url: str, prefix: str, timeout: float = 5.0) -> Broker:
-    """``memory://`` (default), ``redis://``, ``rediss://`` or ``redis+sentinel://``; redis is
-    imported lazily. ``timeout`` bounds Redis commands and silences (see RedisBroker)."""
-    if url.startswith("memory://"):
-        return LocalBroker()
-    return RedisBroker(url, prefix, timeout)
