@@ -14,7 +14,7 @@ import pytest
 from presence_app.live.fanout import CLOSE_GOING_AWAY
 from presence_app.live.resync import REASONS, STORE_RESET, STORE_WRITE_FAILED, ResyncRequests
 from presence_app.live.view import iso_now
-from tests.support.livesockets import Socket, online, register, until
+from tests.support.livesockets import Socket, online, register, running, until
 
 
 async def watching(services: Any) -> Socket:
@@ -76,7 +76,7 @@ async def test_rebuild_replaces_the_registered_set_and_ends_with_the_true_state(
     assert {u["username"]: u["online"] for u in presence.users()} == \
         {"alice": True, "watcher": True, "bob": False}
     await until(lambda: watcher.events("alice")[-1]["online"], what="alice online again")
-    await until(lambda: watcher.of_type("removed"), what="zed removed")
+    await until(lambda: bool(watcher.of_type("removed")), what="zed removed")
     assert watcher.of_type("removed") == [{"type": "removed", "username": "zed"}]
     assert watcher.events("bob")[-1]["online"] is False
 
@@ -111,9 +111,7 @@ async def test_shutdown_closes_sockets_refuses_new_ones_and_leaves_no_task(
         presence.add(late)  # opened during the shutdown
         assert late.closed is not None and late.closed[0] == CLOSE_GOING_AWAY
         assert presence.socket_count == 0
-        left = [t for t in asyncio.all_tasks() if not t.done()
-                and t.get_coro().__qualname__.startswith("StoreRegistration.")]
-        assert left == []
+        assert running("StoreRegistration.") == []
         await asyncio.sleep(0.1)
         gc.collect()  # a task with an unretrieved exception reports it when collected
         assert errors == []

@@ -16,7 +16,8 @@ from presence_app.live.resync import (BROKER_RECONNECTED, REAPED, REASONS, SETTL
                                       STORE_RESET, STORE_WRITE_FAILED)
 from presence_app.live.view import iso_now
 from tests.conftest import _drop_redis_keys
-from tests.support.livesockets import Socket, online, register, until
+from tests.support.livesockets import (Socket, coroutine_name, online, register, running,
+                                       until)
 
 
 def resyncs_exposed(services: Any) -> dict[str, float]:
@@ -120,7 +121,7 @@ async def test_a_reset_store_is_noticed_and_rebuilt(services: Any, caplog: Any) 
 async def test_stop_hands_users_over_and_ends_every_loop(services: Any) -> None:
     sync, store, node = services.sync, services.sync.store, services.settings.node_id
     sock = await held_online(services, "alice")
-    (run,) = [t for t in services.tasks if t.get_coro().__qualname__ == "PresenceSync.run"]
+    (run,) = [t for t in services.tasks if coroutine_name(t) == "PresenceSync.run"]
     assert not run.done()
     await sync.stop()
     assert sock.closed is not None and sock.closed[0] == CLOSE_GOING_AWAY
@@ -128,8 +129,5 @@ async def test_stop_hands_users_over_and_ends_every_loop(services: Any) -> None:
     assert (await store.states())["alice"].online is False
     await asyncio.sleep(0)  # the run task sees its loops cancelled
     assert run.done()
-    ours = ("PresenceSync.", "StoreRegistration.", "sweep_graces")
-    left = [t for t in asyncio.all_tasks()
-            if not t.done() and t.get_coro().__qualname__.startswith(ours)]
-    assert left == []
+    assert running("PresenceSync.", "StoreRegistration.", "sweep_graces") == []
     await sync.stop()  # idempotent: the services' own close calls it again

@@ -71,5 +71,16 @@ async def until(predicate: Callable[[], bool], timeout: float = 5.0, what: str =
         await asyncio.sleep(0.02)
 
 
+def coroutine_name(task: asyncio.Task[Any]) -> str:
+    """``PresenceSync.run``, say: the qualified name of the coroutine a task runs."""
+    return str(getattr(task.get_coro(), "__qualname__", ""))
+
+
+def running(*prefixes: str) -> list[asyncio.Task[Any]]:
+    """The unfinished tasks whose coroutine's qualified name starts with one of ``prefixes``."""
+    return [t for t in asyncio.all_tasks() if not t.done()
+            and coroutine_name(t).startswith(prefixes)]
+
+
 def online(services: Any, username: str) -> bool:
     return any(u["username"] == username and u["online"] for u in services.presence.users())
