@@ -7,7 +7,14 @@ what it holds locally and corrects its clients from the rebuilt state.
 
 With an offline grace, every process also sweeps the store's expired pending-offline deadlines
 (one atomic step per sweep, so only one process announces a user), and a stopping process
-hands its users over instead of announcing them offline.
+hands its users over instead of announcing them offline (presence_app/live/grace.py).
+
+Presence and sync meet through narrow methods only: anything that finds the shared state may
+be wrong calls ``PresenceService.request_resync(reason)``; once the store answers, the
+maintenance loop runs ``resync``, which takes every reason asked for, counts the first
+(``presence_resyncs_total{reason}``), logs them all in one line and has presence
+``rebuild`` from what the store says this process holds. ``stop`` ends with
+``PresenceService.shutdown`` and the handover.
 """
 from __future__ import annotations
 
