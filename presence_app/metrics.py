@@ -7,7 +7,7 @@ once per event. Label values are bounded: routes are patterns, close codes a fix
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -121,14 +121,13 @@ class ServicesCollector(Collector):
             sent.add_metric([kind], stats.bytes[kind])
         yield frames
         yield sent
-        dropped = CounterMetricFamily("presence_sockets_dropped", "Sockets dropped by the "
-                                      "server, by reason", labels=["reason"])
-        for reason, count in stats.dropped.items():
-            dropped.add_metric([reason], count)
-        yield dropped
+        yield _by_reason("presence_sockets_dropped", "Sockets dropped by the server, by reason",
+                         stats.dropped)
         yield _counter("presence_broker_reconnects", "Times the broker subscription was "
                        "re-established after a loss", s.backend.reconnects)
-        yield _counter("presence_resyncs", "Presence resynchronisations", s.sync.resyncs)
+        # Every reason of presence_app.live.resync.REASONS, at 0 until it happens.
+        yield _by_reason("presence_resyncs", "Presence resynchronisations, by the first reason "
+                         "asked for", s.sync.resyncs)
         yield _counter("presence_processes_reaped", "Dead processes whose users this process "
                        "took offline", s.sync.reaped)
         yield _gauge("presence_bcrypt_queue_length", "Password hashes waiting for a thread",
@@ -143,3 +142,10 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
+
+
+def _by_reason(name: str, doc: str, counts: Mapping[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=["reason"])
+    for reason, count in counts.items():
+        family.add_metric([reason], count)
+    return family

@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from handlers.ws import text_frame
 from presence_app.config import ConfigError, Settings, validate
 from presence_app.live.fanout import Fanout
+from presence_app.live.resync import REASONS
 from presence_app.metrics import Metrics
 from presence_app.runtime.addresses import address_allowed, parse_allow_list
 from tests.conftest import PASSWORD
@@ -70,9 +71,11 @@ async def test_metrics_count_what_happened(make_client: Any, user_factory: Any,
     assert value(found, "presence_http_request_duration_seconds_count", route="/login") >= 2
     assert value(found, "presence_healthy") == 1
     assert value(found, "process_resident_memory_bytes") > 0
-    for name in ("presence_broker_reconnects_total", "presence_resyncs_total",
-                 "presence_processes_reaped_total", "presence_events_stale_dropped_total"):
+    for name in ("presence_broker_reconnects_total", "presence_processes_reaped_total",
+                 "presence_events_stale_dropped_total"):
         assert (name, ()) in found
+    for reason in REASONS:  # every reason is exposed, at 0 until it happens
+        assert ("presence_resyncs_total", (("reason", reason),)) in found
 
 
 @pytest.mark.gen_test

@@ -7,7 +7,14 @@ what it holds locally and corrects its clients from the rebuilt state.
 
 With an offline grace, every process also sweeps the store's expired pending-offline deadlines
 (one atomic step per sweep, so only one process announces a user), and a stopping process
-hands its users over instead of announcing them offline.
+hands its users over instead of announcing them offline (presence_app/live/grace.py).
+
+Presence and sync meet through narrow methods only: anything that finds the shared state may
+be wrong calls ``PresenceService.request_resync(reason)``; once the store answers, the
+maintenance loop runs ``resync``, which takes every reason asked for, counts the first
+(``presence_resyncs_total{reason}``), logs them all in one line and has presence
+``rebuild`` from what the store says this process holds. ``stop`` ends with
+``PresenceService.shutdown`` and the handover.
 """
 from __future__ import annotations
 
@@ -15,9 +22,21 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from presence_app.backends.base import Backend, UserState
+from presence_app.backends.base import Backend
+from presence_app.live.grace import restore_handed_over, save_handed_over, sweep_graces
 from presence_app.live.ledger import OnlineLedger
-from presence_app.live.presence import PresenceService, iso, iso_now
+from presence_app.live.presence import PresenceService
+from presence_app.live.resync import (
+    BROKER_RECONNECTED,
+    MAINTENANCE_FAILED,
+    REAPED,
+    REASONS,
+    SESSION_CHECK_FAILED,
+    SETTLE_FAILED,
+    STORE_RESET,
+    STORE_UNREACHABLE,
+)
+from presence_app.live.view import iso_now
 
 log = logging.getLogger(__name__)
 PURGE_INTERVAL = 3600.0
@@ -27,9 +46,6 @@ RETRY_INTERVAL = 0.25
 #: Without Redis, how often open sockets' sessions and the accounts are checked against the
 #: database: the bound on how long an admin command takes to reach a running server.
 DATABASE_CHECK_INTERVAL = 5.0
-# A sweep runs this long after the deadline it waits for, so that deadlines this close together
-# are finalised by one sweep (fewer round trips in a storm of closes).
-GRACE_SLACK = 0.05
 
 
 class PresenceSync:
@@ -42,7 +58,9 @@ class PresenceSync:
         self.timeout = heartbeat_timeout
         self.interval = heartbeat_interval
         self.problem: str | None = None
-        self.resyncs = self.reaped = 0  # read by /metrics
+        self.reaped = 0  # read by /metrics
+        #: Resyncs by the first reason asked for (read by /metrics).
+        self.resyncs: dict[str, int] = dict.fromkeys(REASONS, 0)
         #: Called when the store answers again after a problem (the broker retries at once).
         self.on_recovered: Callable[[], None] | None = None
         self._epoch: str | None = None
@@ -51,6 +69,7 @@ class PresenceSync:
         self._settling: asyncio.Future[None] | None = None
         self._to_settle: set[str] = set()
         self._reap_from = 0.0  # loop time before which no other process is reaped (see beat)
+        self._loops: asyncio.Future[list[None]] | None = None
 
     async def start(self) -> None:
         """Clear what an earlier process with our node id left behind, then load the view."""
@@ -61,15 +80,11 @@ class PresenceSync:
             self._epoch, _ = await self.backend.heartbeat(self.node_id, self.timeout)
         except Exception as exc:
             self.problem = f"presence store unreachable: {exc}"
-            self.presence.needs_resync = True
+            self.presence.request_resync(STORE_UNREACHABLE)
             log.warning("Presence store unreachable at start: %s", exc)
         await self.ledger.clear_node(self.node_id)
         if not self.backend.survives_restart:
-            saved = await self.ledger.take_pending()
-            if self.backend.grace > 0 and saved:
-                await self.backend.restore(saved)
-                log.info("%d user(s) handed over by the previous run stay online until they "
-                         "come back or their grace ends", len(await self.backend.pending()))
+            await restore_handed_over(self.backend, self.ledger)
         await self.presence.load()
 
     async def run(self) -> None:
@@ -79,8 +94,10 @@ class PresenceSync:
         if not self.backend.survives_restart:
             loops.append(self._database_check())
         if self.backend.grace > 0:
-            loops.append(self._sweeper())
-        await asyncio.gather(*loops)
+            loops.append(sweep_graces(self.backend, self.ledger, self.interval,
+                                      lambda: self.problem is None))
+        self._loops = asyncio.gather(*loops)
+        await self._loops
 
     async def _liveness(self) -> None:
         while True:
@@ -95,10 +112,10 @@ class PresenceSync:
             if epoch != self._epoch:
                 log.warning("Presence store was reset (epoch %s -> %s); resynchronising",
                             self._epoch, epoch)
-                self.presence.needs_resync = True
+                self.presence.request_resync(STORE_RESET)
             elif rejoined:
                 log.warning("This process had been reaped as dead; resynchronising")
-                self.presence.needs_resync = True
+                self.presence.request_resync(REAPED)
             self._epoch = epoch
             self._answered()
         except asyncio.CancelledError:
@@ -107,7 +124,7 @@ class PresenceSync:
             if self.problem is None:
                 log.warning("Presence store unreachable: %s", exc)
             self.problem = f"presence store unreachable: {exc}"
-            self.presence.needs_resync = True
+            self.presence.request_resync(STORE_UNREACHABLE)
         self._wake.set()
 
     def _answered(self) -> None:
@@ -131,8 +148,9 @@ class PresenceSync:
             if self.problem:
                 continue
             try:
-                if self.presence.needs_resync:
-                    await self.resync()
+                reason = self.presence.resync_requested
+                if reason is not None:
+                    await self.resync(reason)
                 elif self.presence.unannounced:
                     await self.presence.announce_revocations()
                 await self.reap_dead()
@@ -140,7 +158,7 @@ class PresenceSync:
                 raise
             except Exception as exc:
                 log.warning("Presence maintenance failed (%s); will retry", exc)
-                self.presence.needs_resync = True
+                self.presence.request_resync(MAINTENANCE_FAILED)
             if loop.time() >= next_purge:
                 next_purge = loop.time() + PURGE_INTERVAL
                 await self.purge_sessions()
@@ -160,18 +178,10 @@ class PresenceSync:
         sockets, so every ``DATABASE_CHECK_INTERVAL`` s it closes the sockets of sessions
         revoked in the database (disabled, reset, revoked), removes deleted accounts and
         lists added ones."""
-        p = self.presence
         while True:
             await asyncio.sleep(DATABASE_CHECK_INTERVAL)
             try:
-                await p.recheck_sessions()
-                before = p.usernames()
-                accounts = await p.accounts.all_users()
-                p.prune({user.username for user in accounts}, before)
-                for user in accounts:  # added by `presence users add`
-                    if not p.known(user.username):
-                        p.apply_and_broadcast(user.username,
-                                              UserState(False, 0, iso(user.last_seen)))
+                await self.presence.check_database()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -182,43 +192,7 @@ class PresenceSync:
         meanwhile were missed, so cached sessions are dropped before the resync (which
         re-checks the sessions of every open socket)."""
         self.presence.accounts.clear_cache()
-        await self.resync()
-
-    async def _sweeper(self) -> None:
-        """Announce the users whose offline grace ended, at their deadline.
-
-        Sleeps until the next deadline the store reports, at most a heartbeat interval (so a
-        deadline another process recorded is seen in time), and wakes early when this process
-        records one that is due sooner."""
-        loop = asyncio.get_running_loop()
-        added, grace = self.backend.pending_added, self.backend.grace
-        while True:
-            added.clear()  # before the sweep: a deadline recorded meanwhile still wakes us
-            delay = self.interval
-            if self.problem is None:
-                try:
-                    events, wait = await self.backend.sweep()
-                    if events:
-                        self.ledger.record(events)
-                        log.info("%d user(s) went offline after the %.1f s grace",
-                                 len(events), grace)
-                    if wait is not None:
-                        delay = min(delay, max(wait, 0.0) + GRACE_SLACK)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    log.warning("Could not finalise offline graces (%s); will retry", exc)
-            wake_at = loop.time() + delay
-            while (left := wake_at - loop.time()) > 0:
-                if left <= grace + GRACE_SLACK:  # nothing recorded from now on is due sooner
-                    await asyncio.sleep(left)
-                    break
-                try:
-                    await asyncio.wait_for(added.wait(), left)
-                except TimeoutError:
-                    break
-                added.clear()
-                wake_at = min(wake_at, loop.time() + grace + GRACE_SLACK)
+        await self.resync(BROKER_RECONNECTED)
 
     async def purge_sessions(self) -> None:
         """Delete expired sessions now and then (any process may; it is idempotent)."""
@@ -240,32 +214,23 @@ class PresenceSync:
             log.warning("Process %s stopped heartbeating; %d user(s) went offline",
                         node, len(events))
 
-    async def resync(self) -> None:
-        """Rebuild the shared state from our local truth and correct our clients."""
+    async def resync(self, reason: str) -> None:
+        """Rebuild the shared state from our local truth and correct our clients.
+
+        ``reason`` (one of ``resync.REASONS``) joins the reasons asked for meanwhile; the
+        first asked is counted, all are logged. Returns at once if a resync that began after
+        the request has already answered it."""
+        p = self.presence
+        p.request_resync(reason)
         async with self._lock:
-            p = self.presence
-            p.needs_resync = False
-            self.resyncs += 1
+            reasons = p.take_resync_reasons()
+            if not reasons:
+                return
+            self.resyncs[reasons[0]] += 1
+            log.info("Resynchronising presence (reason: %s)", ", ".join(reasons))
             self._epoch, _ = await self.backend.heartbeat(self.node_id, self.timeout)
             self._answered()
-            held = await self.backend.members(self.node_id)
-            p.registered.clear()
-            p.registered.update(held)
-            for username in held | p.local_users():
-                p.changed(username)
-            await p.settled()
-            p.remark_all()
-            before = p.usernames()
-            accounts = await p.accounts.all_users()
-            names = {user.username for user in accounts}
-            for user in accounts:  # sign-ups we may have missed
-                if not p.known(user.username):
-                    p.apply_and_broadcast(user.username, UserState(False, 0, iso(user.last_seen)))
-            states = await self.backend.states()
-            p.prune(names | {name for name, state in states.items() if state.online}, before)
-            for username, state in states.items():
-                if username in names or state.online:  # not a deleted account's remnant
-                    p.apply_and_broadcast(username, state)
+            states = await p.rebuild(await self.backend.members(self.node_id))
             # Online in our view but unknown to an emptied store: maybe nobody holds them any
             # more, maybe their process has not re-registered yet. Settle them only after every
             # live process has had time to (two heartbeats), or they would flicker offline.
@@ -285,7 +250,7 @@ class PresenceSync:
             await p.recheck_sessions()
         except Exception as exc:  # the database: try again with the next resync
             log.warning("Could not re-check the sessions of open sockets (%s); will retry", exc)
-            p.needs_resync = True
+            p.request_resync(SESSION_CHECK_FAILED)
         await p.announce_revocations()
 
     async def _settle_later(self) -> None:
@@ -298,7 +263,7 @@ class PresenceSync:
                 self.ledger.record([event] if event else [])
         except Exception as exc:
             log.warning("Could not settle users missing after a reset (%s)", exc)
-            self.presence.needs_resync = True
+            self.presence.request_resync(SETTLE_FAILED)
 
     async def stop(self) -> None:
         """Shutdown: close sockets (1001), let our users go, clear our rows.
@@ -306,29 +271,28 @@ class PresenceSync:
         Without a grace they go offline at once (unless held elsewhere). With one they are
         handed over: pending deadlines in the store, which any process (or, with the
         in-process store, our next start, through the database) finalises."""
-        p = self.presence
-        p.closing = True
         if self._settling is not None:
             self._settling.cancel()
-        p.close_all()
-        p.gc.cancel()
-        await p.settled(timeout=2.0)
+            await asyncio.gather(self._settling, return_exceptions=True)
+        await self.presence.shutdown(timeout=2.0)
         try:
             self.ledger.record(await self.backend.handover(self.node_id, iso_now()))
         except Exception as exc:
             log.warning("Could not clear this process from the presence store: %s", exc)
         # Before the rows: within the shutdown's time budget, this is what users would notice.
         if self.backend.grace > 0 and not self.backend.survives_restart:
-            try:
-                saved = await self.backend.pending()
-                await self.ledger.save_pending(saved)
-                log.info("Handed over %d user(s) for the next start (grace %.1f s)",
-                         len(saved), self.backend.grace)
-            except Exception as exc:
-                log.warning("Could not save the users handed over (%s); a restart will list "
-                            "them offline", exc)
+            await save_handed_over(self.backend, self.ledger)
         try:
             await self.ledger.flush()
             await self.ledger.clear_node(self.node_id)
         except Exception as exc:
             log.warning("Could not clear this process's online-users rows: %s", exc)
+        await self._stop_loops()
+
+    async def _stop_loops(self) -> None:
+        """The heartbeat and maintenance loops end with the handover: a heartbeat after it
+        would list this process as alive again."""
+        loops, self._loops = self._loops, None
+        if loops is not None:
+            loops.cancel()
+            await asyncio.gather(loops, return_exceptions=True)

@@ -134,7 +134,7 @@ async def test_delete_removes_the_user_live_everywhere(services: Any, settings: 
     fresh = await alice.connect()
     assert fresh.state.keys() == {"alice"}
     assert "bob" not in await services.sync.backend.states()  # a resync will not revive him
-    await services.sync.resync()
+    await services.sync.resync("store_reset")
     assert [u["username"] for u in await alice.users()] == ["alice"]
     # The name is free again, and a new bob shows up like any sign-up.
     again = await user_factory("bob")

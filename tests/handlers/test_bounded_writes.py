@@ -120,7 +120,7 @@ async def test_a_ping_flood_that_never_reads_is_dropped_with_bounded_memory(
 async def test_kernel_send_buffer_is_capped(services: Any, user_factory: Any) -> None:
     alice = await user_factory("alice")
     await alice.connect()
-    conn = next(iter(services.presence._conns))
+    conn = services.presence.connections()[0]
     size = conn.ws_connection.stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
     wanted = services.settings.socket_send_buffer
     assert 0 < size <= 2 * wanted, f"SO_SNDBUF {size}, asked for {wanted}"
@@ -256,7 +256,7 @@ async def test_closed_sockets_are_freed_without_the_cyclic_collector(
         for _ in range(10):
             sock = await alice.connect()
             await sock.ping()
-            refs += [weakref.ref(conn) for conn in services.presence._conns]
+            refs += [weakref.ref(conn) for conn in services.presence.connections()]
             await sock.close()
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.2)

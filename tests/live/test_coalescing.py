@@ -345,7 +345,7 @@ async def test_browser_offer_gets_a_compressed_snapshot_and_no_zlib_state(
                 break
             assert json.loads(payload)["type"] == "presence"
         # No zlib object kept per socket: both directions are "no context takeover".
-        (handler,) = list(services.presence._conns)
+        (handler,) = services.presence.connections()
         assert handler.ws_connection._compressor._compressor is None
         assert handler.ws_connection._decompressor._decompressor is None
     finally:

@@ -27,6 +27,7 @@ from presence_app.live.ledger import parse_time
 from presence_app.services import Services, open_services
 from tests.conftest import PASSWORD, REDIS_URL, unavailable
 from tests.live.test_online_table import last_seen
+from tests.support.livesockets import until
 from tests.support.redis import drop_keys as _drop_redis_keys
 
 GRACE = 1.0  # heartbeat timeout 2 s (conftest): the sweeper looks at least every 0.5 s
@@ -176,9 +177,9 @@ async def test_restart_hands_users_over(services, user_factory):
     node = replace(services.settings, node_id="node-b", offline_grace=3.0)
     async with serving(node) as (first, url):
         tabs = [await same_session(c, url).connect() for c in (bob, carol)]
-        await first.presence.settled()
-        assert {u["username"] for u in first.presence.users() if u["online"]} == \
-            {"bob", "carol"}
+        await first.presence.settled()  # the store has them; their events may be on the way
+        await until(lambda: {u["username"] for u in first.presence.users() if u["online"]} ==
+                    {"bob", "carol"}, what="bob and carol online")
         stopped = time.time()  # just before the shutdown closes the sockets
     for tab in tabs:
         assert await tab.wait_closed(timeout=5) == 1001
