@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
 """Composition root: options/env -> Settings -> open_services -> make_app -> listen."""
+
 from __future__ import annotations
 
 import asyncio
@@ -40,6 +41,7 @@ SHUTDOWN_DEADLINE = 4.5
 
 def start_shutdown_watchdog(deadline: float = SHUTDOWN_DEADLINE) -> threading.Timer:
     """Exit the process ``deadline`` seconds from now unless it has ended by then."""
+
     def cut_short() -> None:
         log.error("Shutdown did not finish within %.1f s; exiting now", deadline)
         logging.shutdown()
@@ -53,8 +55,9 @@ def start_shutdown_watchdog(deadline: float = SHUTDOWN_DEADLINE) -> threading.Ti
 
 
 def setup_logging(settings: Settings) -> None:
-    logs.setup_logging(settings.node_id, settings.log_level, settings.log_format,
-                       access_log=settings.debug)
+    logs.setup_logging(
+        settings.node_id, settings.log_level, settings.log_format, access_log=settings.debug
+    )
 
 
 async def serve(settings: Settings, sockets: list[socket.socket], announce: bool) -> None:
@@ -66,19 +69,27 @@ async def serve(settings: Settings, sockets: list[socket.socket], announce: bool
     async with open_services(settings) as services:
         app = make_app(services)
         server = tornado.httpserver.HTTPServer(
-            app, xheaders=settings.xheaders, max_body_size=64 * 1024, idle_connection_timeout=60,
-            body_timeout=settings.body_timeout)  # a body trickled byte by byte is cut off
+            app,
+            xheaders=settings.xheaders,
+            max_body_size=64 * 1024,
+            idle_connection_timeout=60,
+            body_timeout=settings.body_timeout,
+        )  # a body trickled byte by byte is cut off
         server.add_sockets(sockets)
         listen_worker_health(app, settings)
         gc.freeze()  # everything allocated so far lives forever: keep it out of GC passes
         host, port = sockets[0].getsockname()[:2]
         if announce:
-            print(f"Presence is running at http://{host}:{port}/ (pid {os.getpid()}, "
-                  f"node {settings.node_id}); Ctrl+C to stop", flush=True)
+            print(
+                f"Presence is running at http://{host}:{port}/ (pid {os.getpid()}, "
+                f"node {settings.node_id}); Ctrl+C to stop",
+                flush=True,
+            )
         await stop.wait()
         start_shutdown_watchdog()
-        log.info("Shutting down: no new connections; running requests get %.1f s",
-                 settings.drain_timeout)
+        log.info(
+            "Shutting down: no new connections; running requests get %.1f s", settings.drain_timeout
+        )
         server.stop()  # the worker's health port stays open: it answers 503 while stopping
         # Requests finish (or are refused, having done nothing) before anything closes.
         await services.drain(settings.drain_timeout)
@@ -101,8 +112,9 @@ def fail(message: str, prog: str = "run.py") -> int:
     return 2
 
 
-def run_server(settings: Settings, sockets: list[socket.socket], announce: bool,
-               prog: str = "run.py") -> int:
+def run_server(
+    settings: Settings, sockets: list[socket.socket], announce: bool, prog: str = "run.py"
+) -> int:
     try:
         asyncio.run(serve(settings, sockets, announce))
     except StartupError as exc:
@@ -135,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc), prog)
     setup_logging(settings)  # before the cookie secret, so that generating it is logged
     try:  # bind first: a port in use is reported before anything is created
-        sockets = tornado.netutil.bind_sockets(settings.port, settings.address,
-                                               backlog=LISTEN_BACKLOG)
+        sockets = tornado.netutil.bind_sockets(
+            settings.port, settings.address, backlog=LISTEN_BACKLOG
+        )
     except OSError as exc:
         return fail(f"cannot listen on {settings.address}:{settings.port}: {exc.strerror}", prog)
     try:
@@ -152,8 +165,11 @@ def main(argv: list[str] | None = None) -> int:
         return run_server(settings, sockets, announce=True, prog=prog)
     count = settings.processes or os.cpu_count() or 1
     host, port = sockets[0].getsockname()[:2]
-    print(f"Presence is running at http://{host}:{port}/ with {count} worker processes "
-          f"(supervisor pid {os.getpid()}); Ctrl+C to stop", flush=True)
+    print(
+        f"Presence is running at http://{host}:{port}/ with {count} worker processes "
+        f"(supervisor pid {os.getpid()}); Ctrl+C to stop",
+        flush=True,
+    )
 
     def run_worker(worker: int) -> int:
         worker_settings = settings.for_worker(worker)

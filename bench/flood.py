@@ -5,6 +5,7 @@ cost the server (RSS), and how long does ``/healthz`` wait meanwhile.
     python -m bench.flood --client-message-rate 0   # extra flags go to the app: here the
                                                     # rate limit off, the send-buffer bound alone
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,8 +27,9 @@ SECONDS = 20.0
 
 def ping_frame() -> bytes:
     data, mask = b'{"type":"ping"}', b"\x01\x02\x03\x04"
-    return bytes([0x81, 0x80 | len(data)]) + mask + bytes(
-        b ^ mask[i % 4] for i, b in enumerate(data))
+    return (
+        bytes([0x81, 0x80 | len(data)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+    )
 
 
 def start_app(data_dir: str, extra: list[str]) -> tuple[subprocess.Popen[bytes], int]:
@@ -35,9 +37,22 @@ def start_app(data_dir: str, extra: list[str]) -> tuple[subprocess.Popen[bytes],
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()
-    app = subprocess.Popen([sys.executable, "run.py", "--port", str(port), "--data-dir",
-                            data_dir, "--bcrypt-rounds", "4", "--log-level", "WARNING", *extra],
-                           cwd=ROOT)
+    app = subprocess.Popen(
+        [
+            sys.executable,
+            "run.py",
+            "--port",
+            str(port),
+            "--data-dir",
+            data_dir,
+            "--bcrypt-rounds",
+            "4",
+            "--log-level",
+            "WARNING",
+            *extra,
+        ],
+        cwd=ROOT,
+    )
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port)).close()
@@ -51,9 +66,13 @@ def upgrade(port: int, cookie: str) -> socket.socket:
     raw = socket.socket()
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read
     raw.connect(("127.0.0.1", port))
-    raw.sendall((f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                 "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                 f"Sec-WebSocket-Version: 13\r\nCookie: {cookie}\r\n\r\n").encode())
+    raw.sendall(
+        (
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            f"Sec-WebSocket-Version: 13\r\nCookie: {cookie}\r\n\r\n"
+        ).encode()
+    )
     head = raw.recv(4096)
     if not head.startswith(b"HTTP/1.1 101"):
         raise RuntimeError(f"upgrade refused: {head[:80]!r}")
@@ -88,10 +107,12 @@ async def main() -> None:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10).read()
                 waits.append((time.time() - asked) * 1000)
         peak = max(peak, proc.memory_info().rss)
-        print(f"pings sent {sent // len(ping_frame()):,}; closed by the server after "
-              f"{closed_after if closed_after is None else round(closed_after, 2)} s; server RSS "
-              f"{rss0 / 2**20:.0f} -> peak {peak / 2**20:.0f} MiB; /healthz waits ms "
-              f"{[round(w) for w in waits]}")
+        print(
+            f"pings sent {sent // len(ping_frame()):,}; closed by the server after "
+            f"{closed_after if closed_after is None else round(closed_after, 2)} s; server RSS "
+            f"{rss0 / 2**20:.0f} -> peak {peak / 2**20:.0f} MiB; /healthz waits ms "
+            f"{[round(w) for w in waits]}"
+        )
     finally:
         stopped = time.time()
         app.terminate()

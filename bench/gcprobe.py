@@ -7,6 +7,7 @@ file is rewritten five times a second with, per generation, the number of passes
 and longest duration, and the recent long passes with their wall-clock time, so a
 benchmark can tell how much of a phase went to the collector walking long-lived objects.
 """
+
 from __future__ import annotations
 
 import gc
@@ -47,9 +48,13 @@ class GcStats:
 
     def dump(self) -> None:
         with self._lock:
-            data = {"pid": os.getpid(), "time": time.time(),
-                    "gens": {g: dict(v) for g, v in self.gens.items()},
-                    "long_passes": list(self.long), "tracked": None}
+            data = {
+                "pid": os.getpid(),
+                "time": time.time(),
+                "gens": {g: dict(v) for g, v in self.gens.items()},
+                "long_passes": list(self.long),
+                "tracked": None,
+            }
         tmp = f"{self.path}.tmp"
         with open(tmp, "w") as fh:
             json.dump(data, fh)
@@ -72,8 +77,9 @@ def read(path: str) -> dict[str, Any] | None:
         return None
 
 
-def delta(before: dict[str, Any] | None, after: dict[str, Any] | None,
-          since: float, until: float) -> dict[str, Any] | None:
+def delta(
+    before: dict[str, Any] | None, after: dict[str, Any] | None, since: float, until: float
+) -> dict[str, Any] | None:
     """GC activity between two dumps; long passes between the wall-clock times given."""
     if not before or not after:
         return None

@@ -22,6 +22,7 @@ The parts live in ``bench.generator``: ``wire`` (the wire format), ``conn`` and 
 its commands), ``controller`` (``LoadGen``). This module names what the rest of the
 benchmark uses.
 """
+
 from __future__ import annotations
 
 import sys
@@ -44,10 +45,29 @@ from bench.generator.wire import (
 )
 from bench.generator.worker import Worker, cpu_seconds, raise_nofile_limit, worker_main
 
-__all__ = ["ANC_SIZE", "CLOSED", "CLOSING", "HANDSHAKE", "OPEN", "POLLER", "RECV_SIZE",
-           "SNAPSHOT", "SO_TIMESTAMPNS", "Conn", "EventRecord", "Group", "LoadGen", "Poller",
-           "Worker", "client_frame", "cpu_seconds", "decode_ts", "raise_nofile_limit",
-           "upgrade_request", "worker_main"]
+__all__ = [
+    "ANC_SIZE",
+    "CLOSED",
+    "CLOSING",
+    "HANDSHAKE",
+    "OPEN",
+    "POLLER",
+    "RECV_SIZE",
+    "SNAPSHOT",
+    "SO_TIMESTAMPNS",
+    "Conn",
+    "EventRecord",
+    "Group",
+    "LoadGen",
+    "Poller",
+    "Worker",
+    "client_frame",
+    "cpu_seconds",
+    "decode_ts",
+    "raise_nofile_limit",
+    "upgrade_request",
+    "worker_main",
+]
 
 if __name__ == "__main__":  # pragma: no cover - a tiny manual check
     print("use: python -m bench.run --help", file=sys.stderr)

@@ -1,4 +1,5 @@
 """Turning receive timestamps into the figures of the reports."""
+
 from __future__ import annotations
 
 import bisect
@@ -12,18 +13,21 @@ from bench.generator.wire import decode_ts
 
 
 def pct(values: Iterable[float] | np.ndarray, q: float) -> float | None:
-    arr = np.asarray(list(values) if not isinstance(values, np.ndarray) else values,
-                     dtype=float)
+    arr = np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=float)
     if arr.size == 0:
         return None
     return round(float(np.percentile(arr, q)), 3)
 
 
 def summary_ms(values: Iterable[float] | np.ndarray) -> dict[str, float | None]:
-    arr = np.asarray(list(values) if not isinstance(values, np.ndarray) else values,
-                     dtype=float)
-    return {"p50": pct(arr, 50), "p95": pct(arr, 95), "p99": pct(arr, 99),
-            "max": round(float(arr.max()), 3) if arr.size else None, "n": int(arr.size)}
+    arr = np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=float)
+    return {
+        "p50": pct(arr, 50),
+        "p95": pct(arr, 95),
+        "p99": pct(arr, 99),
+        "max": round(float(arr.max()), 3) if arr.size else None,
+        "n": int(arr.size),
+    }
 
 
 def merge_events(parts: list[list[dict[str, Any]]]) -> dict[bytes, dict[str, Any]]:
@@ -44,9 +48,13 @@ def merge_events(parts: list[list[dict[str, Any]]]) -> dict[bytes, dict[str, Any
     return merged
 
 
-def analyse(merged: dict[bytes, dict[str, Any]], observers: int,
-            triggers: list[tuple[str, bool, int]], movers: set[str],
-            skip_before: int = 0) -> dict[str, Any]:
+def analyse(
+    merged: dict[bytes, dict[str, Any]],
+    observers: int,
+    triggers: list[tuple[str, bool, int]],
+    movers: set[str],
+    skip_before: int = 0,
+) -> dict[str, Any]:
     """Per-event fan-out figures of the movers' presence events.
 
     ``triggers``: (username, online, time the mover's connect or close started), CLOCK_REALTIME
@@ -67,8 +75,9 @@ def analyse(merged: dict[bytes, dict[str, Any]], observers: int,
 class Fanout:
     """The figures of ``analyse``, event by event."""
 
-    def __init__(self, observers: int, triggers: list[tuple[str, bool, int]],
-                 skip_before: int) -> None:
+    def __init__(
+        self, observers: int, triggers: list[tuple[str, bool, int]], skip_before: int
+    ) -> None:
         self.observers, self.triggers, self.skip_before = observers, triggers, skip_before
         self.by_key: dict[tuple[str, bool], list[int]] = {}
         for username, online, t in triggers:
@@ -83,8 +92,7 @@ class Fanout:
         self.lost = self.duplicates = self.incomplete_events = self.other_messages = 0
         self.matched_triggers: set[tuple[str, bool, int]] = set()
 
-    def add(self, payload: bytes, meta: dict[str, Any], kts: np.ndarray,
-            uts: np.ndarray) -> None:
+    def add(self, payload: bytes, meta: dict[str, Any], kts: np.ndarray, uts: np.ndarray) -> None:
         """One presence event of a mover: its deliveries' kernel and user times."""
         count = int(kts.size)
         if count < self.observers:
@@ -97,8 +105,9 @@ class Fanout:
         first = int(kts.min())
         i = bisect.bisect_right(times, first) - 1
         if i < 0:
-            self.events.append({"username": key[0], "online": key[1], "count": count,
-                                "trigger": None})
+            self.events.append(
+                {"username": key[0], "online": key[1], "count": count, "trigger": None}
+            )
             return
         trigger = times[i]
         self.matched_triggers.add((key[0], key[1], trigger))
@@ -110,17 +119,28 @@ class Fanout:
         self.last_u.append(lu)
         self.first_k.append((first - trigger) / 1e6)
         self.per_delivery.append((kts - trigger) / 1e6)
-        self.events.append({
-            "username": key[0], "online": key[1], "version": meta.get("version"),
-            "count": count, "trigger": trigger, "last_ms": round(lk, 3),
-            "last_user_ms": round(lu, 3), "first_ms": round((first - trigger) / 1e6, 3),
-            "t_first": first, "t_last": int(kts.max()),
-            "bytes": len(payload) + (2 if len(payload) < 126 else 4)})
+        self.events.append(
+            {
+                "username": key[0],
+                "online": key[1],
+                "version": meta.get("version"),
+                "count": count,
+                "trigger": trigger,
+                "last_ms": round(lk, 3),
+                "last_user_ms": round(lu, 3),
+                "first_ms": round((first - trigger) / 1e6, 3),
+                "t_first": first,
+                "t_last": int(kts.max()),
+                "bytes": len(payload) + (2 if len(payload) < 126 else 4),
+            }
+        )
 
     def result(self) -> dict[str, Any]:
-        unmatched = [t for t in self.triggers
-                     if (t[0], bool(t[1]), t[2]) not in self.matched_triggers
-                     and t[2] >= self.skip_before]
+        unmatched = [
+            t
+            for t in self.triggers
+            if (t[0], bool(t[1]), t[2]) not in self.matched_triggers and t[2] >= self.skip_before
+        ]
         deliveries = np.concatenate(self.per_delivery) if self.per_delivery else np.zeros(0)
         total_fanout_s = sum(self.last_k) / 1e3
         measured_deliveries = int(deliveries.size)
@@ -133,7 +153,8 @@ class Fanout:
             "per_delivery_ms": summary_ms(deliveries),
             "deliveries": measured_deliveries,
             "deliveries_per_s": round(measured_deliveries / total_fanout_s)
-            if total_fanout_s else None,
+            if total_fanout_s
+            else None,
             "lost": self.lost,
             "incomplete_events": self.incomplete_events,
             "duplicates": self.duplicates,
@@ -155,6 +176,7 @@ def bcrypt_checks(hashed: bytes, start: float, seconds: float) -> float:
     import time
 
     import bcrypt
+
     time.sleep(max(start - time.time(), 0.0))
     count = 0.0
     end = start + seconds

@@ -10,6 +10,7 @@ closes every socket with 1001.
 
     python bench/picows_server.py --port 8766
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,7 @@ class Presence:
     def changed(self, username: str, online: bool) -> None:
         state = self.users.get(username)
         version = int(state["version"]) + 1 if state else 1  # type: ignore[call-overload]
-        state = {"username": username, "online": online, "last_seen": iso_now(),
-                 "version": version}
+        state = {"username": username, "online": online, "last_seen": iso_now(), "version": version}
         self.users[username] = state
         self._users_json = None
         payload = json.dumps({"type": "presence", **state}, separators=(",", ":")).encode()
@@ -64,19 +64,23 @@ class Presence:
 
     def snapshot(self, me: str) -> bytes:
         if self._users_json is None:
-            users = sorted(self.users.values(),
-                           key=lambda u: (not u["online"], str(u["username"]).lower()))
+            users = sorted(
+                self.users.values(), key=lambda u: (not u["online"], str(u["username"]).lower())
+            )
             self._users_json = json.dumps(users, separators=(",", ":"))
         # %-formatting: JSON text, whose braces an f-string would need doubled
-        return ('{"type":"snapshot","me":%s,"users":%s}'  # noqa: UP031
-                % (json.dumps(me), self._users_json)).encode()
+        return (
+            '{"type":"snapshot","me":%s,"users":%s}'  # noqa: UP031
+            % (json.dumps(me), self._users_json)
+        ).encode()
 
     def opened(self, transport: WSTransport, username: str) -> None:
         count = self.sockets_of.get(username, 0) + 1
         self.sockets_of[username] = count
         if count == 1:
-            self.users.setdefault(username, {"username": username, "online": False,
-                                             "last_seen": None, "version": 0})
+            self.users.setdefault(
+                username, {"username": username, "online": False, "last_seen": None, "version": 0}
+            )
             self.changed(username, True)
         transport.send(WSMsgType.TEXT, self.snapshot(username))
         self.transports[transport] = username
@@ -131,10 +135,22 @@ async def main(port: int, address: str, backlog: int, ping_interval: float) -> N
 
     def route(request: WSUpgradeRequest) -> Any:
         if request.path.split(b"?")[0] == b"/healthz":
-            body = json.dumps({"status": "ok", "sockets": len(presence.transports),
-                               "online_users": len(presence.sockets_of)}) + "\n"
-            return WSUpgradeResponseWithListener(WSUpgradeResponse.create_ok_response(
-                body.encode(), {"Content-Type": "application/json"}), None)
+            body = (
+                json.dumps(
+                    {
+                        "status": "ok",
+                        "sockets": len(presence.transports),
+                        "online_users": len(presence.sockets_of),
+                    }
+                )
+                + "\n"
+            )
+            return WSUpgradeResponseWithListener(
+                WSUpgradeResponse.create_ok_response(
+                    body.encode(), {"Content-Type": "application/json"}
+                ),
+                None,
+            )
         return PresenceListener(presence, user_of(request))
 
     loop = asyncio.get_running_loop()
@@ -143,15 +159,25 @@ async def main(port: int, address: str, backlog: int, ping_interval: float) -> N
     def on_signal() -> None:
         if not stop.done():
             stop.set_result(None)
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal)
     server = await ws_create_server(
-        route, address, port, max_frame_size=64 * 1024, enable_auto_ping=True,
-        auto_ping_idle_timeout=ping_interval, auto_ping_reply_timeout=ping_interval,
-        auto_ping_strategy=WSAutoPingStrategy.PING_PERIODICALLY, backlog=backlog)
+        route,
+        address,
+        port,
+        max_frame_size=64 * 1024,
+        enable_auto_ping=True,
+        auto_ping_idle_timeout=ping_interval,
+        auto_ping_reply_timeout=ping_interval,
+        auto_ping_strategy=WSAutoPingStrategy.PING_PERIODICALLY,
+        backlog=backlog,
+    )
     bound = server.sockets[0].getsockname()
-    print(f"Reference server running at http://{bound[0]}:{bound[1]}/ (picows, pid "
-          f"{os.getpid()})", flush=True)
+    print(
+        f"Reference server running at http://{bound[0]}:{bound[1]}/ (picows, pid {os.getpid()})",
+        flush=True,
+    )
     try:
         await stop
     finally:
@@ -166,10 +192,18 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=8766)
     parser.add_argument("--address", default="127.0.0.1")
-    parser.add_argument("--backlog", type=int, default=128,
-                        help="listen backlog (128: the same as Tornado's default)")
-    parser.add_argument("--ping-interval", type=float, default=20.0,
-                        help="seconds between protocol pings and to wait for the pong")
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        default=128,
+        help="listen backlog (128: the same as Tornado's default)",
+    )
+    parser.add_argument(
+        "--ping-interval",
+        type=float,
+        default=20.0,
+        help="seconds between protocol pings and to wait for the pong",
+    )
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

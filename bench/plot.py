@@ -8,6 +8,7 @@ latency of each transition when the run has them.
 Without a file: the newest result in bench/results/ with a fan-out sweep, and the newest
 with a ``distinct`` scenario.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,9 +23,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-STYLE = {"app": ("tab:blue", "Presence app"),
-         "reference": ("tab:orange", "websockets.broadcast() reference"),
-         "picows": ("tab:green", "picows reference")}
+STYLE = {
+    "app": ("tab:blue", "Presence app"),
+    "reference": ("tab:orange", "websockets.broadcast() reference"),
+    "picows": ("tab:green", "picows reference"),
+}
 
 
 def has_sweep(results: dict[str, Any]) -> bool:
@@ -52,9 +55,12 @@ def newest_with_sweep() -> Path | None:
 
 def _title(fig: Any, meta: dict[str, Any]) -> None:
     m, app = meta["machine"], meta["app"]
-    fig.suptitle(f"{meta['started'][:10]}, {m['cpus']}-core {m['cpu_model']}, generator on the "
-                 f"same machine; app: {app['processes']} process, {app['broker']} broker, "
-                 f"{app['database']}; commit {meta['commit']}", fontsize=8)
+    fig.suptitle(
+        f"{meta['started'][:10]}, {m['cpus']}-core {m['cpu_model']}, generator on the "
+        f"same machine; app: {app['processes']} process, {app['broker']} broker, "
+        f"{app['database']}; commit {meta['commit']}",
+        fontsize=8,
+    )
 
 
 def plot_distinct(results: dict[str, Any], out: Path) -> None:
@@ -86,8 +92,13 @@ def _storm_panel(ax: Any, xs: list[int], rows: list[dict[str, Any]]) -> None:
     ax.plot(xs, [3 * x for x in one], ":", color="grey", label="target: 3x one user")
     for x, r in zip(xs, rows, strict=True):
         if r.get("ratio_seconds") is not None:
-            ax.annotate(f"{r['ratio_seconds']:.2f}x", (x, r["distinct"]["seconds"]),
-                        textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax.annotate(
+                f"{r['ratio_seconds']:.2f}x",
+                (x, r["distinct"]["seconds"]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=8,
+            )
     ax.set_xlabel("sockets N")
     ax.set_ylabel("seconds from the first SYN")
     ax.set_title("Connect storm: distinct users vs one user")
@@ -99,16 +110,21 @@ def _storm_panel(ax: Any, xs: list[int], rows: list[dict[str, Any]]) -> None:
 
 def _churn_panel(bx: Any, churn: dict[str, Any]) -> None:
     series = churn["series"]
-    bx.plot(series["t_s"], series["last_ms"], ".", markersize=3, color="tab:blue",
-            label="each transition")
+    bx.plot(
+        series["t_s"],
+        series["last_ms"],
+        ".",
+        markersize=3,
+        color="tab:blue",
+        label="each transition",
+    )
     bx.axhline(250, linestyle=":", color="grey", label="target p95: 250 ms")
     p95 = churn["last_viewer_ms"]["p95"]
     if p95 is not None:
         bx.axhline(p95, linestyle="--", color="tab:red", label=f"p95 {p95:.0f} ms")
     bx.set_xlabel("seconds into the churn")
     bx.set_ylabel("ms until the last viewer has it")
-    bx.set_title(f"Churn: {churn['rate']:.0f} transitions/s, {churn['n']:,} distinct "
-                 "users online")
+    bx.set_title(f"Churn: {churn['rate']:.0f} transitions/s, {churn['n']:,} distinct users online")
     bx.grid(alpha=0.3)
     bx.legend(fontsize=8)
     bx.set_ylim(bottom=0)
@@ -151,17 +167,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.plot", description=__doc__)
     parser.add_argument("results", nargs="?", type=Path)
     parser.add_argument("-o", "--out", type=Path, default=ROOT / "docs" / "bench-fanout.png")
-    parser.add_argument("--distinct-out", type=Path,
-                        default=ROOT / "docs" / "bench-distinct.png")
+    parser.add_argument("--distinct-out", type=Path, default=ROOT / "docs" / "bench-distinct.png")
     args = parser.parse_args(argv)
     wrote = 0
-    for test, draw, out, what in ((has_sweep, plot, args.out, "a fan-out sweep"),
-                                  (has_distinct, plot_distinct, args.distinct_out,
-                                   "a distinct scenario")):
+    for test, draw, out, what in (
+        (has_sweep, plot, args.out, "a fan-out sweep"),
+        (has_distinct, plot_distinct, args.distinct_out, "a distinct scenario"),
+    ):
         path = args.results or newest(test)
         if path is None or not test(json.loads(path.read_text())):
-            print(f"no results with {what}" + (f" in {path}" if path else " in bench/results/"),
-                  file=sys.stderr)
+            print(
+                f"no results with {what}" + (f" in {path}" if path else " in bench/results/"),
+                file=sys.stderr,
+            )
             continue
         draw(json.loads(path.read_text()), out)
         print(f"wrote {out} from {path}")

@@ -3,6 +3,7 @@ samples on the stack (inclusive) and at the top (self).
 
     python -m bench.pyspy_summary /tmp/prof/01-app-0-1234.txt [--top 30] [--match ws.py]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,9 @@ def summarise(path: Path, top: int, match: str | None) -> str:
         if not count.isdigit():
             continue
         n = int(count)
-        frames = [short(f) for f in stack.split(";")
-                  if f and not f.startswith(("process ", "thread "))]
+        frames = [
+            short(f) for f in stack.split(";") if f and not f.startswith(("process ", "thread "))
+        ]
         if match and not any(match in f for f in frames):
             continue
         total += n
@@ -43,8 +45,11 @@ def summarise(path: Path, top: int, match: str | None) -> str:
             inclusive[frame] += n
         if frames:
             own[frames[-1]] += n
-    out = [f"{path.name}: {total} samples" + (f" with {match!r} on the stack" if match else ""),
-           "", "inclusive:"]
+    out = [
+        f"{path.name}: {total} samples" + (f" with {match!r} on the stack" if match else ""),
+        "",
+        "inclusive:",
+    ]
     out += [f"  {100 * c / total:5.1f}%  {f}" for f, c in inclusive.most_common(top)]
     out += ["", "self:"]
     out += [f"  {100 * c / total:5.1f}%  {f}" for f, c in own.most_common(top)]

@@ -7,6 +7,7 @@ connection with ``websockets.broadcast()``. ``GET /healthz`` answers with the so
 
     python -m bench.reference_server --port 8765
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,29 +39,33 @@ class Presence:
     def changed(self, username: str, online: bool) -> None:
         state = self.users.get(username)
         version = int(state["version"]) + 1 if state else 1  # type: ignore[call-overload]
-        state = {"username": username, "online": online, "last_seen": iso_now(),
-                 "version": version}
+        state = {"username": username, "online": online, "last_seen": iso_now(), "version": version}
         self.users[username] = state
         self._users_json = None
-        broadcast(self.connections, json.dumps({"type": "presence", **state},
-                                               separators=(",", ":")))
+        broadcast(
+            self.connections, json.dumps({"type": "presence", **state}, separators=(",", ":"))
+        )
 
     def snapshot(self, me: str) -> str:
         if self._users_json is None:
-            users = sorted(self.users.values(),
-                           key=lambda u: (not u["online"], str(u["username"]).lower()))
+            users = sorted(
+                self.users.values(), key=lambda u: (not u["online"], str(u["username"]).lower())
+            )
             self._users_json = json.dumps(users, separators=(",", ":"))
         # %-formatting: JSON text, whose braces an f-string would need doubled
-        return ('{"type":"snapshot","me":%s,"users":%s}'  # noqa: UP031
-                % (json.dumps(me), self._users_json))
+        return (
+            '{"type":"snapshot","me":%s,"users":%s}'  # noqa: UP031
+            % (json.dumps(me), self._users_json)
+        )
 
     async def handler(self, ws: ServerConnection) -> None:
         username = user_of(ws.request)  # type: ignore[arg-type]
         count = self.sockets_of.get(username, 0) + 1
         self.sockets_of[username] = count
         if count == 1:
-            self.users.setdefault(username, {"username": username, "online": False,
-                                             "last_seen": None, "version": 0})
+            self.users.setdefault(
+                username, {"username": username, "online": False, "last_seen": None, "version": 0}
+            )
             self.changed(username, True)
         await ws.send(self.snapshot(username))
         self.connections.add(ws)
@@ -87,8 +92,13 @@ class Presence:
 
     def health(self, connection: ServerConnection, request: Request) -> Response | None:
         if request.path == "/healthz":
-            body = json.dumps({"status": "ok", "sockets": len(self.connections),
-                               "online_users": len(self.sockets_of)})
+            body = json.dumps(
+                {
+                    "status": "ok",
+                    "sockets": len(self.connections),
+                    "online_users": len(self.sockets_of),
+                }
+            )
             response = connection.respond(http.HTTPStatus.OK, body + "\n")
             response.headers["Content-Type"] = "application/json"
             return response
@@ -113,13 +123,22 @@ async def main(port: int, address: str, backlog: int, ping_interval: float) -> N
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_once)
-    async with serve(presence.handler, address, port, process_request=presence.health,
-                     compression=None, max_size=64 * 1024, ping_interval=ping_interval,
-                     ping_timeout=ping_interval,
-                     backlog=backlog) as server:
+    async with serve(
+        presence.handler,
+        address,
+        port,
+        process_request=presence.health,
+        compression=None,
+        max_size=64 * 1024,
+        ping_interval=ping_interval,
+        ping_timeout=ping_interval,
+        backlog=backlog,
+    ) as server:
         bound = next(iter(server.sockets)).getsockname()
-        print(f"Reference server running at http://{bound[0]}:{bound[1]}/ "
-              f"(pid {os.getpid()})", flush=True)
+        print(
+            f"Reference server running at http://{bound[0]}:{bound[1]}/ (pid {os.getpid()})",
+            flush=True,
+        )
         await stop
 
 
@@ -127,10 +146,18 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--address", default="127.0.0.1")
-    parser.add_argument("--backlog", type=int, default=128,
-                        help="listen backlog (128: the same as Tornado's default)")
-    parser.add_argument("--ping-interval", type=float, default=20.0,
-                        help="seconds between protocol pings and to wait for the pong")
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        default=128,
+        help="listen backlog (128: the same as Tornado's default)",
+    )
+    parser.add_argument(
+        "--ping-interval",
+        type=float,
+        default=20.0,
+        help="seconds between protocol pings and to wait for the pong",
+    )
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -1,5 +1,6 @@
 """The report of a run: the targets table and the Markdown document (a header, the targets,
 each scenario's section, the failures), written beside the JSON results."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -17,16 +18,34 @@ RESULTS = ROOT / "bench" / "results"
 # document, in this order. They are imported when the report is made: the load generator's
 # processes import this module too (spawn runs bench.run's imports again), and they need
 # none of the scenarios.
-TARGETS = ("fanout", "connect", "crossproc", "slow", "distinct", "reconnect", "churn_distinct",
-           "login")
-SECTIONS = ("connect", "fanout", "churn", "crossproc", "login", "slow", "distinct", "reconnect",
-            "churn_distinct")
+TARGETS = (
+    "fanout",
+    "connect",
+    "crossproc",
+    "slow",
+    "distinct",
+    "reconnect",
+    "churn_distinct",
+    "login",
+)
+SECTIONS = (
+    "connect",
+    "fanout",
+    "churn",
+    "crossproc",
+    "login",
+    "slow",
+    "distinct",
+    "reconnect",
+    "churn_distinct",
+)
 
 
 def part(module: str, name: str) -> Callable[[dict[str, Any]], list[Any]]:
     """``targets`` or ``render`` of scenario module ``module``."""
     function: Callable[[dict[str, Any]], list[Any]] = getattr(
-        importlib.import_module(f"bench.scenarios.{module}"), name)
+        importlib.import_module(f"bench.scenarios.{module}"), name
+    )
     return function
 
 
@@ -48,29 +67,41 @@ def render_markdown(results: dict[str, Any]) -> str:
 
 def header(meta: dict[str, Any]) -> list[str]:
     m = meta["machine"]
-    dirty = (" with uncommitted changes to " + ", ".join(meta["uncommitted"])
-             if meta.get("uncommitted") else "")
-    return [f"# Benchmark run {meta['started']} {meta.get('label', '')}".rstrip(), "",
-            f"Machine: {m['cpu_model']}, {m['cpus']} CPUs, {m['ram_gib']} GiB RAM, Linux "
-            f"{m['kernel']}; Python {m['python']}, Tornado {m['tornado']}, websockets "
-            f"{m['websockets']}, picows {m.get('picows')}. Commit {meta['commit']}{dirty}. "
-            f"App: {meta['app']['processes']} "
-            f"process(es), {meta['app']['broker']} broker, {meta['app']['database']}. "
-            f"Generator: {meta['generator']['observer_processes']} observer processes + 1 "
-            f"mover process on the same CPUs. Load average at start "
-            f"{' '.join(f'{x:.2f}' for x in meta['loadavg_at_start'])}. "
-            f"`python -m bench.run {' '.join(meta['argv'])}`", ""]
+    dirty = (
+        " with uncommitted changes to " + ", ".join(meta["uncommitted"])
+        if meta.get("uncommitted")
+        else ""
+    )
+    return [
+        f"# Benchmark run {meta['started']} {meta.get('label', '')}".rstrip(),
+        "",
+        f"Machine: {m['cpu_model']}, {m['cpus']} CPUs, {m['ram_gib']} GiB RAM, Linux "
+        f"{m['kernel']}; Python {m['python']}, Tornado {m['tornado']}, websockets "
+        f"{m['websockets']}, picows {m.get('picows')}. Commit {meta['commit']}{dirty}. "
+        f"App: {meta['app']['processes']} "
+        f"process(es), {meta['app']['broker']} broker, {meta['app']['database']}. "
+        f"Generator: {meta['generator']['observer_processes']} observer processes + 1 "
+        f"mover process on the same CPUs. Load average at start "
+        f"{' '.join(f'{x:.2f}' for x in meta['loadavg_at_start'])}. "
+        f"`python -m bench.run {' '.join(meta['argv'])}`",
+        "",
+    ]
 
 
 def targets_table(targets: list[dict[str, Any]] | None) -> list[str]:
     if not targets:
         return []
-    lines = ["## Targets (BENCHMARKS.md, Summary)", "",
-             "| target | value | limit | met | detail |", "| --- | --- | --- | --- | --- |"]
+    lines = [
+        "## Targets (BENCHMARKS.md, Summary)",
+        "",
+        "| target | value | limit | met | detail |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for t in targets:
         met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
-        lines.append(f"| {t['target']} | {fmt(t['value'])} | {t['limit']} | {met} | "
-                     f"{t['detail']} |")
+        lines.append(
+            f"| {t['target']} | {fmt(t['value'])} | {t['limit']} | {met} | {t['detail']} |"
+        )
     lines.append("")
     return lines
 

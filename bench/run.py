@@ -13,6 +13,7 @@ Results: bench/results/<time>-<label>.json and .md (gitignored); see BENCHMARKS.
 The flags are in ``bench.cli``, the runner in ``bench.runner``, the report in
 ``bench.report``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -28,8 +29,10 @@ __all__ = ["main", "parse_args"]
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(argv)
     runner = Runner(opts)
-    runner.log(f"scenarios: {', '.join(opts.scenarios)}; N={opts.n}; targets: "
-               f"{', '.join(opts.targets)}; workdir {runner.workdir}")
+    runner.log(
+        f"scenarios: {', '.join(opts.scenarios)}; N={opts.n}; targets: "
+        f"{', '.join(opts.targets)}; workdir {runner.workdir}"
+    )
     try:
         results = asyncio.run(runner.run())
     except (KeyboardInterrupt, asyncio.CancelledError):

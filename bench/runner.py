@@ -1,6 +1,7 @@
 """The runner of ``python -m bench.run``: it owns the load generator and the servers of each
 scenario (started fresh, stopped whatever happens), waits for a quiet machine, runs each
 scenario (again, when other processes disturbed it) and collects the results."""
+
 from __future__ import annotations
 
 import argparse
@@ -85,12 +86,18 @@ class Runner:
     def make_deployment(self, kind: str, kwargs: dict[str, Any]) -> Deployment:
         o = self.opts
         if kind != "app":
-            return ReferenceDeployment(self.workdir, extra_args=kwargs.get("extra_args"),
-                                       gc_stats=o.gc_stats, kind=kind)
-        settings = {"processes": o.app_processes, "broker": o.broker,
-                    "database": o.database, "redis_url": o.redis_url, "pg_dsn": o.pg_dsn,
-                    "gc_stats": o.gc_stats,
-                    "extra_args": list(o.app_arg) + list(kwargs.pop("extra_args", []))}
+            return ReferenceDeployment(
+                self.workdir, extra_args=kwargs.get("extra_args"), gc_stats=o.gc_stats, kind=kind
+            )
+        settings = {
+            "processes": o.app_processes,
+            "broker": o.broker,
+            "database": o.database,
+            "redis_url": o.redis_url,
+            "pg_dsn": o.pg_dsn,
+            "gc_stats": o.gc_stats,
+            "extra_args": list(o.app_arg) + list(kwargs.pop("extra_args", [])),
+        }
         settings.update(kwargs)
         return AppDeployment(self.workdir, **settings)
 
@@ -108,17 +115,23 @@ class Runner:
             other = max(busy_cpu() - b0 - (self.own_cpu() - o0), 0.0) / window  # in CPUs
             if other < o.quiet_cores or time.monotonic() >= deadline:
                 spent = time.monotonic() - waited - window
-                return {"other_cores": round(other, 2), "waited_s": round(spent, 1),
-                        "loadavg": os.getloadavg()}
+                return {
+                    "other_cores": round(other, 2),
+                    "waited_s": round(spent, 1),
+                    "loadavg": os.getloadavg(),
+                }
             if not announced:
-                self.log(f"  the machine is busy ({other:.2f} CPUs used by other processes); "
-                         f"waiting up to {o.quiet_wait:.0f} s for it to calm down")
+                self.log(
+                    f"  the machine is busy ({other:.2f} CPUs used by other processes); "
+                    f"waiting up to {o.quiet_wait:.0f} s for it to calm down"
+                )
                 announced = True
 
     def own_cpu(self) -> float:
         """CPU seconds of this process and the generator's processes."""
-        procs = [psutil.Process()] + [psutil.Process(p.pid)
-                                      for p in (self.lg.procs if self.lg else [])]
+        procs = [psutil.Process()] + [
+            psutil.Process(p.pid) for p in (self.lg.procs if self.lg else [])
+        ]
         total = 0.0
         for proc in procs:
             with contextlib.suppress(psutil.Error):
@@ -136,9 +149,24 @@ class Runner:
         procs = []
         for server in dep.servers:
             out = self.opts.profile / f"{self._profiles:02d}-{server.name}-{server.pid}.txt"
-            procs.append(subprocess.Popen(
-                [spy, "record", "-p", str(server.pid), "-o", str(out), "--format", "raw",
-                 "-r", "250"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        spy,
+                        "record",
+                        "-p",
+                        str(server.pid),
+                        "-o",
+                        str(out),
+                        "--format",
+                        "raw",
+                        "-r",
+                        "250",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
             self.log(f"  profiling {server.name} into {out}")
         return procs
 
@@ -156,12 +184,14 @@ class Runner:
     def targets(self) -> list[str]:
         return [t for t in KINDS if t in self.opts.targets]
 
-    async def open_observers(self, dep: Deployment, count: int,
-                             group: str = "obs") -> dict[str, Any]:
+    async def open_observers(
+        self, dep: Deployment, count: int, group: str = "obs"
+    ) -> dict[str, Any]:
         headers = await dep.observer_headers()
         self.log(f"  opening {count} observer sockets")
-        result = await self.loadgen.open_observers(group, dep.targets, count, headers,
-                                                   self.opts.concurrency, timeout=60.0)
+        result = await self.loadgen.open_observers(
+            group, dep.targets, count, headers, self.opts.concurrency, timeout=60.0
+        )
         if result["errors"]:
             self.log(f"  connect errors: {result['errors']}")
         return result
@@ -208,8 +238,10 @@ class Runner:
             attempts.append(data)
             if "error" in data or data["disturbance_cores"] <= self.opts.quiet_cores:
                 break
-            self.log(f"  other processes used {data['disturbance_cores']} CPUs during a "
-                     f"measured phase of {name}")
+            self.log(
+                f"  other processes used {data['disturbance_cores']} CPUs during a "
+                f"measured phase of {name}"
+            )
         best = min(attempts, key=lambda d: d.get("disturbance_cores", 0))
         best["attempts"] = len(attempts)
         return best

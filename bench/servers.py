@@ -4,6 +4,7 @@ database created and dropped for the run, a Redis key prefix deleted at the end.
 Starting, readiness and stopping are the tests' harness (tests/support), so a benchmark
 runs the app exactly as the test suites do; what is here is what only bench needs
 (deployments of several processes, CPU and kernel counters)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -89,8 +90,13 @@ class Deployment:
 class ReferenceDeployment(Deployment):
     """A reference server: ``reference`` (``websockets``) or ``picows``; same protocol."""
 
-    def __init__(self, workdir: Path, extra_args: list[str] | None = None,
-                 gc_stats: bool = True, kind: str = "reference") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        extra_args: list[str] | None = None,
+        gc_stats: bool = True,
+        kind: str = "reference",
+    ) -> None:
         self.workdir = workdir
         self.extra_args = extra_args or []
         self.gc_stats = gc_stats
@@ -99,20 +105,30 @@ class ReferenceDeployment(Deployment):
 
     @property
     def label(self) -> str:
-        return {"reference": "websockets.broadcast() reference",
-                "picows": "picows reference"}[self.kind]
+        return {"reference": "websockets.broadcast() reference", "picows": "picows reference"}[
+            self.kind
+        ]
 
     async def start(self) -> ReferenceDeployment:
         port = free_port()
         script = REFERENCE_SERVERS[self.kind]
         if self.gc_stats:
-            command = [sys.executable, "-m", "bench.gcprobe", str(self.workdir / f"gc-{port}.json"),
-                       str(ROOT / "bench" / script)]
+            command = [
+                sys.executable,
+                "-m",
+                "bench.gcprobe",
+                str(self.workdir / f"gc-{port}.json"),
+                str(ROOT / "bench" / script),
+            ]
         else:
             command = [sys.executable, str(ROOT / "bench" / script)]
-        server = ServerProcess(self.kind, [*command, "--port", str(port), *self.extra_args],
-                               self.workdir / f"{self.kind}-{port}.log", port,
-                               orphan_guard=True)
+        server = ServerProcess(
+            self.kind,
+            [*command, "--port", str(port), *self.extra_args],
+            self.workdir / f"{self.kind}-{port}.log",
+            port,
+            orphan_guard=True,
+        )
         self.servers = [server]
         await start_all(self.servers)
         return self
@@ -129,12 +145,19 @@ class AppDeployment(Deployment):
 
     kind = "app"
 
-    def __init__(self, workdir: Path, processes: int = 1, database: str = "sqlite",
-                 broker: str = "memory", bcrypt_rounds: int = 4,
-                 redis_url: str = "redis://127.0.0.1:6379/0",
-                 pg_dsn: str = "postgresql://postgres@127.0.0.1:5432",
-                 extra_args: list[str] | None = None, gc_stats: bool = True,
-                 seed: Callable[[str, str], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        processes: int = 1,
+        database: str = "sqlite",
+        broker: str = "memory",
+        bcrypt_rounds: int = 4,
+        redis_url: str = "redis://127.0.0.1:6379/0",
+        pg_dsn: str = "postgresql://postgres@127.0.0.1:5432",
+        extra_args: list[str] | None = None,
+        gc_stats: bool = True,
+        seed: Callable[[str, str], Awaitable[None]] | None = None,
+    ) -> None:
         if processes > 1 and broker != "redis":
             raise ValueError("several app processes need the Redis broker")
         self.workdir = workdir
@@ -184,16 +207,31 @@ class AppDeployment(Deployment):
         """App process ``i`` (under bench.gcprobe when GC statistics are recorded)."""
         port = free_port()
         stats = str(self.workdir / f"gc-{port}.json")
-        interpreter = [sys.executable, "-m", "bench.gcprobe", stats] if self.gc_stats \
-            else [sys.executable]
-        flags = ["--database-url", database_url, "--cookie-secret", self.secret,
-                 "--node-id", f"bench-{i}"]
+        interpreter = (
+            [sys.executable, "-m", "bench.gcprobe", stats] if self.gc_stats else [sys.executable]
+        )
+        flags = [
+            "--database-url",
+            database_url,
+            "--cookie-secret",
+            self.secret,
+            "--node-id",
+            f"bench-{i}",
+        ]
         if self.broker == "redis":
             flags += ["--redis-url", self.redis_url, "--redis-prefix", self.prefix]
-        return AppProcess(self.workdir, f"app-{i}", *flags, *self.extra_args, port=port,
-                          data_dir=self.data_dir, bcrypt_rounds=self.bcrypt_rounds,
-                          interpreter=interpreter, log_path=self.workdir / f"app-{port}.log",
-                          orphan_guard=True)
+        return AppProcess(
+            self.workdir,
+            f"app-{i}",
+            *flags,
+            *self.extra_args,
+            port=port,
+            data_dir=self.data_dir,
+            bcrypt_rounds=self.bcrypt_rounds,
+            interpreter=interpreter,
+            log_path=self.workdir / f"app-{port}.log",
+            orphan_guard=True,
+        )
 
     async def restart(self, timeout: float = 60.0) -> dict[str, int]:
         """SIGTERM every app process at once, wait for them to exit, start them again on the
@@ -211,6 +249,7 @@ class AppDeployment(Deployment):
 
     async def _signup(self, username: str, password: str = "bench-password") -> dict[str, str]:
         from presence_app.client import PresenceClient
+
         client = PresenceClient(self.servers[0].url)
         await client.signup(username, password)
         if "presence_session" not in client.cookies:
@@ -228,6 +267,7 @@ class AppDeployment(Deployment):
         async def one(i: int) -> dict[str, str]:
             async with sem:
                 return await self._signup(f"mover-{i}")
+
         start = len(self._movers)
         if count > start:
             self._movers += await asyncio.gather(*(one(i) for i in range(start, count)))
@@ -235,6 +275,7 @@ class AppDeployment(Deployment):
 
     async def login_client(self) -> Any:
         from presence_app.client import PresenceClient
+
         return PresenceClient(self.servers[0].url)
 
     async def stop(self) -> None:
@@ -260,8 +301,12 @@ def established_to(port: int, client_ports: list[int]) -> set[int]:
     found: set[int] = set()
     ss = shutil.which("ss")
     if ss:
-        out = subprocess.run([ss, "-Htn", "state", "established", f"( sport = :{port} )"],
-                             capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run(
+            [ss, "-Htn", "state", "established", f"( sport = :{port} )"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
         for line in out.splitlines():
             parts = line.split()
             if len(parts) >= 4:
@@ -270,8 +315,13 @@ def established_to(port: int, client_ports: list[int]) -> set[int]:
                     found.add(peer)
         return found
     for conn in psutil.net_connections("tcp4"):  # pragma: no cover - fallback
-        if conn.status == psutil.CONN_ESTABLISHED and conn.laddr and conn.laddr.port == port \
-                and conn.raddr and conn.raddr.port in wanted:
+        if (
+            conn.status == psutil.CONN_ESTABLISHED
+            and conn.laddr
+            and conn.laddr.port == port
+            and conn.raddr
+            and conn.raddr.port in wanted
+        ):
             found.add(conn.raddr.port)
     return found
 
@@ -281,8 +331,12 @@ def send_queue(port: int, client_port: int) -> int:
     ss = shutil.which("ss")
     if not ss:
         return 0
-    out = subprocess.run([ss, "-Htn", f"( sport = :{port} and dport = :{client_port} )"],
-                         capture_output=True, text=True, timeout=10).stdout
+    out = subprocess.run(
+        [ss, "-Htn", f"( sport = :{port} and dport = :{client_port} )"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout
     for line in out.splitlines():
         parts = line.split()
         if len(parts) >= 3:
@@ -302,9 +356,9 @@ def kernel_counters() -> dict[str, int]:
         with open("/proc/net/softnet_stat") as fh:
             out["softnet_dropped"] = sum(int(line.split()[1], 16) for line in fh if line.strip())
         for path, prefix, names in (
-                ("/proc/net/netstat", "TcpExt:", ("TCPTimeouts", "ListenOverflows",
-                                                  "TCPLossProbes")),
-                ("/proc/net/snmp", "Tcp:", ("RetransSegs",))):
+            ("/proc/net/netstat", "TcpExt:", ("TCPTimeouts", "ListenOverflows", "TCPLossProbes")),
+            ("/proc/net/snmp", "Tcp:", ("RetransSegs",)),
+        ):
             with open(path) as fh:
                 rows = [line.split() for line in fh if line.startswith(prefix)]
             # /proc/net/snmp and netstat: a header line, then its values line
@@ -343,10 +397,17 @@ class Probe:
         me = psutil.Process().cpu_times()
         if self.dep.gc_stats:
             await asyncio.sleep(gcprobe.DUMP_INTERVAL_S * 1.5)  # a fresh dump of GC statistics
-        return {"wall": time.monotonic(), "time": time.time(), "gc": self.dep.gc_snapshot(),
-                "server": self.dep.cpu(), "gen": await self.gen_cpu(),
-                "runner": me.user + me.system, "busy": busy_cpu(), "irq": irq_cpu(),
-                "net": kernel_counters()}
+        return {
+            "wall": time.monotonic(),
+            "time": time.time(),
+            "gc": self.dep.gc_snapshot(),
+            "server": self.dep.cpu(),
+            "gen": await self.gen_cpu(),
+            "runner": me.user + me.system,
+            "busy": busy_cpu(),
+            "irq": irq_cpu(),
+            "net": kernel_counters(),
+        }
 
     async def __aenter__(self) -> Probe:
         self.start = await self._sample()
@@ -365,10 +426,17 @@ class Probe:
             "irq_cpu_s": round(end["irq"] - s["irq"], 3),
             "net": {k: end["net"].get(k, 0) - v for k, v in s["net"].items()},
         }
-        deltas = [gcprobe.delta(a, b, s["time"], end["time"])
-                  for a, b in zip(s["gc"], end["gc"], strict=False)]
+        deltas = [
+            gcprobe.delta(a, b, s["time"], end["time"])
+            for a, b in zip(s["gc"], end["gc"], strict=False)
+        ]
         gcs = [g for g in deltas if g]
         if gcs:
             self.result["server_gc"] = {
-                key: (max(g[key] for g in gcs) if key == "longest_ms"
-                      else round(sum(g[key] for g in gcs), 2)) for key in gcs[0]}
+                key: (
+                    max(g[key] for g in gcs)
+                    if key == "longest_ms"
+                    else round(sum(g[key] for g in gcs), 2)
+                )
+                for key in gcs[0]
+            }

@@ -12,6 +12,7 @@ needed (presence state starts empty).
 Every account gets the same bcrypt hash (cost 4) of ``PASSWORD``, so a seeded user can also
 log in through the form.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -42,8 +43,9 @@ def session_cookie(secret: str, token: str) -> str:
     return f"{SESSION_COOKIE}={value}"
 
 
-async def seed(database_url: str, secret: str, names: list[str],
-               session_days: float = 30.0) -> dict[str, str]:
+async def seed(
+    database_url: str, secret: str, names: list[str], session_days: float = 30.0
+) -> dict[str, str]:
     """Create the schema (as the app would), the accounts and one session per account.
 
     Returns username -> ``Cookie`` header value."""
@@ -55,17 +57,34 @@ async def seed(database_url: str, secret: str, names: list[str],
     try:
         await db.create_schema()
         for start in range(0, len(names), CHUNK):
-            chunk = names[start:start + CHUNK]
+            chunk = names[start : start + CHUNK]
             rows: list[dict[str, Any]] = [
-                {"username": name, "username_key": name.lower(), "password_hash": hashed,
-                 "created_at": now, "last_seen": None} for name in chunk]
+                {
+                    "username": name,
+                    "username_key": name.lower(),
+                    "password_hash": hashed,
+                    "created_at": now,
+                    "last_seen": None,
+                }
+                for name in chunk
+            ]
             async with db.write() as session:
-                ids = (await session.execute(insert(User).returning(User.id, User.username),
-                                             rows)).all()
+                ids = (
+                    await session.execute(insert(User).returning(User.id, User.username), rows)
+                ).all()
                 tokens = {name: secrets.token_urlsafe(32) for name in chunk}
-                await session.execute(insert(Session), [
-                    {"token_hash": token_hash(tokens[username]), "user_id": user_id,
-                     "created_at": now, "expires_at": expires} for user_id, username in ids])
+                await session.execute(
+                    insert(Session),
+                    [
+                        {
+                            "token_hash": token_hash(tokens[username]),
+                            "user_id": user_id,
+                            "created_at": now,
+                            "expires_at": expires,
+                        }
+                        for user_id, username in ids
+                    ],
+                )
             for name, token in tokens.items():
                 cookies[name] = session_cookie(secret, token)
     finally:

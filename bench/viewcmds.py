@@ -2,6 +2,7 @@
 ``LoadGen.call(i, "viewcmds:<name>", ...)`` runs ``cmd_<name>(worker, ...)`` here
 (``Worker.handler`` resolves ``module:name``). Open views, follow their progress, check
 their final views, time a churn phase, run movers."""
+
 from __future__ import annotations
 
 import asyncio
@@ -23,17 +24,35 @@ def _group(worker: Any, name: str, options: dict[str, Any] | None = None) -> Vie
     return group
 
 
-async def cmd_open(worker: Any, group: str, targets: list[tuple[str, int]],
-                   headers: list[dict[str, str]], labels: list[str], full: list[bool],
-                   concurrency: int, timeout: float, options: dict[str, Any],
-                   offset: int = 0, progress: bool = False) -> dict[str, Any]:
+async def cmd_open(
+    worker: Any,
+    group: str,
+    targets: list[tuple[str, int]],
+    headers: list[dict[str, str]],
+    labels: list[str],
+    full: list[bool],
+    concurrency: int,
+    timeout: float,
+    options: dict[str, Any],
+    offset: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Open one view per ``headers`` entry (view j to ``targets[(offset + j) % len]``),
     ``concurrency`` handshakes in flight, each until its snapshot."""
     g = _group(worker, group, options)
     loop = asyncio.get_running_loop()
     sem = asyncio.Semaphore(max(concurrency, 1))
-    new = [View(g, loop, tuple(targets[(offset + j) % len(targets)]),  # type: ignore[arg-type]
-                headers[j], labels[j], full[j]) for j in range(len(headers))]
+    new = [
+        View(
+            g,
+            loop,
+            tuple(targets[(offset + j) % len(targets)]),  # type: ignore[arg-type]
+            headers[j],
+            labels[j],
+            full[j],
+        )
+        for j in range(len(headers))
+    ]
     g.conns.extend(new)
 
     async def one(view: View) -> None:
@@ -43,32 +62,53 @@ async def cmd_open(worker: Any, group: str, targets: list[tuple[str, int]],
 
     await worker.wait_reporting(
         [loop.create_task(one(v)) for v in new],
-        (lambda: {"progress": "open", "worker": worker.index, "group": group,
-                  "open": g.open_count, "of": len(g.conns)}) if progress else None)
+        (
+            lambda: {
+                "progress": "open",
+                "worker": worker.index,
+                "group": group,
+                "open": g.open_count,
+                "of": len(g.conns),
+            }
+        )
+        if progress
+        else None,
+    )
     ok = [v for v in new if v.snaps]
-    return {"requested": len(new), "open": len(ok),
-            "errors": dict(Counter(v.error for v in new if v.error and not v.snaps)),
-            "t_first_send": min((v.t_first_send for v in new), default=0),
-            "t_last_open": max((v.t_open for v in ok), default=0),
-            "handshake_ms": percentiles_ms([(v.t_open - v.t_send) / 1e6 for v in ok]),
-            "deflate": sum(1 for v in ok if v.deflate)}
+    return {
+        "requested": len(new),
+        "open": len(ok),
+        "errors": dict(Counter(v.error for v in new if v.error and not v.snaps)),
+        "t_first_send": min((v.t_first_send for v in new), default=0),
+        "t_last_open": max((v.t_open for v in ok), default=0),
+        "handshake_ms": percentiles_ms([(v.t_open - v.t_send) / 1e6 for v in ok]),
+        "deflate": sum(1 for v in ok if v.deflate),
+    }
 
 
 async def cmd_counts(worker: Any, group: str, since: int = 0) -> dict[str, Any]:
     """Progress: open views, presence frames so far, fresh snapshots since ``since`` ns."""
     g = _group(worker, group)
     fresh = [v for v in g.conns if v.state == OPEN and v.t_send >= since] if since else []
-    return {"open": g.open_count, "views": len(g.conns),
-            "presence": sum(v.presence for v in g.conns),
-            "bytes": sum(v.bytes_in for v in g.conns),
-            "fresh": len(fresh), "t_last_fresh": max((v.t_open for v in fresh), default=0),
-            "t_last_presence": max((v.t_last_presence for v in g.conns), default=0),
-            "attempts": sum(v.attempts for v in g.conns)}
+    return {
+        "open": g.open_count,
+        "views": len(g.conns),
+        "presence": sum(v.presence for v in g.conns),
+        "bytes": sum(v.bytes_in for v in g.conns),
+        "fresh": len(fresh),
+        "t_last_fresh": max((v.t_open for v in fresh), default=0),
+        "t_last_presence": max((v.t_last_presence for v in g.conns), default=0),
+        "attempts": sum(v.attempts for v in g.conns),
+    }
 
 
-async def cmd_report(worker: Any, group: str, expect_online: list[str],
-                     expect_offline: list[str] | None = None,
-                     check_counts: bool = True) -> dict[str, Any]:
+async def cmd_report(
+    worker: Any,
+    group: str,
+    expect_online: list[str],
+    expect_offline: list[str] | None = None,
+    check_counts: bool = True,
+) -> dict[str, Any]:
     """Per-view figures and the final-view check (see ``View.check``)."""
     g = _group(worker, group)
     expect = {name: True for name in expect_online}
@@ -94,16 +134,26 @@ async def cmd_report(worker: Any, group: str, expect_online: list[str],
             raws.append(details["raw"])
         if status == "lost" and len(wrong_examples) < 5:
             wrong_examples.append({"view": view.label, "presence": view.conn_presence})
-    return {"views": len(g.conns), "full": sum(1 for v in g.conns if v.full),
-            "results": dict(results), "redundant_deliveries": redundant,
-            "wrong_examples": wrong_examples[:5],
-            "me_wrong": sum(1 for d in full_details if not d["me_ok"]),
-            "snapshot_raw_bytes": raws,
-            "snapshot_users": [d["users"] for d in full_details], **_figures(g)}
+    return {
+        "views": len(g.conns),
+        "full": sum(1 for v in g.conns if v.full),
+        "results": dict(results),
+        "redundant_deliveries": redundant,
+        "wrong_examples": wrong_examples[:5],
+        "me_wrong": sum(1 for d in full_details if not d["me_ok"]),
+        "snapshot_raw_bytes": raws,
+        "snapshot_users": [d["users"] for d in full_details],
+        **_figures(g),
+    }
 
 
-def _check_full(g: ViewGroup, expect: dict[str, bool], users_total: int,
-                results: Counter[str], wrong_examples: list[Any]) -> list[dict[str, Any]]:
+def _check_full(
+    g: ViewGroup,
+    expect: dict[str, bool],
+    users_total: int,
+    results: Counter[str],
+    wrong_examples: list[Any],
+) -> list[dict[str, Any]]:
     """The exact check of every open full view; their details."""
     full_details: list[dict[str, Any]] = []
     for view in [v for v in g.conns if v.full and v.state == OPEN]:
@@ -130,7 +180,9 @@ def _figures(g: ViewGroup) -> dict[str, Any]:
         "probes": sum(v.probes for v in g.conns),
         "probe_failures": sum(v.probe_failures for v in g.conns),
         "close_codes": {str(k): v for k, v in g.close_codes.items()},
-        "view_errors": dict(g.errors), "fast_reads": g.fast_reads, "slow_reads": g.slow_reads,
+        "view_errors": dict(g.errors),
+        "fast_reads": g.fast_reads,
+        "slow_reads": g.slow_reads,
     }
 
 
@@ -138,8 +190,11 @@ async def cmd_mark(worker: Any, group: str) -> dict[str, Any]:
     """Start of a measured phase: count from here, and note every read's time and count."""
     g = _group(worker, group)
     for view in g.conns:
-        view.mark_presence, view.mark_bytes, view.mark_frames = \
-            view.presence, view.bytes_in, view.frames
+        view.mark_presence, view.mark_bytes, view.mark_frames = (
+            view.presence,
+            view.bytes_in,
+            view.frames,
+        )
         view.track_t, view.track_c = array("q"), array("q")
         view.mark_events = len(view.events or ())
     return {"views": len(g.conns)}
@@ -150,8 +205,10 @@ async def cmd_stream(worker: Any, group: str) -> dict[str, Any]:
     every view of a deployment receives (one broker, one order)."""
     g = _group(worker, group)
     full = [v for v in g.conns if v.full and v.state == OPEN]
-    streams = [[p for p, _k in (v.events or [])[v.mark_events:]
-                if g.parsed(p).get("type") == "presence"] for v in full]
+    streams = [
+        [p for p, _k in (v.events or [])[v.mark_events :] if g.parsed(p).get("type") == "presence"]
+        for v in full
+    ]
     if not streams:
         return {"stream": [], "first_kts": b"", "full_views": 0, "mismatched": 0}
     longest = max(streams, key=len)
@@ -159,16 +216,24 @@ async def cmd_stream(worker: Any, group: str) -> dict[str, Any]:
     first = np.full(len(longest), np.iinfo(np.int64).max, dtype=np.int64)
     for view in full:
         if view.events:
-            kts = [k for p, k in view.events[view.mark_events:]
-                   if g.parsed(p).get("type") == "presence"]
+            kts = [
+                k
+                for p, k in view.events[view.mark_events :]
+                if g.parsed(p).get("type") == "presence"
+            ]
             if len(kts) == len(longest):
                 first = np.minimum(first, np.asarray(kts, dtype=np.int64))
-    return {"stream": longest, "first_kts": first.tobytes(), "full_views": len(streams),
-            "mismatched": mismatched}
+    return {
+        "stream": longest,
+        "first_kts": first.tobytes(),
+        "full_views": len(streams),
+        "mismatched": mismatched,
+    }
 
 
-async def cmd_latency(worker: Any, group: str, events: int, triggers: bytes,
-                      seconds: float) -> dict[str, Any]:
+async def cmd_latency(
+    worker: Any, group: str, events: int, triggers: bytes, seconds: float
+) -> dict[str, Any]:
     """When each view had event j of the stream (the first read after which it had counted
     j+1 presence frames since the mark): per event the last and first view's time and how
     many views had it; a histogram of every delivery's latency; per-view rates."""
@@ -201,9 +266,16 @@ async def cmd_latency(worker: Any, group: str, events: int, triggers: bytes,
         first = np.minimum(first, np.where(ok, times, first))
         valid = ok & (trig > 0)
         hist += np.histogram((times[valid] - trig[valid]) / 1e6, HIST_EDGES)[0]
-    return {"last": last.tobytes(), "first": first.tobytes(), "have": have.tobytes(),
-            "hist": hist.tobytes(), "lost": lost, "extra": extra,
-            "bytes_per_s": rates_b, "frames_per_s": rates_f}
+    return {
+        "last": last.tobytes(),
+        "first": first.tobytes(),
+        "have": have.tobytes(),
+        "hist": hist.tobytes(),
+        "lost": lost,
+        "extra": extra,
+        "bytes_per_s": rates_b,
+        "frames_per_s": rates_f,
+    }
 
 
 async def cmd_close(worker: Any, group: str, timeout: float = 10.0) -> dict[str, Any]:
@@ -223,17 +295,33 @@ async def cmd_close(worker: Any, group: str, timeout: float = 10.0) -> dict[str,
     return {"closed": len(views) - aborted, "aborted": aborted}
 
 
-async def cmd_churn(worker: Any, group: str, targets: list[tuple[str, int]],
-                    headers: list[dict[str, str]], labels: list[str], rate: float,
-                    duration: float, options: dict[str, Any],
-                    timeout: float = 10.0) -> dict[str, Any]:
+async def cmd_churn(
+    worker: Any,
+    group: str,
+    targets: list[tuple[str, int]],
+    headers: list[dict[str, str]],
+    labels: list[str],
+    rate: float,
+    duration: float,
+    options: dict[str, Any],
+    timeout: float = 10.0,
+) -> dict[str, Any]:
     """Movers (distinct users) go online and offline: every 1/rate s the next idle mover
     toggles (connects and waits for its snapshot, or closes and waits for the close). At the
     end every mover is closed. Returns every trigger (label, online, time_ns)."""
     g = _group(worker, group, options)
     loop = asyncio.get_running_loop()
-    movers = [View(g, loop, tuple(targets[i % len(targets)]),  # type: ignore[arg-type]
-                   headers[i], labels[i], False) for i in range(len(headers))]
+    movers = [
+        View(
+            g,
+            loop,
+            tuple(targets[i % len(targets)]),  # type: ignore[arg-type]
+            headers[i],
+            labels[i],
+            False,
+        )
+        for i in range(len(headers))
+    ]
     g.conns.extend(movers)
     churn = Churn(movers, timeout)
     started = time_ns()
@@ -244,8 +332,14 @@ async def cmd_churn(worker: Any, group: str, targets: list[tuple[str, int]],
         if view.state == OPEN:
             churn.busy[i] = True
             await churn.toggle(i)
-    return {"triggers": churn.triggers, "errors": dict(churn.errors), "skipped": skipped,
-            "t_start": started, "t_end": time_ns(), "ticks": ticks}
+    return {
+        "triggers": churn.triggers,
+        "errors": dict(churn.errors),
+        "skipped": skipped,
+        "t_start": started,
+        "t_end": time_ns(),
+        "ticks": ticks,
+    }
 
 
 class Churn:

@@ -35,6 +35,7 @@ The parts live in ``bench.generator``: ``viewbase`` (the group of views, a view'
 connecting and closing), ``viewread`` (the reads above), ``viewretry`` (reconnecting like
 the page), ``viewcheck`` (the final-view check); ``View`` puts them together.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -57,9 +58,25 @@ from bench.generator.wire import (
 
 HIST_EDGES = np.concatenate([[-1e12], np.logspace(-2, 5.5, 751), [1e12]])  # ms
 
-__all__ = ["BUF", "BUFS", "CLOSED", "CLOSING", "CONNECTING", "DEFLATE_TAIL", "EXTENSIONS",
-           "HANDSHAKE", "HIST_EDGES", "ONLINE_MARKERS", "OPEN", "RECV_SIZE", "SNAPSHOT",
-           "SUSPECT", "View", "ViewGroup", "time_ns"]
+__all__ = [
+    "BUF",
+    "BUFS",
+    "CLOSED",
+    "CLOSING",
+    "CONNECTING",
+    "DEFLATE_TAIL",
+    "EXTENSIONS",
+    "HANDSHAKE",
+    "HIST_EDGES",
+    "ONLINE_MARKERS",
+    "OPEN",
+    "RECV_SIZE",
+    "SNAPSHOT",
+    "SUSPECT",
+    "View",
+    "ViewGroup",
+    "time_ns",
+]
 
 
 class View(FrameReader, Reconnecting, Checking):

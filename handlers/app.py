@@ -1,4 +1,5 @@
 """``make_app``: a fresh Application with the one route table."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,18 +32,24 @@ def asset_dir(name: str, package_dir: Path = PACKAGE_DIR) -> Path:
     checkout = package_dir.parent
     if (checkout / "pyproject.toml").is_file() and (checkout / name).is_dir():
         return checkout / name
-    raise RuntimeError(f"the web layer's {name}/ directory is missing: looked in {shipped} "
-                       f"and {checkout / name}")
+    raise RuntimeError(
+        f"the web layer's {name}/ directory is missing: looked in {shipped} and {checkout / name}"
+    )
 
 
-def make_app(services: Services,
-             internals: TornadoInternals | None = None) -> tornado.web.Application:
+def make_app(
+    services: Services, internals: TornadoInternals | None = None
+) -> tornado.web.Application:
     """``internals``: how to write below Tornado's API; by default what ``checked()`` found
     (once per process). Tests pass ``TornadoInternals(("forced",))`` for the fallback."""
     settings = services.settings
     jinja_env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(asset_dir("templates"))),
-        autoescape=True, trim_blocks=True, lstrip_blocks=True, auto_reload=settings.debug)
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        auto_reload=settings.debug,
+    )
     routes = [
         (r"/", UsersPageHandler),
         (r"/signup", SignupHandler),

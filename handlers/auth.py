@@ -1,4 +1,5 @@
 """Sign-up, login and logout."""
+
 from __future__ import annotations
 
 import asyncio
@@ -19,16 +20,17 @@ log = logging.getLogger(__name__)
 NOT_A_PASSWORD = "\x00" * (fields.MAX_PASSWORD_BYTES + 1)
 #: Pauses between the attempts of a logout whose database write fails (then: 503).
 LOGOUT_RETRIES = (0.1, 0.4)
-SIGNUP_CLOSED = ("Sign-up is closed on this server: ask an administrator for an account "
-                 "(presence users add).")
-NOT_LOGGED_OUT = ("You are NOT logged out: the server could not end your session. "
-                  "Please try again in a moment.")
+SIGNUP_CLOSED = (
+    "Sign-up is closed on this server: ask an administrator for an account (presence users add)."
+)
+NOT_LOGGED_OUT = (
+    "You are NOT logged out: the server could not end your session. Please try again in a moment."
+)
 
 
 class SignupHandler(BaseHandler):
     def get(self) -> None:
-        self.render("signup.html", title="Sign up", error=None, username="",
-                    closed=self.closed())
+        self.render("signup.html", title="Sign up", error=None, username="", closed=self.closed())
 
     def closed(self) -> str | None:
         """The message of a closed sign-up (``--signup closed``), else None."""
@@ -41,18 +43,25 @@ class SignupHandler(BaseHandler):
     async def post(self) -> None:
         if self.closed():
             self.set_status(403)
-            self.render("signup.html", title="Sign up", error=None, username="",
-                        closed=self.closed())
+            self.render(
+                "signup.html", title="Sign up", error=None, username="", closed=self.closed()
+            )
             return
         username = self.get_body_argument("username", "").strip()
         password = self.get_body_argument("password", "", strip=False)
         confirm = self.get_body_argument("confirm", "", strip=False)
         try:
-            _, token = await self.auth.register(username, password, confirm,
-                                                replaces=self.session_token())
+            _, token = await self.auth.register(
+                username, password, confirm, replaces=self.session_token()
+            )
         except AccountError as exc:
-            self.render_refusal("signup.html", exc, title="Sign up",
-                                username=fields.clip_username(username), closed=None)
+            self.render_refusal(
+                "signup.html",
+                exc,
+                title="Sign up",
+                username=fields.clip_username(username),
+                closed=None,
+            )
             return
         self.services.metrics.signups.inc()
         self.set_session_cookie(token)
@@ -69,21 +78,32 @@ class LoginHandler(BaseHandler):
         return super().decode_argument(value, name)
 
     def get(self) -> None:
-        self.render("login.html", title="Log in", error=None, username="",
-                    next=safe_next(self.get_query_argument("next", "")))
+        self.render(
+            "login.html",
+            title="Log in",
+            error=None,
+            username="",
+            next=safe_next(self.get_query_argument("next", "")),
+        )
 
     async def post(self) -> None:
         username = self.get_body_argument("username", "").strip()
         password = self.get_body_argument("password", "", strip=False)
         target = safe_next(self.get_body_argument("next", ""))
         try:
-            _, token = await self.auth.login(username, password, self.request.remote_ip or "",
-                                             replaces=self.session_token())
+            _, token = await self.auth.login(
+                username, password, self.request.remote_ip or "", replaces=self.session_token()
+            )
         except AccountError as exc:  # throttled, or one answer for every failure
             result = "throttled" if isinstance(exc, LoginThrottled) else "failed"
             self.services.metrics.logins.labels(result).inc()
-            self.render_refusal("login.html", exc, title="Log in",
-                                username=fields.clip_username(username), next=target)
+            self.render_refusal(
+                "login.html",
+                exc,
+                title="Log in",
+                username=fields.clip_username(username),
+                next=target,
+            )
             return
         self.services.metrics.logins.labels("ok").inc()
         self.set_session_cookie(token)

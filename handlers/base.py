@@ -1,4 +1,5 @@
 """BaseHandler: services, the session cookie, Jinja2 rendering, errors without tracebacks."""
+
 from __future__ import annotations
 
 import json
@@ -41,7 +42,7 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
-                               "connect-src 'self'; frame-ancestors 'none'; form-action 'self'",
+    "connect-src 'self'; frame-ancestors 'none'; form-action 'self'",
 }
 #: A form field that is not UTF-8: the answer names the field, never echoes its bytes (it may
 #: be a password), unlike Tornado's "Invalid unicode in password: b'...'".
@@ -50,6 +51,7 @@ INVALID_TEXT = "A form field is not valid UTF-8 text."
 
 class Answer(NamedTuple):
     """How the web answers one kind of service error."""
+
     status: int
     message: str | None = None  # None: the error's own words (written for the user)
 
@@ -69,12 +71,17 @@ SERVICE_ERRORS: dict[type[Exception], Answer] = {
     UsernameTaken: Answer(409),
     InvalidCredentials: Answer(401),
     LoginThrottled: Answer(429),
-    DatabaseWriteError: Answer(503, "The server cannot save anything right now, so this did "
-                                    "not happen. Please try again in a moment."),
-    ShuttingDown: Answer(503, "The server is restarting, so this did not happen. Please try "
-                              "again in a moment."),
-    HashingBusy: Answer(429, "Too many password checks from your address are waiting. Please "
-                             "try again in a moment."),
+    DatabaseWriteError: Answer(
+        503,
+        "The server cannot save anything right now, so this did "
+        "not happen. Please try again in a moment.",
+    ),
+    ShuttingDown: Answer(
+        503, "The server is restarting, so this did not happen. Please try again in a moment."
+    ),
+    HashingBusy: Answer(
+        429, "Too many password checks from your address are waiting. Please try again in a moment."
+    ),
 }
 
 #: Seconds a client is told to wait (``Retry-After``) after a 503 of SERVICE_ERRORS.
@@ -131,7 +138,8 @@ class SessionMixin:
 
     def session_token(self) -> str | None:
         raw = self.get_signed_cookie(  # type: ignore[attr-defined]
-            SESSION_COOKIE, max_age_days=self.services.settings.session_days + 1)
+            SESSION_COOKIE, max_age_days=self.services.settings.session_days + 1
+        )
         if raw is None:
             return None
         try:
@@ -180,9 +188,13 @@ class BaseHandler(SessionMixin, SessionXsrfMixin, tornado.web.RequestHandler):
 
     def set_session_cookie(self, token: str) -> None:
         """Also re-issues ``_xsrf``, bound to the new session, so the next POST works."""
-        self.set_signed_cookie(SESSION_COOKIE, token,
-                               expires_days=self.services.settings.session_days,
-                               httponly=True, samesite="Lax")
+        self.set_signed_cookie(
+            SESSION_COOKIE,
+            token,
+            expires_days=self.services.settings.session_days,
+            httponly=True,
+            samesite="Lax",
+        )
         self.issue_xsrf_token(token)
 
     def clear_session_cookie(self) -> None:
@@ -216,18 +228,31 @@ class BaseHandler(SessionMixin, SessionXsrfMixin, tornado.web.RequestHandler):
     def wants_json(self) -> bool:
         return self.request.path.startswith(("/api/", "/healthz"))
 
-    def log_exception(self, typ: type[BaseException] | None, value: BaseException | None,
-                      tb: TracebackType | None) -> None:
+    def log_exception(
+        self, typ: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
         """A known service error (the database cannot write) is one line, not a traceback:
         the database layer has already said why, once."""
         known = service_error(value)
         if known is not None:
             # A stop refuses many at once and says how many (Services.drain): one line each
             # only when debugging. A busy address is worth a line, a failing database more.
-            level = (logging.DEBUG if isinstance(value, ShuttingDown) else
-                     logging.INFO if isinstance(value, HashingBusy) else logging.WARNING)
-            log.log(level, "%s %s from %s answered %d: %s", self.request.method,
-                    self.request.path, self.request.remote_ip, known[0], value)
+            level = (
+                logging.DEBUG
+                if isinstance(value, ShuttingDown)
+                else logging.INFO
+                if isinstance(value, HashingBusy)
+                else logging.WARNING
+            )
+            log.log(
+                level,
+                "%s %s from %s answered %d: %s",
+                self.request.method,
+                self.request.path,
+                self.request.remote_ip,
+                known[0],
+                value,
+            )
             return
         super().log_exception(typ, value, tb)
 
@@ -235,8 +260,11 @@ class BaseHandler(SessionMixin, SessionXsrfMixin, tornado.web.RequestHandler):
         """Errors as a short page or JSON; never a traceback, whatever ``debug`` says."""
         exc = kwargs.get("exc_info", (None, None, None))[1]
         reason = reason_phrase(status_code, kwargs)
-        if (isinstance(exc, tornado.web.HTTPError) and exc.log_message
-                and (status_code < 500 or status_code == 503)):  # 503s say what to do
+        if (
+            isinstance(exc, tornado.web.HTTPError)
+            and exc.log_message
+            and (status_code < 500 or status_code == 503)
+        ):  # 503s say what to do
             reason = exc.log_message % exc.args if exc.args else exc.log_message
         known = service_error(exc)
         if known is not None:
@@ -251,8 +279,11 @@ class BaseHandler(SessionMixin, SessionXsrfMixin, tornado.web.RequestHandler):
             self.set_header("Content-Type", "application/json")
             self.finish(json.dumps({"error": reason, "status": status_code}))
             return
-        self.finish(self.render_string("error.html", title=f"{status_code} {reason}",
-                                       status=status_code, message=reason))
+        self.finish(
+            self.render_string(
+                "error.html", title=f"{status_code} {reason}", status=status_code, message=reason
+            )
+        )
 
 
 class NotFoundHandler(BaseHandler):

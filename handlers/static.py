@@ -1,4 +1,5 @@
 """Static files: versioned URLs are cached for good, unversioned ones are revalidated."""
+
 from __future__ import annotations
 
 import tornado.web

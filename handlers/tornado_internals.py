@@ -35,6 +35,7 @@ No other module of handlers/ reads Tornado's private attributes:
 tests/handlers/test_tornado_internals.py checks that, and that ``check()`` finds nothing on
 the pinned Tornado.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -61,8 +62,10 @@ log = logging.getLogger(__name__)
 
 #: What ``start_deflate`` agrees to (the header handlers/ws.py sends says the same): no
 #: context takeover on either side, so Tornado keeps no zlib state between messages.
-DEFLATE_PARAMS: dict[str, Any] = {"client_no_context_takeover": None,
-                                  "server_no_context_takeover": None}
+DEFLATE_PARAMS: dict[str, Any] = {
+    "client_no_context_takeover": None,
+    "server_no_context_takeover": None,
+}
 SETTING = "tornado_internals"
 
 
@@ -134,10 +137,13 @@ def internals_for(problems: Sequence[str]) -> TornadoInternals:
     """The internals to use given ``check()``'s findings: any problem, one WARNING and the
     public API only."""
     if problems:
-        log.warning("Tornado %s lacks or changed internals this app relies on (%s): using "
-                    "Tornado's public API only in this process (slower fan-out, no "
-                    "permessage-deflate; see handlers/tornado_internals.py)",
-                    tornado.version, "; ".join(problems))
+        log.warning(
+            "Tornado %s lacks or changed internals this app relies on (%s): using "
+            "Tornado's public API only in this process (slower fan-out, no "
+            "permessage-deflate; see handlers/tornado_internals.py)",
+            tornado.version,
+            "; ".join(problems),
+        )
     return TornadoInternals(tuple(problems))
 
 
@@ -147,13 +153,17 @@ def checked() -> TornadoInternals:
     return internals_for(check())
 
 
-def check(stream_class: type[tornado.iostream.IOStream] = tornado.iostream.IOStream,
-          handler_class: type[WebSocketHandler] = WebSocketHandler) -> list[str]:
+def check(
+    stream_class: type[tornado.iostream.IOStream] = tornado.iostream.IOStream,
+    handler_class: type[WebSocketHandler] = WebSocketHandler,
+) -> list[str]:
     """What is missing or behaves differently in the internals the fast path relies on
     (empty: all there). The classes can be stand-ins, for tests."""
     problems: list[str] = []
-    for name, probe in (("IOStream", lambda: _stream_problems(stream_class)),
-                        ("WebSocketProtocol13", lambda: _protocol_problems(handler_class))):
+    for name, probe in (
+        ("IOStream", lambda: _stream_problems(stream_class)),
+        ("WebSocketProtocol13", lambda: _protocol_problems(handler_class)),
+    ):
         try:
             problems += probe()
         except Exception as exc:  # whatever an unknown Tornado does, the app must start
@@ -162,6 +172,7 @@ def check(stream_class: type[tornado.iostream.IOStream] = tornado.iostream.IOStr
 
 
 # --- the fast path ---------------------------------------------------------------------------
+
 
 class BoundedWriter:
     """Writes pre-built frames to one socket; everything this process holds for the socket
@@ -240,8 +251,9 @@ class BoundedWriter:
             return False
         return True
 
-    def _write(self, stream: tornado.iostream.IOStream,
-               parts: Sequence[bytes | memoryview | bytearray]) -> None:
+    def _write(
+        self, stream: tornado.iostream.IOStream, parts: Sequence[bytes | memoryview | bytearray]
+    ) -> None:
         future: asyncio.Future[None] | None = None
         for part in parts:
             # Tornado retrieves these Futures' exceptions itself. A held bytearray is never
@@ -305,6 +317,7 @@ def adapt_protocol(protocol: WebSocketProtocol | None) -> WebSocketProtocol | No
 
 # --- the start-up self-check ----------------------------------------------------------------
 
+
 def _params(function: Any) -> list[str]:
     try:
         return list(inspect.signature(function).parameters)
@@ -344,8 +357,9 @@ async def _probe_stream(stream_class: type[tornado.iostream.IOStream]) -> list[s
             left.close()
 
 
-async def _exercise_stream(stream: Any, sock: socket.socket,
-                           peer: tornado.iostream.IOStream) -> list[str]:
+async def _exercise_stream(
+    stream: Any, sock: socket.socket, peer: tornado.iostream.IOStream
+) -> list[str]:
     if getattr(stream, "socket", None) is not sock:
         return ["IOStream.socket is not the socket the stream writes to"]
     try:
@@ -360,8 +374,10 @@ async def _exercise_stream(stream: Any, sock: socket.socket,
     written = stream.write(payload)
     queued = len(stream._write_buffer)
     if not 0 < queued <= len(payload):
-        problems.append(f"len(IOStream._write_buffer) is {queued} after a {len(payload)}-byte "
-                        "write to a full socket: not the bytes queued")
+        problems.append(
+            f"len(IOStream._write_buffer) is {queued} after a {len(payload)}-byte "
+            "write to a full socket: not the bytes queued"
+        )
     received = await peer.read_bytes(6 + len(payload))
     await written
     if received != b"direct" + payload:
@@ -389,25 +405,31 @@ def _protocol_problems(handler_class: type[WebSocketHandler]) -> list[str]:
     request = tornado.httputil.HTTPServerRequest(
         start_line=tornado.httputil.RequestStartLine("GET", "/ws", "HTTP/1.1"),
         connection=_ProbeConnection(),
-        headers=tornado.httputil.HTTPHeaders({"Host": "localhost", "Sec-WebSocket-Version": "13"}))
+        headers=tornado.httputil.HTTPHeaders({"Host": "localhost", "Sec-WebSocket-Version": "13"}),
+    )
     handler = Probe(tornado.web.Application(), request)
     handler.got = []
-    problems = [] if hasattr(handler, "ws_connection") else ["WebSocketHandler.ws_connection "
-                                                             "is missing"]
+    problems = (
+        [] if hasattr(handler, "ws_connection") else ["WebSocketHandler.ws_connection is missing"]
+    )
     if _params(getattr(handler_class, "get_websocket_protocol", None)) != ["self"]:
         return problems + ["WebSocketHandler.get_websocket_protocol() is missing or changed"]
     protocol = handler.get_websocket_protocol()
     kind = type(protocol)
-    for name, wanted in (("_handle_message", ["self", "opcode", "data"]),
-                         ("_create_compressors", ["self", "side", "agreed_parameters"])):
-        if _params(getattr(kind, name, None))[:len(wanted)] != wanted:
-            problems.append(f"{kind.__name__}.{name}({', '.join(wanted[1:])}) is missing "
-                            "or changed")
+    for name, wanted in (
+        ("_handle_message", ["self", "opcode", "data"]),
+        ("_create_compressors", ["self", "side", "agreed_parameters"]),
+    ):
+        if _params(getattr(kind, name, None))[: len(wanted)] != wanted:
+            problems.append(
+                f"{kind.__name__}.{name}({', '.join(wanted[1:])}) is missing or changed"
+            )
     if not hasattr(protocol, "stream") or not callable(getattr(protocol, "is_closing", None)):
         problems.append(f"{kind.__name__}.stream or .is_closing() is missing")
     if kind is not WebSocketProtocol13:
-        problems.append(f"get_websocket_protocol() makes a {kind.__name__}, "
-                        "not a WebSocketProtocol13")
+        problems.append(
+            f"get_websocket_protocol() makes a {kind.__name__}, not a WebSocketProtocol13"
+        )
     if problems:
         return problems
     return _exercise_protocol(handler, protocol)
@@ -420,6 +442,8 @@ def _exercise_protocol(handler: Any, protocol: Any) -> list[str]:
     protocol._create_compressors("server", dict(DEFLATE_PARAMS))
     protocol._handle_message(0x1, b'"\xff"')
     if handler.got != [(b'"\xff"', True)] or handler.text_frame:
-        return [f"a text frame reached on_message as {handler.got!r}, not as bytes with "
-                "text_frame set (WebSocketProtocol13._handle_message changed)"]
+        return [
+            f"a text frame reached on_message as {handler.got!r}, not as bytes with "
+            "text_frame set (WebSocketProtocol13._handle_message changed)"
+        ]
     return []

@@ -1,4 +1,5 @@
 """The live users page, the users API and the health check."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,8 +15,9 @@ FULL_LIST_UP_TO = 1000
 OFFLINE_PAGE = 100
 
 
-def first_page(users: list[dict[str, Any]], full_up_to: int = FULL_LIST_UP_TO,
-               offline_page: int = OFFLINE_PAGE) -> list[dict[str, Any]]:
+def first_page(
+    users: list[dict[str, Any]], full_up_to: int = FULL_LIST_UP_TO, offline_page: int = OFFLINE_PAGE
+) -> list[dict[str, Any]]:
     """The rows the server renders, in the order given (presence.users(): by name)."""
     if len(users) <= full_up_to:
         return users
@@ -31,8 +33,10 @@ def matching(users: list[dict[str, Any]], query: str) -> list[dict[str, Any]]:
 
 def list_status(query: str, shown: int, matched: int, total: int) -> str:
     """The line under the list; the same words as listStatusText in static/js/format.js."""
+
     def users(n: int, one: str, many: str) -> str:
         return f"{n:,} {one if n == 1 else many}"
+
     q = query.strip().lower()
     if q:
         if matched == 0:
@@ -57,11 +61,20 @@ class UsersPageHandler(BaseHandler):
         found = matching(users, query)
         rows = first_page(found)
         self.set_header("Cache-Control", "no-store")
-        self.render("users.html", title="Who's online", me=self.current_user.username,
-                    users=rows, online_count=online, total=len(users),
-                    summary=summary(online, len(users)), page_size=OFFLINE_PAGE,
-                    query=query, shown=len(rows), matched=len(found),
-                    status=list_status(query, len(rows), len(found), len(users)))
+        self.render(
+            "users.html",
+            title="Who's online",
+            me=self.current_user.username,
+            users=rows,
+            online_count=online,
+            total=len(users),
+            summary=summary(online, len(users)),
+            page_size=OFFLINE_PAGE,
+            query=query,
+            shown=len(rows),
+            matched=len(found),
+            status=list_status(query, len(rows), len(found), len(users)),
+        )
 
 
 class SessionApiHandler(BaseHandler):

@@ -1,4 +1,5 @@
 """The presence WebSocket: authenticated, origin-checked, snapshot first, then events."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -30,8 +31,12 @@ EXTENSIONS = "Sec-WebSocket-Extensions"
 #: shared snapshot is a self-contained segment, and client frames (tiny pings) decode alone.
 #: (handlers/tornado_internals.py ``DEFLATE_PARAMS`` agrees to the same.)
 DEFLATE_AGREED = "permessage-deflate; client_no_context_takeover; server_no_context_takeover"
-_DEFLATE_PARAMS = {"server_no_context_takeover", "client_no_context_takeover",
-                   "server_max_window_bits", "client_max_window_bits"}
+_DEFLATE_PARAMS = {
+    "server_no_context_takeover",
+    "client_no_context_takeover",
+    "server_max_window_bits",
+    "client_max_window_bits",
+}
 
 
 def deflate_offer(header: str) -> bool:
@@ -43,8 +48,11 @@ def deflate_offer(header: str) -> bool:
         name, *params = [part.strip() for part in offer.split(";")]
         if name.lower() != "permessage-deflate":
             continue
-        keys = {p.partition("=")[0].strip().lower(): p.partition("=")[2].strip().strip('"')
-                for p in params if p}
+        keys = {
+            p.partition("=")[0].strip().lower(): p.partition("=")[2].strip().strip('"')
+            for p in params
+            if p
+        }
         if not set(keys) <= _DEFLATE_PARAMS:
             continue
         wbits = keys.get("server_max_window_bits")
@@ -140,10 +148,17 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
             return
         if not self.rate.allow():
             settings = self.services.settings
-            self.presence.reply(self, json.dumps({
-                "type": "error", "error": f"too many messages: at most "
-                f"{settings.client_message_rate:g} a second (bursts of "
-                f"{settings.client_message_burst})"}))
+            self.presence.reply(
+                self,
+                json.dumps(
+                    {
+                        "type": "error",
+                        "error": f"too many messages: at most "
+                        f"{settings.client_message_rate:g} a second (bursts of "
+                        f"{settings.client_message_burst})",
+                    }
+                ),
+            )
             self.close(CLOSE_POLICY, "message rate exceeded")
             return
         size = len(message) if isinstance(message, bytes) else len(message.encode("utf-8"))
@@ -170,8 +185,9 @@ class PresenceSocketHandler(SessionMixin, tornado.websocket.WebSocketHandler):
             self.presence.reply(self, '{"type":"pong"}')
             return
         kind = data.get("type") if isinstance(data, dict) else None
-        self.presence.reply(self, json.dumps({"type": "error",
-                                              "error": f"unknown message type: {kind!r}"[:200]}))
+        self.presence.reply(
+            self, json.dumps({"type": "error", "error": f"unknown message type: {kind!r}"[:200]})
+        )
 
     def on_close(self) -> None:
         # Ours if we closed first (a dropped socket may never answer), else the client's.

@@ -5,6 +5,7 @@ The fast path itself (``BoundedWriter``: a direct ``sendmsg``, Tornado's write b
 measured) lives in handlers/tornado_internals.py, the one module below Tornado's API; this
 module uses Tornado's public API only.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -76,7 +77,7 @@ def unsent(parts: Sequence[bytes], sent: int) -> Sequence[bytes | memoryview]:
     """What is left of ``parts`` after the kernel took ``sent`` bytes (views, not copies)."""
     for index, part in enumerate(parts):
         if sent < len(part):
-            return [memoryview(part)[sent:], *parts[index + 1:]]
+            return [memoryview(part)[sent:], *parts[index + 1 :]]
         sent -= len(part)
     return ()
 
@@ -91,10 +92,10 @@ def frame_payloads(data: bytes) -> list[bytes]:
         size, pos = data[pos + 1], pos + 2
         if size >= 126:
             width = 2 if size == 126 else 8
-            size, pos = int.from_bytes(data[pos:pos + width], "big"), pos + width
+            size, pos = int.from_bytes(data[pos : pos + width], "big"), pos + width
         if pos + size > end:
             raise ValueError("a frame is cut short")
-        payloads.append(data[pos:pos + size])
+        payloads.append(data[pos : pos + size])
         pos += size
     return payloads
 

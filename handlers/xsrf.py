@@ -10,6 +10,7 @@ sign-up, logout) the response carries a fresh token bound to the new session; a 
 whose cookie does not verify is given a new one. The scripted-client contract is unchanged:
 GET a form page, read the ``_xsrf`` cookie, post it back.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,8 +40,9 @@ def token_valid(secret: str, token: str, session_id: str) -> bool:
     nonce, dot, mac = token.partition(".")
     if not dot or len(nonce) != 2 * NONCE_BYTES or not nonce.isascii():
         return False
-    return hmac.compare_digest(mac.encode("ascii", "replace"),
-                               _mac(secret, nonce, session_id).encode("ascii"))
+    return hmac.compare_digest(
+        mac.encode("ascii", "replace"), _mac(secret, nonce, session_id).encode("ascii")
+    )
 
 
 class SessionXsrfMixin:
@@ -53,6 +55,7 @@ class SessionXsrfMixin:
     request: Any
 
     if TYPE_CHECKING:
+
         def session_token(self) -> str | None: ...
 
     @staticmethod
@@ -89,9 +92,11 @@ class SessionXsrfMixin:
     def check_xsrf_cookie(self) -> None:
         """The body field or header must equal the cookie, and the cookie must verify for
         the session this request presents. Never read from the query string."""
-        supplied = (self.request.body_arguments.get(XSRF_COOKIE, [b""])[0]
-                    or self.request.headers.get("X-Xsrftoken", "").encode("latin-1")
-                    or self.request.headers.get("X-Csrftoken", "").encode("latin-1"))
+        supplied = (
+            self.request.body_arguments.get(XSRF_COOKIE, [b""])[0]
+            or self.request.headers.get("X-Xsrftoken", "").encode("latin-1")
+            or self.request.headers.get("X-Csrftoken", "").encode("latin-1")
+        )
         if not supplied:
             raise tornado.web.HTTPError(403, "'_xsrf' argument missing from POST")
         cookie = self.get_cookie(XSRF_COOKIE) or ""  # type: ignore[attr-defined]
@@ -100,6 +105,9 @@ class SessionXsrfMixin:
         session_id = self._xsrf_session_id(self.session_token())
         if not token_valid(self._xsrf_secret(), cookie, session_id):
             # Also what a form rendered before a login or logout in another tab gets.
-            raise tornado.web.HTTPError(403, "This form is out of date (you logged in or out "
-                                             "meanwhile, maybe in another tab): reload the "
-                                             "page and try again.")
+            raise tornado.web.HTTPError(
+                403,
+                "This form is out of date (you logged in or out "
+                "meanwhile, maybe in another tab): reload the "
+                "page and try again.",
+            )

@@ -8,6 +8,7 @@ Shared by the tests, the benchmarks and anyone scripting against a deployment::
         async for event in sock.events():
             print(event)
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -23,8 +24,9 @@ try:  # the server does not need websockets; only this client does (the "client"
     from websockets.asyncio.client import ClientConnection, connect
     from websockets.exceptions import ConnectionClosed, InvalidStatus
 except ImportError as exc:  # pragma: no cover - depends on what is installed
-    raise ImportError("presence_app.client needs the websockets package: "
-                      "pip install 'presence[client]'") from exc
+    raise ImportError(
+        "presence_app.client needs the websockets package: pip install 'presence[client]'"
+    ) from exc
 
 
 class ClientError(Exception):
@@ -52,15 +54,22 @@ class PresenceClient:
             jar: SimpleCookie = SimpleCookie()
             jar.load(header)
             for name, morsel in jar.items():
-                expired = morsel["expires"] and "1970" in morsel["expires"] or \
-                    morsel["max-age"] == "0"
+                expired = (
+                    morsel["expires"] and "1970" in morsel["expires"] or morsel["max-age"] == "0"
+                )
                 if expired or morsel.value == "":
                     self.cookies.pop(name, None)
                 else:
                     self.cookies[name] = morsel.value
 
-    async def request(self, method: str, path: str, body: dict[str, str] | None = None,
-                      headers: dict[str, str] | None = None, **kwargs: Any) -> HTTPResponse:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> HTTPResponse:
         """One request, no redirects followed, no exception for 4xx/5xx."""
         all_headers = {"Cookie": self.cookie_header()} if self.cookies else {}
         all_headers.update(headers or {})
@@ -69,8 +78,14 @@ class PresenceClient:
             encoded = urlencode(body)
             all_headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
         response = await self.http.fetch(
-            self.base_url + path, method=method, body=encoded, headers=all_headers,
-            follow_redirects=False, raise_error=False, **kwargs)
+            self.base_url + path,
+            method=method,
+            body=encoded,
+            headers=all_headers,
+            follow_redirects=False,
+            raise_error=False,
+            **kwargs,
+        )
         if response.code == 599:
             raise ClientError(f"{method} {path}: {response.error}")
         self._keep_cookies(response)
@@ -85,17 +100,24 @@ class PresenceClient:
     async def post_form(self, path: str, fields: dict[str, str]) -> HTTPResponse:
         return await self.request("POST", path, {**fields, "_xsrf": await self.xsrf()})
 
-    async def signup(self, username: str, password: str, confirm: str | None = None,
-                     check: bool = True) -> HTTPResponse:
-        response = await self.post_form("/signup", {
-            "username": username, "password": password,
-            "confirm": password if confirm is None else confirm})
+    async def signup(
+        self, username: str, password: str, confirm: str | None = None, check: bool = True
+    ) -> HTTPResponse:
+        response = await self.post_form(
+            "/signup",
+            {
+                "username": username,
+                "password": password,
+                "confirm": password if confirm is None else confirm,
+            },
+        )
         if check and response.code != 302:
             raise ClientError(f"sign-up of {username} failed: {response.code}", response.code)
         return response
 
-    async def login(self, username: str, password: str, next: str | None = None,
-                    check: bool = True) -> HTTPResponse:
+    async def login(
+        self, username: str, password: str, next: str | None = None, check: bool = True
+    ) -> HTTPResponse:
         fields = {"username": username, "password": password}
         if next is not None:
             fields["next"] = next
@@ -118,17 +140,23 @@ class PresenceClient:
         scheme = "wss" if parts.scheme == "https" else "ws"
         return f"{scheme}://{parts.netloc}/ws"
 
-    async def connect(self, origin: str | None = None, timeout: float = 10.0,
-                      **kwargs: Any) -> PresenceSocket:
+    async def connect(
+        self, origin: str | None = None, timeout: float = 10.0, **kwargs: Any
+    ) -> PresenceSocket:
         """Open /ws with this client's cookies and read the snapshot (ClientError on refusal)."""
         headers = {"Cookie": self.cookie_header()} if self.cookies else {}
         # permessage-deflate offered like a browser does (snapshots then arrive compressed);
         # pass compression=None to turn it off.
         kwargs.setdefault("compression", "deflate")
         try:
-            ws = await connect(self.ws_url(), additional_headers=headers,
-                               origin=origin or self.origin,  # type: ignore[arg-type]
-                               open_timeout=timeout, proxy=None, **kwargs)
+            ws = await connect(
+                self.ws_url(),
+                additional_headers=headers,
+                origin=origin or self.origin,  # type: ignore[arg-type]
+                open_timeout=timeout,
+                proxy=None,
+                **kwargs,
+            )
         except InvalidStatus as exc:
             status = exc.response.status_code
             raise ClientError(f"WebSocket refused with HTTP {status}", status) from None
@@ -186,8 +214,9 @@ class PresenceSocket:
             except ConnectionClosed:
                 return
 
-    async def wait_for(self, predicate: Callable[[dict[str, Any]], bool],
-                       timeout: float = 10.0) -> dict[str, Any]:
+    async def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+    ) -> dict[str, Any]:
         """Read until a message satisfies ``predicate``."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
@@ -198,8 +227,9 @@ class PresenceSocket:
             if predicate(message):
                 return message
 
-    async def wait_status(self, username: str, online: bool,
-                          timeout: float = 10.0) -> dict[str, Any]:
+    async def wait_status(
+        self, username: str, online: bool, timeout: float = 10.0
+    ) -> dict[str, Any]:
         """Read until ``state`` says ``username`` has ``online`` (maybe already)."""
         if self.online(username) is online:
             return self.state[username]

@@ -1,4 +1,5 @@
 """Settings: one frozen dataclass built from CLI flags, ``PRESENCE_*`` env vars and defaults."""
+
 from __future__ import annotations
 
 import argparse
@@ -100,6 +101,8 @@ class Settings:
 # A SIGTERM'd process exits within 5 s: the drain, the sockets' 1001 and the cleanup share them.
 MAX_DRAIN_TIMEOUT = 2.5
 
+# A table: one option per row reads better than the formatter's layout.
+# fmt: off
 _OPTIONS: list[tuple[str, type, str]] = [
     ("address", str, "interface to listen on"),
     ("port", int, "TCP port to listen on"),
@@ -149,6 +152,7 @@ _OPTIONS: list[tuple[str, type, str]] = [
      "on 127.0.0.1:(this port + i) (0: off)"),
     ("signup", str, "open: anyone may sign up; closed: accounts come from `presence users add`"),
 ]
+# fmt: on
 _FLAGS = ("debug", "xheaders")
 MAX_SECONDS_OR_DAYS = 36500  # inf or 1e9 days would overflow datetimes at runtime
 # Longer than this, "online" would no longer mean anything: a grace bridges reloads and deploys.
@@ -164,19 +168,28 @@ def make_parser(env: Mapping[str, str], prog: str = "run.py") -> argparse.Argume
     """``prog`` is how the operator started it: ``run.py`` or the ``presence`` script."""
     defaults = Settings()
     parser = argparse.ArgumentParser(
-        prog=prog, description="Presence: who is online, live.",
+        prog=prog,
+        description="Presence: who is online, live.",
         epilog=f"Every option can also be set as an environment variable PRESENCE_<NAME>. "
-               f"Admin commands: {prog} db --help, {prog} users --help.")
+        f"Admin commands: {prog} db --help, {prog} users --help.",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     for name, _kind, help_text in _OPTIONS:
         attr = name.replace("-", "_")
         default = env.get(env_name(name), getattr(defaults, attr))
-        parser.add_argument(f"--{name}", type=str, default=str(default),
-                            help=f"{help_text} (env {env_name(name)}, default %(default)r)")
+        parser.add_argument(
+            f"--{name}",
+            type=str,
+            default=str(default),
+            help=f"{help_text} (env {env_name(name)}, default %(default)r)",
+        )
     for flag in _FLAGS:
-        parser.add_argument(f"--{flag}", action="store_true",
-                            default=_truthy(env.get(env_name(flag), "")),
-                            help=f"env {env_name(flag)}")
+        parser.add_argument(
+            f"--{flag}",
+            action="store_true",
+            default=_truthy(env.get(env_name(flag), "")),
+            help=f"env {env_name(flag)}",
+        )
     return parser
 
 
@@ -191,8 +204,9 @@ def _convert(name: str, kind: type, raw: str) -> object:
         raise ConfigError(f"--{name}: expected {kind.__name__}, got {raw!r}") from None
 
 
-def load_settings(argv: Sequence[str] | None = None,
-                  env: Mapping[str, str] | None = None, prog: str = "run.py") -> Settings:
+def load_settings(
+    argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None, prog: str = "run.py"
+) -> Settings:
     """Parse flags and environment into validated Settings (ConfigError on bad values)."""
     env = os.environ if env is None else env
     return settings_from_args(make_parser(env, prog).parse_args(argv))
@@ -225,25 +239,38 @@ def validate(s: Settings) -> Settings:
     if not 0 <= s.client_message_rate <= 1e6:  # also rejects nan
         raise ConfigError(f"--client-message-rate must be 0..1000000, got {s.client_message_rate}")
     if s.client_message_burst < 1:
-        raise ConfigError(f"--client-message-burst must be at least 1, got "
-                          f"{s.client_message_burst}")
+        raise ConfigError(
+            f"--client-message-burst must be at least 1, got {s.client_message_burst}"
+        )
     if s.login_max_failures < 0 or s.bcrypt_queue_per_address < 0:
-        raise ConfigError("--login-max-failures and --bcrypt-queue-per-address must not be "
-                          "negative")
+        raise ConfigError(
+            "--login-max-failures and --bcrypt-queue-per-address must not be negative"
+        )
     if s.login_throttle_entries < 1:
-        raise ConfigError(f"--login-throttle-entries must be at least 1, "
-                          f"got {s.login_throttle_entries}")
+        raise ConfigError(
+            f"--login-throttle-entries must be at least 1, got {s.login_throttle_entries}"
+        )
     if not 0 <= s.drain_timeout <= MAX_DRAIN_TIMEOUT:  # also rejects nan
-        raise ConfigError(f"--drain-timeout must be 0..{MAX_DRAIN_TIMEOUT:g} seconds, "
-                          f"got {s.drain_timeout}")
-    for name in ("heartbeat_timeout", "ping_interval", "session_days", "flush_interval",
-                 "login_failure_window", "body_timeout", "write_probe_interval"):
+        raise ConfigError(
+            f"--drain-timeout must be 0..{MAX_DRAIN_TIMEOUT:g} seconds, got {s.drain_timeout}"
+        )
+    for name in (
+        "heartbeat_timeout",
+        "ping_interval",
+        "session_days",
+        "flush_interval",
+        "login_failure_window",
+        "body_timeout",
+        "write_probe_interval",
+    ):
         if not 0 < getattr(s, name) <= MAX_SECONDS_OR_DAYS:  # also rejects nan
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive and at most "
-                              f"{MAX_SECONDS_OR_DAYS}")
+            raise ConfigError(
+                f"--{name.replace('_', '-')} must be positive and at most {MAX_SECONDS_OR_DAYS}"
+            )
     if not 0 <= s.offline_grace <= MAX_OFFLINE_GRACE:  # also rejects nan
-        raise ConfigError(f"--offline-grace must be 0..{MAX_OFFLINE_GRACE:.0f} seconds, "
-                          f"got {s.offline_grace}")
+        raise ConfigError(
+            f"--offline-grace must be 0..{MAX_OFFLINE_GRACE:.0f} seconds, got {s.offline_grace}"
+        )
     if s.max_message_size < 128 or s.send_buffer_limit < 1024:
         raise ConfigError("--max-message-size must be >= 128 and --send-buffer-limit >= 1024")
     if s.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -255,8 +282,10 @@ def validate(s: Settings) -> Settings:
     except ValueError as exc:
         raise ConfigError(f"--metrics-address: {exc}") from None
     if not 0 <= s.worker_health_port <= 65535 - max(s.processes, os.cpu_count() or 1):
-        raise ConfigError(f"--worker-health-port must leave room for one port per worker, "
-                          f"got {s.worker_health_port}")
+        raise ConfigError(
+            f"--worker-health-port must leave room for one port per worker, "
+            f"got {s.worker_health_port}"
+        )
     if s.signup not in {"open", "closed"}:
         raise ConfigError(f"--signup must be open or closed, got {s.signup!r}")
     if s.redis_url:
@@ -274,8 +303,7 @@ def validate(s: Settings) -> Settings:
         raise ConfigError("--cookie-secret must be at least 16 characters")
     database_url = normalise_database_url(s.database_url or _default_db_url(s.data_dir))
     node_id = s.node_id or f"{socket.gethostname()}:{s.port}"
-    return replace(s, database_url=database_url, node_id=node_id,
-                   log_level=s.log_level.upper())
+    return replace(s, database_url=database_url, node_id=node_id, log_level=s.log_level.upper())
 
 
 def _default_db_url(data_dir: Path) -> str:
@@ -287,8 +315,11 @@ def normalise_database_url(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise ConfigError(f"--database-url is not a URL: {url!r}")
-    driver = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg",
-              "postgres": "postgresql+asyncpg"}.get(scheme, scheme)
+    driver = {
+        "sqlite": "sqlite+aiosqlite",
+        "postgresql": "postgresql+asyncpg",
+        "postgres": "postgresql+asyncpg",
+    }.get(scheme, scheme)
     if driver not in {"sqlite+aiosqlite", "postgresql+asyncpg"}:
         raise ConfigError(f"--database-url must be sqlite or postgresql, got {scheme!r}")
     return f"{driver}://{rest}"
@@ -307,7 +338,8 @@ def ensure_cookie_secret(s: Settings) -> Settings:
             secret = path.read_text().strip()
             if len(secret) < 16:
                 raise ConfigError(
-                    f"{path} is empty or too short; delete it to regenerate") from None
+                    f"{path} is empty or too short; delete it to regenerate"
+                ) from None
             return replace(s, cookie_secret=secret)
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_urlsafe(48) + "\n")

@@ -1,4 +1,5 @@
 """``open_services``: open everything a process needs, close it in reverse order."""
+
 from __future__ import annotations
 
 import asyncio
@@ -60,11 +61,15 @@ class Services:
                 log.info("Drained %d running request(s)", running)
             return
         refused = self.accounts.hasher.stop_waiting()
-        log.info("Drain timeout: %d request(s) still running, %d of them refused (503)",
-                 self.requests.count, refused)
+        log.info(
+            "Drain timeout: %d request(s) still running, %d of them refused (503)",
+            self.requests.count,
+            refused,
+        )
         if not await self.requests.wait_idle(grace):
-            log.warning("%d request(s) still running after the drain; closing anyway",
-                        self.requests.count)
+            log.warning(
+                "%d request(s) still running after the drain; closing anyway", self.requests.count
+            )
 
     def problems(self) -> list[str]:
         """What is known to be wrong without asking anyone (no database round trip)."""
@@ -99,32 +104,45 @@ class Services:
 
 def make_throttle(backend: Backend, settings: Settings) -> Throttle:
     """Failed logins counted in this process, or in Redis for the whole deployment."""
-    return backend.login_throttle(settings.login_max_failures, settings.login_failure_window,
-                                  settings.login_throttle_entries)
+    return backend.login_throttle(
+        settings.login_max_failures, settings.login_failure_window, settings.login_throttle_entries
+    )
 
 
 @asynccontextmanager
 async def open_services(settings: Settings) -> AsyncIterator[Services]:
     db = Database(settings.database_url)
-    hasher = PasswordHasher(settings.bcrypt_rounds, settings.bcrypt_threads,
-                            settings.bcrypt_queue_per_address)
-    backend = make_backend(settings.broker_url, settings.redis_prefix,
-                           grace=settings.offline_grace, timeout=settings.redis_timeout)
+    hasher = PasswordHasher(
+        settings.bcrypt_rounds, settings.bcrypt_threads, settings.bcrypt_queue_per_address
+    )
+    backend = make_backend(
+        settings.broker_url,
+        settings.redis_prefix,
+        grace=settings.offline_grace,
+        timeout=settings.redis_timeout,
+    )
     tasks: list[asyncio.Task[None]] = []
     try:
         try:
             await db.create_schema()
         except Exception as exc:
             url = db.engine.url.render_as_string(hide_password=True)
-            raise StartupError(f"cannot open the database {url}: "
-                               f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}"
-                               ) from exc
+            raise StartupError(
+                f"cannot open the database {url}: "
+                f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}"
+            ) from exc
         accounts = AccountService(db, hasher, settings.session_days)
         await backend.connect()
         ledger = OnlineLedger(db, settings.node_id)
         presence = PresenceService(settings.node_id, backend, ledger, accounts)
-        sync = PresenceSync(presence, backend, ledger, settings.node_id,
-                            settings.heartbeat_timeout, settings.heartbeat_interval)
+        sync = PresenceSync(
+            presence,
+            backend,
+            ledger,
+            settings.node_id,
+            settings.heartbeat_timeout,
+            settings.heartbeat_interval,
+        )
         # Subscribe before loading state, so nothing published in between is missed.
         # Cached sessions are served only while revocations can reach this process.
         accounts.guard_cache(lambda: backend.problem is None and sync.problem is None)
@@ -134,17 +152,32 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         await sync.start()
         tasks.append(asyncio.create_task(sync.run()))
         tasks.append(asyncio.create_task(ledger.run(settings.flush_interval)))
-        tasks.append(asyncio.create_task(
-            db.run_write_probe(settings.node_id, settings.write_probe_interval)))
+        tasks.append(
+            asyncio.create_task(db.run_write_probe(settings.node_id, settings.write_probe_interval))
+        )
         throttle = make_throttle(backend, settings)
         auth = AuthService(accounts, throttle, presence)
-        services = Services(settings, db, accounts, backend, presence, sync, ledger, throttle,
-                            auth, tasks, SocketCaps(settings.max_sockets_per_user,
-                                                    settings.max_sockets_per_address),
-                            metrics=Metrics(settings.metrics_address))
+        services = Services(
+            settings,
+            db,
+            accounts,
+            backend,
+            presence,
+            sync,
+            ledger,
+            throttle,
+            auth,
+            tasks,
+            SocketCaps(settings.max_sockets_per_user, settings.max_sockets_per_address),
+            metrics=Metrics(settings.metrics_address),
+        )
         services.metrics.watch(services)
-        log.info("Services ready: node %s, database %s, broker %s", settings.node_id,
-                 db.engine.url.render_as_string(hide_password=True), backend.name)
+        log.info(
+            "Services ready: node %s, database %s, broker %s",
+            settings.node_id,
+            db.engine.url.render_as_string(hide_password=True),
+            backend.name,
+        )
         try:
             yield services
         finally:

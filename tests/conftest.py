@@ -9,6 +9,7 @@ Real processes: ``app_process`` starts ``python run.py``; ``real_redis_url`` is 
 Redis for tests that need it once (the cluster and e2e suites take it instead of the
 parametrised ``redis_url``). The harness behind them is tests/support, shared with bench.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -115,15 +116,26 @@ async def reset_backends(settings: Settings) -> None:
 
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str, redis_url: str, redis_prefix: str) -> Settings:
-    return validate(Settings(
-        port=0, data_dir=tmp_path, database_url=database_url, redis_url=redis_url,
-        redis_prefix=redis_prefix, cookie_secret="test-cookie-secret-" + uuid.uuid4().hex,
-        bcrypt_rounds=4, node_id="test-node", flush_interval=0.05, heartbeat_timeout=2.0))
+    return validate(
+        Settings(
+            port=0,
+            data_dir=tmp_path,
+            database_url=database_url,
+            redis_url=redis_url,
+            redis_prefix=redis_prefix,
+            cookie_secret="test-cookie-secret-" + uuid.uuid4().hex,
+            bcrypt_rounds=4,
+            node_id="test-node",
+            flush_interval=0.05,
+            heartbeat_timeout=2.0,
+        )
+    )
 
 
 @pytest.fixture
 def services(io_loop: Any, settings: Settings) -> Any:
     from presence_app.services import open_services
+
     io_loop.run_sync(lambda: reset_backends(settings), timeout=20)
     manager = open_services(settings)
     opened = io_loop.run_sync(manager.__aenter__, timeout=20)
@@ -135,6 +147,7 @@ def services(io_loop: Any, settings: Settings) -> Any:
 @pytest.fixture
 def app(services: Any) -> Any:
     from handlers import make_app
+
     return make_app(services)
 
 
@@ -157,10 +170,12 @@ def make_client(app: Any, http_server: Any, base_url: str) -> Any:
 @pytest.fixture
 def user_factory(make_client: Callable[[], PresenceClient]) -> Any:
     """``await user("alice")``: a signed-up, logged-in client."""
+
     async def make(username: str, password: str = PASSWORD) -> PresenceClient:
         client = make_client()
         await client.signup(username, password)
         return client
+
     return make
 
 
@@ -180,8 +195,13 @@ def app_process(tmp_path: Path) -> Iterator[Callable[..., AppProcess]]:
     started: list[AppProcess] = []
 
     def start(*flags: str, data_dir: Path | None = None, wait: bool = True) -> AppProcess:
-        app = AppProcess(tmp_path, f"app-{len(started)}", *flags, env=clean_env(),
-                         data_dir=data_dir or tmp_path / "data")
+        app = AppProcess(
+            tmp_path,
+            f"app-{len(started)}",
+            *flags,
+            env=clean_env(),
+            data_dir=data_dir or tmp_path / "data",
+        )
         started.append(app)
         return app.start(wait=wait)
 

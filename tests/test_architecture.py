@@ -1,4 +1,5 @@
 """Imports flow one way: run.py -> handlers -> presence_app; handlers stay thin adapters."""
+
 from __future__ import annotations
 
 import ast
@@ -12,8 +13,17 @@ ROOT = Path(__file__).resolve().parent.parent
 # composition root (run.py, installed as the top-level module ``run``).
 DOMAIN_FORBIDDEN = ("handlers", "tornado.web", "tornado.websocket", "run")
 # handlers call services; SQL, hashing and Redis live in presence_app.
-WEB_FORBIDDEN = ("sqlalchemy", "bcrypt", "redis", "asyncpg", "aiosqlite", "sqlite3",
-                 "psycopg", "psycopg2", "hiredis")
+WEB_FORBIDDEN = (
+    "sqlalchemy",
+    "bcrypt",
+    "redis",
+    "asyncpg",
+    "aiosqlite",
+    "sqlite3",
+    "psycopg",
+    "psycopg2",
+    "hiredis",
+)
 
 
 def imported_modules(source: str) -> set[str]:
@@ -29,18 +39,24 @@ def imported_modules(source: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = "." * node.level + (node.module or "")
             found.add(base)
-            found.update(f"{base}.{alias.name}" if node.module else base + alias.name
-                         for alias in node.names)
-        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
-                and (getattr(node.func, "id", "") == "__import__"
-                     or getattr(node.func, "attr", "") == "import_module"):
+            found.update(
+                f"{base}.{alias.name}" if node.module else base + alias.name for alias in node.names
+            )
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and (
+                getattr(node.func, "id", "") == "__import__"
+                or getattr(node.func, "attr", "") == "import_module"
+            )
+        ):
             found.add(str(node.args[0].value))
     return found
 
 
 def violations(modules: set[str], forbidden: tuple[str, ...]) -> list[str]:
-    return sorted(m for m in modules
-                  if any(m == f or m.startswith(f + ".") for f in forbidden))
+    return sorted(m for m in modules if any(m == f or m.startswith(f + ".") for f in forbidden))
 
 
 def sources(package: str) -> list[Path]:
@@ -74,40 +90,45 @@ def test_the_composition_root_reaches_admin_commands_through_presence_app():
 
 def test_presence_app_modules_are_importable_without_the_web_layer():
     """The checks above see real imports: handlers imports presence_app, not the reverse."""
-    handler_imports = set().union(*(imported_modules(p.read_text())
-                                    for p in sources("handlers")))
+    handler_imports = set().union(*(imported_modules(p.read_text()) for p in sources("handlers")))
     assert any(m.startswith("presence_app") for m in handler_imports)
     assert "tornado.websocket" in handler_imports
 
 
-@pytest.mark.parametrize("snippet,forbidden", [
-    ("import handlers", DOMAIN_FORBIDDEN),
-    ("from handlers.base import BaseHandler", DOMAIN_FORBIDDEN),
-    ("import tornado.web", DOMAIN_FORBIDDEN),
-    ("from tornado import websocket", DOMAIN_FORBIDDEN),
-    ("from tornado.websocket import WebSocketHandler", DOMAIN_FORBIDDEN),
-    ("def f():\n    import tornado.web as w\n", DOMAIN_FORBIDDEN),
-    ("m = __import__('handlers')", DOMAIN_FORBIDDEN),
-    ("import importlib\nimportlib.import_module('tornado.web')", DOMAIN_FORBIDDEN),
-    ("import run", DOMAIN_FORBIDDEN),
-    ("from run import main", DOMAIN_FORBIDDEN),
-    ("from sqlalchemy import select", WEB_FORBIDDEN),
-    ("import bcrypt", WEB_FORBIDDEN),
-    ("import redis.asyncio as aioredis", WEB_FORBIDDEN),
-    ("from redis import asyncio", WEB_FORBIDDEN),
-])
+@pytest.mark.parametrize(
+    "snippet,forbidden",
+    [
+        ("import handlers", DOMAIN_FORBIDDEN),
+        ("from handlers.base import BaseHandler", DOMAIN_FORBIDDEN),
+        ("import tornado.web", DOMAIN_FORBIDDEN),
+        ("from tornado import websocket", DOMAIN_FORBIDDEN),
+        ("from tornado.websocket import WebSocketHandler", DOMAIN_FORBIDDEN),
+        ("def f():\n    import tornado.web as w\n", DOMAIN_FORBIDDEN),
+        ("m = __import__('handlers')", DOMAIN_FORBIDDEN),
+        ("import importlib\nimportlib.import_module('tornado.web')", DOMAIN_FORBIDDEN),
+        ("import run", DOMAIN_FORBIDDEN),
+        ("from run import main", DOMAIN_FORBIDDEN),
+        ("from sqlalchemy import select", WEB_FORBIDDEN),
+        ("import bcrypt", WEB_FORBIDDEN),
+        ("import redis.asyncio as aioredis", WEB_FORBIDDEN),
+        ("from redis import asyncio", WEB_FORBIDDEN),
+    ],
+)
 def test_the_checker_catches_forbidden_imports(snippet, forbidden):
     assert violations(imported_modules(snippet), forbidden)
 
 
-@pytest.mark.parametrize("snippet,forbidden", [
-    ("import tornado.httpclient", DOMAIN_FORBIDDEN),
-    ("from tornado.ioloop import IOLoop", DOMAIN_FORBIDDEN),
-    ("import handlers_extra", DOMAIN_FORBIDDEN),
-    ("import runpy", DOMAIN_FORBIDDEN),
-    ("from presence_app.accounts.service import AccountService", WEB_FORBIDDEN),
-    ("import redisish", WEB_FORBIDDEN),
-])
+@pytest.mark.parametrize(
+    "snippet,forbidden",
+    [
+        ("import tornado.httpclient", DOMAIN_FORBIDDEN),
+        ("from tornado.ioloop import IOLoop", DOMAIN_FORBIDDEN),
+        ("import handlers_extra", DOMAIN_FORBIDDEN),
+        ("import runpy", DOMAIN_FORBIDDEN),
+        ("from presence_app.accounts.service import AccountService", WEB_FORBIDDEN),
+        ("import redisish", WEB_FORBIDDEN),
+    ],
+)
 def test_the_checker_allows_the_rest(snippet, forbidden):
     assert violations(imported_modules(snippet), forbidden) == []
 
@@ -117,16 +138,16 @@ def test_the_checker_allows_the_rest(snippet, forbidden):
 # (``presence_app.services``). Each may import only the units listed here (and itself); a new
 # unit must be added to this table, or the tests below fail. Lowest first:
 LAYERS: dict[str, set[str]] = {
-    "runtime": set(),                       # versions, logs, in-flight requests, GC, addresses
-    "db": {"runtime"},                      # engine, models, write outcomes, migrations
-    "backends": {"runtime"},                # one per URL scheme: publish, listen, transitions
-    "accounts": {"runtime", "db", "backends"},           # sign-up, login, sessions, hashing
-    "live": {"runtime", "db", "backends", "accounts"},   # view, fan-out, frames, sync, ledger
-    "config": {"runtime", "backends"},      # the option table -> Settings
-    "metrics": {"runtime"},                 # Prometheus; reads Services only for type hints
+    "runtime": set(),  # versions, logs, in-flight requests, GC, addresses
+    "db": {"runtime"},  # engine, models, write outcomes, migrations
+    "backends": {"runtime"},  # one per URL scheme: publish, listen, transitions
+    "accounts": {"runtime", "db", "backends"},  # sign-up, login, sessions, hashing
+    "live": {"runtime", "db", "backends", "accounts"},  # view, fan-out, frames, sync, ledger
+    "config": {"runtime", "backends"},  # the option table -> Settings
+    "metrics": {"runtime"},  # Prometheus; reads Services only for type hints
     "services": {"runtime", "db", "backends", "accounts", "live", "config", "metrics"},
     "admin": {"runtime", "db", "backends", "accounts", "live", "config", "services"},
-    "client": set(),                        # the scripted client: usable outside the repo
+    "client": set(),  # the scripted client: usable outside the repo
 }
 # Imports under ``if TYPE_CHECKING:`` that go up a layer (annotations only, no runtime edge).
 TYPE_ONLY = {("metrics", "services")}
@@ -169,15 +190,19 @@ def layer_violations(unit: str, source: str) -> list[str]:
             if owners is not None and unit not in owners:
                 found.append(module)
         elif target not in allowed and not (
-                (unit, target) in TYPE_ONLY and module not in at_runtime):
+            (unit, target) in TYPE_ONLY and module not in at_runtime
+        ):
             found.append(module)
     return found
 
 
 def units_on_disk() -> dict[Path, str]:
     pkg = ROOT / "presence_app"
-    return {path: (path.relative_to(pkg).parts[0] if path.parent != pkg else path.stem)
-            for path in sources("presence_app") if path.name != "__init__.py" or path.parent != pkg}
+    return {
+        path: (path.relative_to(pkg).parts[0] if path.parent != pkg else path.stem)
+        for path in sources("presence_app")
+        if path.name != "__init__.py" or path.parent != pkg
+    }
 
 
 @pytest.mark.parametrize("path", sorted(units_on_disk()), ids=lambda p: str(p.relative_to(ROOT)))
@@ -202,18 +227,21 @@ def test_the_layers_have_no_cycle() -> None:
             del pending[u]
 
 
-@pytest.mark.parametrize("unit,snippet", [
-    ("db", "from presence_app.live.presence import PresenceService"),
-    ("backends", "from presence_app.accounts.service import AccountService"),
-    ("live", "from presence_app.services import Services"),
-    ("accounts", "def f():\n    from presence_app.live import fanout\n"),
-    ("live", "import redis.asyncio"),
-    ("accounts", "from redis.exceptions import RedisError"),
-    ("handlers_like", "x = 1"),
-    ("client", "from presence_app.config import Settings"),
-    ("metrics", "from presence_app.services import Services"),
-    ("backends", "import bcrypt"),
-])
+@pytest.mark.parametrize(
+    "unit,snippet",
+    [
+        ("db", "from presence_app.live.presence import PresenceService"),
+        ("backends", "from presence_app.accounts.service import AccountService"),
+        ("live", "from presence_app.services import Services"),
+        ("accounts", "def f():\n    from presence_app.live import fanout\n"),
+        ("live", "import redis.asyncio"),
+        ("accounts", "from redis.exceptions import RedisError"),
+        ("handlers_like", "x = 1"),
+        ("client", "from presence_app.config import Settings"),
+        ("metrics", "from presence_app.services import Services"),
+        ("backends", "import bcrypt"),
+    ],
+)
 def test_the_layer_checker_catches_upward_imports(unit, snippet):
     if unit not in LAYERS:
         with pytest.raises(KeyError):
@@ -222,14 +250,20 @@ def test_the_layer_checker_catches_upward_imports(unit, snippet):
         assert layer_violations(unit, snippet)
 
 
-@pytest.mark.parametrize("unit,snippet", [
-    ("live", "from presence_app.backends.base import UserState"),
-    ("metrics", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-                "    from presence_app.services import Services\n"),
-    ("backends", "import redis.asyncio as aioredis"),
-    ("services", "from presence_app.live.sync import PresenceSync"),
-    ("runtime", "import logging"),
-])
+@pytest.mark.parametrize(
+    "unit,snippet",
+    [
+        ("live", "from presence_app.backends.base import UserState"),
+        (
+            "metrics",
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+            "    from presence_app.services import Services\n",
+        ),
+        ("backends", "import redis.asyncio as aioredis"),
+        ("services", "from presence_app.live.sync import PresenceSync"),
+        ("runtime", "import logging"),
+    ],
+)
 def test_the_layer_checker_allows_downward_imports(unit, snippet):
     assert layer_violations(unit, snippet) == []
 
@@ -248,45 +282,64 @@ def http_leaks(source: str) -> list[str]:
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ClassDef):
             for inner in ast.walk(node):
-                if isinstance(inner, ast.Attribute) and isinstance(inner.ctx, ast.Store) \
-                        and inner.attr in STATUS_NAMES:
+                if (
+                    isinstance(inner, ast.Attribute)
+                    and isinstance(inner.ctx, ast.Store)
+                    and inner.attr in STATUS_NAMES
+                ):
                     found.append(f"{node.name}: attribute {inner.attr}")
             for statement in node.body:
-                targets = (statement.targets if isinstance(statement, ast.Assign) else
-                           [statement.target] if isinstance(statement, ast.AnnAssign) else [])
-                found += [f"{node.name}: field {t.id}" for t in targets
-                          if isinstance(t, ast.Name) and t.id in STATUS_NAMES]
+                targets = (
+                    statement.targets
+                    if isinstance(statement, ast.Assign)
+                    else [statement.target]
+                    if isinstance(statement, ast.AnnAssign)
+                    else []
+                )
+                found += [
+                    f"{node.name}: field {t.id}"
+                    for t in targets
+                    if isinstance(t, ast.Name) and t.id in STATUS_NAMES
+                ]
         elif isinstance(node, ast.Call):
             found += [f"argument {k.arg}=" for k in node.keywords if k.arg in STATUS_NAMES]
     return found
 
 
-@pytest.mark.parametrize("path", [p for p, unit in sorted(units_on_disk().items())
-                                  if unit not in SPEAKS_HTTP],
-                         ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize(
+    "path",
+    [p for p, unit in sorted(units_on_disk().items()) if unit not in SPEAKS_HTTP],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
 def test_the_domain_names_no_http_status(path):
     assert http_leaks(path.read_text()) == []
 
 
-@pytest.mark.parametrize("snippet", [
-    "import http",
-    "from http import HTTPStatus",
-    "import http.client",
-    "class E(Exception):\n    def __init__(self, status):\n        self.status = status\n",
-    "class E(Exception):\n    status_code: int = 400\n",
-    "class E(Exception):\n    http_status = 409\n",
-    "raise AccountError('taken', status=409)",
-])
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        "import http",
+        "from http import HTTPStatus",
+        "import http.client",
+        "class E(Exception):\n    def __init__(self, status):\n        self.status = status\n",
+        "class E(Exception):\n    status_code: int = 400\n",
+        "class E(Exception):\n    http_status = 409\n",
+        "raise AccountError('taken', status=409)",
+    ],
+)
 def test_the_http_checker_catches_statuses(snippet):
     assert http_leaks(snippet)
 
 
-@pytest.mark.parametrize("snippet", [
-    "class E(Exception):\n    def __init__(self, wait):\n        self.retry_after = wait\n",
-    "body = {'status': 'ok'}",
-    "def status(user):\n    return 'active'\n",
-    "import httpx_like",
-    "CLOSE_SESSION_ENDED = 4001",
-])
+@pytest.mark.parametrize(
+    "snippet",
+    [
+        "class E(Exception):\n    def __init__(self, wait):\n        self.retry_after = wait\n",
+        "body = {'status': 'ok'}",
+        "def status(user):\n    return 'active'\n",
+        "import httpx_like",
+        "CLOSE_SESSION_ENDED = 4001",
+    ],
+)
 def test_the_http_checker_allows_the_rest(snippet):
     assert http_leaks(snippet) == []

@@ -1,4 +1,5 @@
 """Settings from flags and PRESENCE_* variables; validation; the generated cookie secret."""
+
 from __future__ import annotations
 
 import os
@@ -26,10 +27,28 @@ def test_defaults_serve_from_the_data_dir():
 
 
 def test_flags(tmp_path):
-    s = load_settings(["--port", "9001", "--data-dir", str(tmp_path), "--bcrypt-rounds", "4",
-                       "--redis-url", "redis://127.0.0.1:6379/0", "--processes", "3",
-                       "--node-id", "web-1", "--heartbeat-timeout", "2.5", "--xheaders",
-                       "--log-level", "debug"], env={})
+    s = load_settings(
+        [
+            "--port",
+            "9001",
+            "--data-dir",
+            str(tmp_path),
+            "--bcrypt-rounds",
+            "4",
+            "--redis-url",
+            "redis://127.0.0.1:6379/0",
+            "--processes",
+            "3",
+            "--node-id",
+            "web-1",
+            "--heartbeat-timeout",
+            "2.5",
+            "--xheaders",
+            "--log-level",
+            "debug",
+        ],
+        env={},
+    )
     assert s.port == 9001 and s.bcrypt_rounds == 4 and s.processes == 3
     assert s.data_dir == tmp_path
     assert s.database_url == f"sqlite+aiosqlite:///{tmp_path / 'presence.db'}"
@@ -40,9 +59,14 @@ def test_flags(tmp_path):
 
 
 def test_environment_and_flags_win_over_it(tmp_path):
-    env = {"PRESENCE_PORT": "9100", "PRESENCE_BCRYPT_ROUNDS": "5", "PRESENCE_DEBUG": "yes",
-           "PRESENCE_DATA_DIR": str(tmp_path), "PRESENCE_SESSION_DAYS": "1.5",
-           "PRESENCE_DATABASE_URL": "postgresql://u:p@db/presence"}
+    env = {
+        "PRESENCE_PORT": "9100",
+        "PRESENCE_BCRYPT_ROUNDS": "5",
+        "PRESENCE_DEBUG": "yes",
+        "PRESENCE_DATA_DIR": str(tmp_path),
+        "PRESENCE_SESSION_DAYS": "1.5",
+        "PRESENCE_DATABASE_URL": "postgresql://u:p@db/presence",
+    }
     s = load_settings([], env=env)
     assert (s.port, s.bcrypt_rounds, s.debug, s.session_days) == (9100, 5, True, 1.5)
     assert s.database_url == "postgresql+asyncpg://u:p@db/presence"
@@ -50,12 +74,15 @@ def test_environment_and_flags_win_over_it(tmp_path):
     assert load_settings([], env={**env, "PRESENCE_DEBUG": "0"}).debug is False
 
 
-@pytest.mark.parametrize("url,expected", [
-    ("sqlite:///x.db", "sqlite+aiosqlite:///x.db"),
-    ("sqlite+aiosqlite:///x.db", "sqlite+aiosqlite:///x.db"),
-    ("postgres://u@h/d", "postgresql+asyncpg://u@h/d"),
-    ("postgresql+asyncpg://u@h/d", "postgresql+asyncpg://u@h/d"),
-])
+@pytest.mark.parametrize(
+    "url,expected",
+    [
+        ("sqlite:///x.db", "sqlite+aiosqlite:///x.db"),
+        ("sqlite+aiosqlite:///x.db", "sqlite+aiosqlite:///x.db"),
+        ("postgres://u@h/d", "postgresql+asyncpg://u@h/d"),
+        ("postgresql+asyncpg://u@h/d", "postgresql+asyncpg://u@h/d"),
+    ],
+)
 def test_database_urls_get_the_async_driver(url, expected):
     assert load_settings(["--database-url", url], env={}).database_url == expected
 
@@ -103,8 +130,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("argv,env,mentions", BAD,
-                         ids=[" ".join(a) or str(e) for a, e, _ in BAD])
+@pytest.mark.parametrize("argv,env,mentions", BAD, ids=[" ".join(a) or str(e) for a, e, _ in BAD])
 def test_invalid_settings_raise_one_line_config_error(argv, env, mentions):
     with pytest.raises(ConfigError) as info:
         load_settings(argv, env=env)
@@ -163,19 +189,26 @@ def test_ensure_cookie_secret_unusable_data_dir(tmp_path):
 
 def test_throttle_budget_and_drain_settings():
     s = load_settings([], env={})
-    assert (s.login_throttle_entries, s.bcrypt_queue_per_address, s.drain_timeout) == \
-        (100_000, 1000, 2.0)
-    s = load_settings(["--login-throttle-entries", "50", "--drain-timeout", "0"],
-                      env={"PRESENCE_BCRYPT_QUEUE_PER_ADDRESS": "0"})
-    assert (s.login_throttle_entries, s.bcrypt_queue_per_address, s.drain_timeout) == \
-        (50, 0, 0.0)
+    assert (s.login_throttle_entries, s.bcrypt_queue_per_address, s.drain_timeout) == (
+        100_000,
+        1000,
+        2.0,
+    )
+    s = load_settings(
+        ["--login-throttle-entries", "50", "--drain-timeout", "0"],
+        env={"PRESENCE_BCRYPT_QUEUE_PER_ADDRESS": "0"},
+    )
+    assert (s.login_throttle_entries, s.bcrypt_queue_per_address, s.drain_timeout) == (50, 0, 0.0)
 
 
-@pytest.mark.parametrize("url", [
-    "redis+sentinel://127.0.0.1:26379/mymaster",
-    "redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26380,sentinel-3:26381/mymaster/2",
-    "redis+sentinel://app:pw@h:26379/mymaster/0?sentinel_password=other",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel://127.0.0.1:26379/mymaster",
+        "redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26380,sentinel-3:26381/mymaster/2",
+        "redis+sentinel://app:pw@h:26379/mymaster/0?sentinel_password=other",
+    ],
+)
 def test_sentinel_urls_are_accepted(url):
     assert load_settings(["--redis-url", url], env={}).broker_url == url
 

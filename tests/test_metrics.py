@@ -1,4 +1,5 @@
 """GET /metrics: Prometheus text, a registry per app, label sets bounded, kept internal."""
+
 from __future__ import annotations
 
 import asyncio
@@ -38,8 +39,9 @@ def value(found: dict[Any, float], name: str, **labels: str) -> float:
 
 
 @pytest.mark.gen_test
-async def test_metrics_count_what_happened(make_client: Any, user_factory: Any,
-                                           services: Any) -> None:
+async def test_metrics_count_what_happened(
+    make_client: Any, user_factory: Any, services: Any
+) -> None:
     alice = await user_factory("alice")
     sock = await alice.connect()
     await sock.wait_for(lambda m: m.get("type") == "presence" and m["username"] == "alice")
@@ -64,15 +66,22 @@ async def test_metrics_count_what_happened(make_client: Any, user_factory: Any,
     assert value(found, "presence_bytes_sent_total", kind="reply") == len(pong)
     assert value(found, "presence_fanout_duration_seconds_count") >= 1
     assert value(found, "presence_bcrypt_queue_wait_seconds_count") >= 3  # sign-up, 2 logins
-    assert value(found, "presence_http_requests_total", route="/signup", method="POST",
-                 status="302") == 1
-    assert value(found, "presence_http_requests_total", route="/login", method="POST",
-                 status="401") == 1
+    assert (
+        value(found, "presence_http_requests_total", route="/signup", method="POST", status="302")
+        == 1
+    )
+    assert (
+        value(found, "presence_http_requests_total", route="/login", method="POST", status="401")
+        == 1
+    )
     assert value(found, "presence_http_request_duration_seconds_count", route="/login") >= 2
     assert value(found, "presence_healthy") == 1
     assert value(found, "process_resident_memory_bytes") > 0
-    for name in ("presence_broker_reconnects_total", "presence_processes_reaped_total",
-                 "presence_events_stale_dropped_total"):
+    for name in (
+        "presence_broker_reconnects_total",
+        "presence_processes_reaped_total",
+        "presence_events_stale_dropped_total",
+    ):
         assert (name, ()) in found
     for reason in REASONS:  # every reason is exposed, at 0 until it happens
         assert ("presence_resyncs_total", (("reason", reason),)) in found
@@ -102,13 +111,16 @@ async def test_route_labels_are_patterns_not_paths(make_client: Any) -> None:
     text = response.body.decode()
     assert "no-such-page" not in text
     found = samples(text)
-    assert value(found, "presence_http_requests_total", route="unmatched", method="GET",
-                 status="404") == 3
+    assert (
+        value(found, "presence_http_requests_total", route="unmatched", method="GET", status="404")
+        == 3
+    )
 
 
 @pytest.mark.gen_test
 async def test_outside_the_allow_list_metrics_are_404_and_health_is_bare(
-        make_client: Any, services: Any) -> None:
+    make_client: Any, services: Any
+) -> None:
     # As --metrics-address 10.0.0.0/8: the test client (127.0.0.1) is "the internet".
     services.metrics.allowed = parse_allow_list("10.0.0.0/8")
     client = make_client()
@@ -134,17 +146,20 @@ def test_each_app_has_a_registry_of_its_own() -> None:
     assert b"presence_signups_total 0.0" in second.exposition()
 
 
-@pytest.mark.parametrize("allow, address, allowed", [
-    ("127.0.0.1,::1", "127.0.0.1", True),
-    ("127.0.0.1,::1", "::1", True),
-    ("127.0.0.1,::1", "::ffff:127.0.0.1", True),
-    ("127.0.0.1,::1", "203.0.113.9", False),
-    ("10.0.0.0/8 192.168.1.5", "10.20.30.40", True),
-    ("10.0.0.0/8", "11.0.0.1", False),
-    ("", "127.0.0.1", False),
-    ("127.0.0.1", "", False),
-    ("127.0.0.1", "not-an-ip", False),
-])
+@pytest.mark.parametrize(
+    "allow, address, allowed",
+    [
+        ("127.0.0.1,::1", "127.0.0.1", True),
+        ("127.0.0.1,::1", "::1", True),
+        ("127.0.0.1,::1", "::ffff:127.0.0.1", True),
+        ("127.0.0.1,::1", "203.0.113.9", False),
+        ("10.0.0.0/8 192.168.1.5", "10.20.30.40", True),
+        ("10.0.0.0/8", "11.0.0.1", False),
+        ("", "127.0.0.1", False),
+        ("127.0.0.1", "", False),
+        ("127.0.0.1", "not-an-ip", False),
+    ],
+)
 def test_allow_list(allow: str, address: str, allowed: bool) -> None:
     assert address_allowed(address, parse_allow_list(allow)) is allowed
 

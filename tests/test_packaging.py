@@ -6,6 +6,7 @@ README's client snippet importable and working). The fast ones guard what that i
 relies on: every package listed in pyproject.toml, pins inside its ranges, the version,
 the asset lookup, the admin dispatch, a server that does not import websockets.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -36,9 +37,21 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 #: Packages whose directory is not their dotted path (pyproject.toml's package-dir).
 MAPPED = PYPROJECT["tool"]["setuptools"]["package-dir"]
 #: Not part of a clean clone, or not needed to build one.
-COPY_IGNORE = shutil.ignore_patterns(".git", "__pycache__", "*.pyc", ".mypy_cache",
-                                     ".pytest_cache", ".hypothesis", "data", "results",
-                                     "artifacts", "build", "*.egg-info", "venv", "node_modules")
+COPY_IGNORE = shutil.ignore_patterns(
+    ".git",
+    "__pycache__",
+    "*.pyc",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".hypothesis",
+    "data",
+    "results",
+    "artifacts",
+    "build",
+    "*.egg-info",
+    "venv",
+    "node_modules",
+)
 HAS_ADMIN = importlib.util.find_spec("presence_app.admin.cli") is not None
 
 
@@ -103,28 +116,40 @@ def test_requirements_pins_fall_inside_the_pyproject_ranges():
 
 def test_the_server_does_not_import_websockets():
     """websockets is the client extra: run.py, the web layer and the services work without."""
-    code = ("import sys, run, handlers, presence_app.services; "
-            "assert 'websockets' not in sys.modules, 'websockets imported'")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    code = (
+        "import sys, run, handlers, presence_app.services; "
+        "assert 'websockets' not in sys.modules, 'websockets imported'"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
 
 
 def test_version_in_a_checkout_comes_from_pyproject(tmp_path):
     assert version() == PYPROJECT["project"]["version"]
-    done = subprocess.run([sys.executable, "run.py", "--version"], cwd=ROOT, env=clean_env(),
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "run.py", "--version"],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert (done.returncode, done.stdout) == (0, f"run.py {version()}\n"), done.stderr
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "other"\nversion = "9"\n')
     assert checkout_version(tmp_path) is None  # someone else's project is not ours
     assert checkout_version(tmp_path / "absent") is None
 
 
-@pytest.mark.parametrize("layout,expected", [
-    ("installed", "pkg/templates"),   # site-packages/handlers/templates
-    ("checkout", "templates"),        # the repository's top-level templates/
-    ("both", "pkg/templates"),        # an installed copy never reads a neighbour's files
-])
+@pytest.mark.parametrize(
+    "layout,expected",
+    [
+        ("installed", "pkg/templates"),  # site-packages/handlers/templates
+        ("checkout", "templates"),  # the repository's top-level templates/
+        ("both", "pkg/templates"),  # an installed copy never reads a neighbour's files
+    ],
+)
 def test_asset_dir_prefers_the_shipped_copy(tmp_path, layout, expected):
     package_dir = tmp_path / "pkg"
     package_dir.mkdir()
@@ -144,8 +169,9 @@ def test_asset_dir_missing_is_a_clear_error(tmp_path):
         asset_dir("templates", tmp_path / "pkg")
 
 
-@pytest.mark.parametrize("argv", [["users", "list"], ["db", "upgrade"],
-                                  ["users", "disable", "alice", "--data-dir", "x"]])
+@pytest.mark.parametrize(
+    "argv", [["users", "list"], ["db", "upgrade"], ["users", "disable", "alice", "--data-dir", "x"]]
+)
 @pytest.mark.skipif(not HAS_ADMIN, reason="presence_app.admin.cli not in this branch yet")
 def test_admin_commands_are_dispatched(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> None:
     admin = importlib.import_module("presence_app.admin.cli")
@@ -162,8 +188,14 @@ def test_admin_commands_are_dispatched(monkeypatch: pytest.MonkeyPatch, argv: li
 
 @pytest.mark.skipif(not HAS_ADMIN, reason="presence_app.admin.cli not in this branch yet")
 def test_run_py_users_help():
-    done = subprocess.run([sys.executable, "run.py", "users", "--help"], cwd=ROOT,
-                          env=clean_env(), capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "run.py", "users", "--help"],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert "reset-password" in done.stdout
 
@@ -171,8 +203,10 @@ def test_run_py_users_help():
 def test_admin_commands_missing_is_a_one_line_error(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "presence_app.admin.cli", None)  # import fails by that name
     assert run.main(["users", "list"]) == 2
-    assert capsys.readouterr().err == "run.py: error: 'users' commands are not available " \
-                                      "in this version\n"
+    assert (
+        capsys.readouterr().err == "run.py: error: 'users' commands are not available "
+        "in this version\n"
+    )
 
 
 def test_server_options_are_not_taken_for_commands(capsys):
@@ -184,6 +218,7 @@ def test_server_options_are_not_taken_for_commands(capsys):
 
 
 # --- pip install . into a fresh venv -------------------------------------------------------
+
 
 def readme_client_snippet() -> str:
     """The README's scripted-client example, exactly as a user would copy it."""
@@ -222,8 +257,7 @@ def get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
     try:
         conn.request("GET", path)
         response = conn.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, \
-            response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
         conn.close()
 
@@ -258,13 +292,28 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     source, venv, outside = base / "src", base / "venv", base / "elsewhere"
     shutil.copytree(ROOT, source, ignore=COPY_IGNORE)
     outside.mkdir()
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip",
-                    str(venv)],
-                   check=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
+        check=True,
+        timeout=120,
+    )
     done = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps",
-         "--no-build-isolation", "--disable-pip-version-check", str(source)],
-        cwd=outside, capture_output=True, text=True, timeout=180)
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            str(source),
+        ],
+        cwd=outside,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return {"venv": venv, "outside": outside, "base": base}
 
@@ -275,21 +324,36 @@ def test_installed_package_runs_from_anywhere(installed):
     env = clean_env()
     env.pop("PYTHONPATH", None)
     where = subprocess.run(
-        [str(venv / "bin" / "python"), "-c",
-         "import run, handlers, presence_app; print(run.__file__, handlers.__file__, "
-         "presence_app.__file__)"],
-        cwd=outside, env=env, capture_output=True, text=True, timeout=60)
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import run, handlers, presence_app; print(run.__file__, handlers.__file__, "
+            "presence_app.__file__)",
+        ],
+        cwd=outside,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert where.returncode == 0, where.stderr
     for path in where.stdout.split():  # the installed copy, not the repository
         assert Path(path).is_relative_to(venv), path
 
     presence = str(venv / "bin" / "presence")
-    done = subprocess.run([presence, "--version"], cwd=outside, env=env, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [presence, "--version"], cwd=outside, env=env, capture_output=True, text=True, timeout=60
+    )
     assert (done.returncode, done.stdout) == (0, f"presence {version()}\n"), done.stderr
 
-    admin = subprocess.run([presence, "users", "--help"], cwd=outside, env=env,
-                           capture_output=True, text=True, timeout=60)
+    admin = subprocess.run(
+        [presence, "users", "--help"],
+        cwd=outside,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if HAS_ADMIN:
         assert admin.returncode == 0 and "reset-password" in admin.stdout, admin.stderr
     else:
@@ -299,15 +363,32 @@ def test_installed_package_runs_from_anywhere(installed):
     stderr_path = installed["base"] / "stderr.log"
     with open(stderr_path, "w") as stderr:
         proc = subprocess.Popen(
-            [presence, "--port", str(port), "--data-dir", str(installed["base"] / "data"),
-             "--bcrypt-rounds", "4"],
-            cwd=outside, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+            [
+                presence,
+                "--port",
+                str(port),
+                "--data-dir",
+                str(installed["base"] / "data"),
+                "--bcrypt-rounds",
+                "4",
+            ],
+            cwd=outside,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
     try:
         base_url = wait_for_url(proc)
         check_pages(port)
-        client = subprocess.run([str(venv / "bin" / "python"), "-c", snippet_program(base_url)],
-                                cwd=outside, env=env, capture_output=True, text=True,
-                                timeout=60)
+        client = subprocess.run(
+            [str(venv / "bin" / "python"), "-c", snippet_program(base_url)],
+            cwd=outside,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert client.returncode == 0, client.stderr[-2000:]
         assert client.stdout.strip() == "snippet ok True"
         start = time.monotonic()
@@ -327,13 +408,20 @@ def test_installed_package_ships_the_lua_scripts(installed):
     without them would fail only once Redis is configured."""
     env = clean_env()
     env.pop("PYTHONPATH", None)
-    code = ("from presence_app.backends import scripts; from importlib import resources; "
-            "folder = resources.files('presence_app.backends').joinpath('lua'); print(folder); "
-            "print(*sorted(p.name for p in folder.iterdir() if p.name.endswith('.lua'))); "
-            "print(len(scripts.lua('presence', 'attach')) > 0)")
-    done = subprocess.run([str(installed["venv"] / "bin" / "python"), "-c", code],
-                          cwd=installed["outside"], env=env, capture_output=True, text=True,
-                          timeout=60)
+    code = (
+        "from presence_app.backends import scripts; from importlib import resources; "
+        "folder = resources.files('presence_app.backends').joinpath('lua'); print(folder); "
+        "print(*sorted(p.name for p in folder.iterdir() if p.name.endswith('.lua'))); "
+        "print(len(scripts.lua('presence', 'attach')) > 0)"
+    )
+    done = subprocess.run(
+        [str(installed["venv"] / "bin" / "python"), "-c", code],
+        cwd=installed["outside"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     folder, names, loaded = done.stdout.splitlines()
     assert Path(folder).is_relative_to(installed["venv"]), folder

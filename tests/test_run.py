@@ -1,4 +1,5 @@
 """``python run.py`` as an operator runs it: zero configuration, signals, one-line errors."""
+
 from __future__ import annotations
 
 import asyncio
@@ -38,8 +39,7 @@ def test_runs_with_no_configuration(app_process, tmp_path):
     # No launcher in between: the process we started is the one listening.
     assert printed_pid == server.proc.pid
     process = psutil.Process(server.proc.pid)
-    listening = [c for c in process.net_connections(kind="tcp")
-                 if c.status == psutil.CONN_LISTEN]
+    listening = [c for c in process.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN]
     assert [c.laddr.port for c in listening] == [server.port]
     assert process.children(recursive=True) == []
     took = server.terminate(STOP_SECONDS)
@@ -80,7 +80,12 @@ def test_sigterm_closes_sockets_1001_and_a_restart_keeps_sessions(app_process, t
 def run_bad(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "run.py", "--data-dir", str(tmp_path / "data"), *args],
-        cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=60)
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, mentions: str) -> None:
@@ -95,15 +100,25 @@ def assert_one_line_error(result: subprocess.CompletedProcess, mentions: str) ->
     assert mentions in errors[0]
 
 
-@pytest.mark.parametrize("args,mentions", [
-    (["--port", "abc"], "--port"),
-    (["--bcrypt-rounds", "2"], "--bcrypt-rounds"),
-    (["--processes", "2"], "--redis-url"),
-    (["--database-url", "mysql://x"], "--database-url"),
-    (["--session-days", "inf"], "--session-days"),
-    (["--database-url", "postgresql://nobody@127.0.0.1:1/nothing"], "database"),
-], ids=["port-abc", "bcrypt-2", "processes-without-redis", "mysql", "session-days-inf",
-        "unreachable-database"])
+@pytest.mark.parametrize(
+    "args,mentions",
+    [
+        (["--port", "abc"], "--port"),
+        (["--bcrypt-rounds", "2"], "--bcrypt-rounds"),
+        (["--processes", "2"], "--redis-url"),
+        (["--database-url", "mysql://x"], "--database-url"),
+        (["--session-days", "inf"], "--session-days"),
+        (["--database-url", "postgresql://nobody@127.0.0.1:1/nothing"], "database"),
+    ],
+    ids=[
+        "port-abc",
+        "bcrypt-2",
+        "processes-without-redis",
+        "mysql",
+        "session-days-inf",
+        "unreachable-database",
+    ],
+)
 def test_bad_configuration_is_one_stderr_line_and_exit_2(tmp_path, args, mentions):
     assert_one_line_error(run_bad(tmp_path, "--port", str(free_port()), *args), mentions)
 
@@ -126,13 +141,16 @@ def test_a_hung_shutdown_is_cut_short_by_the_watchdog() -> None:
     """Whatever hangs after SIGTERM (here a non-daemon thread that would keep the interpreter
     waiting for 30 s), the process is gone at the watchdog's deadline, with exit code 1 and
     one error line."""
-    code = ("import threading, time, run\n"
-            "run.setup_logging(run.load_settings([]))\n"
-            "run.start_shutdown_watchdog(0.5)\n"
-            "threading.Thread(target=time.sleep, args=(30,)).start()\n")
+    code = (
+        "import threading, time, run\n"
+        "run.setup_logging(run.load_settings([]))\n"
+        "run.start_shutdown_watchdog(0.5)\n"
+        "threading.Thread(target=time.sleep, args=(30,)).start()\n"
+    )
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=20)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=20
+    )
     took = time.monotonic() - started
     assert done.returncode == 1 and took < 10, (done.returncode, took, done.stderr)
     assert "Shutdown did not finish within 0.5 s; exiting now" in done.stderr
@@ -142,6 +160,7 @@ def test_listen_backlog_holds_a_reconnect_storm() -> None:
     """The listening socket queues thousands of handshakes (a restart's reconnect storm), not
     Tornado's default 128 whose overflow costs clients 1-15 s SYN retries."""
     import run
+
     sockets = tornado.netutil.bind_sockets(0, "127.0.0.1", backlog=run.LISTEN_BACKLOG)
     try:
         port = sockets[0].getsockname()[1]
@@ -162,11 +181,13 @@ SIGNUPS = 40
 SLOW_COST = "11"  # ~0.1-0.3 s a hash here: 40 sign-ups on one thread outlast any drain
 
 
-async def _sign_ups_across_a_sigterm(url: str, proc: subprocess.Popen,
-                                     count: int = SIGNUPS) -> tuple[dict, float]:
+async def _sign_ups_across_a_sigterm(
+    url: str, proc: subprocess.Popen, count: int = SIGNUPS
+) -> tuple[dict, float]:
     """``count`` sign-ups at once; SIGTERM as soon as the first one is through. Returns
     each name's status (599: no answer) and how long the process took to exit."""
     from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
     http = AsyncHTTPClient(force_instance=True, max_clients=count + 10)
     try:
         client = PresenceClient(url)
@@ -174,13 +195,19 @@ async def _sign_ups_across_a_sigterm(url: str, proc: subprocess.Popen,
         token = await client.xsrf()
 
         async def signup(name: str) -> int:
-            body = urlencode({"username": name, "password": PASSWORD, "confirm": PASSWORD,
-                              "_xsrf": token})
+            body = urlencode(
+                {"username": name, "password": PASSWORD, "confirm": PASSWORD, "_xsrf": token}
+            )
             try:
                 response = await http.fetch(
-                    url + "signup", method="POST", body=body, raise_error=False,
-                    headers={"Cookie": client.cookie_header()}, follow_redirects=False,
-                    request_timeout=15)
+                    url + "signup",
+                    method="POST",
+                    body=body,
+                    raise_error=False,
+                    headers={"Cookie": client.cookie_header()},
+                    follow_redirects=False,
+                    request_timeout=15,
+                )
             except (HTTPClientError, OSError):  # refused, reset or closed: no answer
                 return 599
             return response.code
@@ -198,8 +225,7 @@ async def _sign_ups_across_a_sigterm(url: str, proc: subprocess.Popen,
         http.close()
 
 
-def test_sigterm_lets_requests_finish_or_refuses_them_having_done_nothing(app_process,
-                                                                          tmp_path):
+def test_sigterm_lets_requests_finish_or_refuses_them_having_done_nothing(app_process, tmp_path):
     """Each request in flight at a SIGTERM either completes (302, the account exists) or is
     refused having done nothing (503 or no connection: no account); never a 500, and the
     process is still gone within 5 s."""
@@ -208,9 +234,11 @@ def test_sigterm_lets_requests_finish_or_refuses_them_having_done_nothing(app_pr
     log = server.log()
     with sqlite3.connect(tmp_path / "data" / "presence.db") as db:
         created = {row[0] for row in db.execute("SELECT username FROM users")}
-    print(f"\nsign-ups across a SIGTERM: {sorted(codes.values()).count(302)} completed, "
-          f"{list(codes.values()).count(503)} refused with 503, "
-          f"{list(codes.values()).count(599)} without an answer; exit after {took:.2f} s")
+    print(
+        f"\nsign-ups across a SIGTERM: {sorted(codes.values()).count(302)} completed, "
+        f"{list(codes.values()).count(503)} refused with 503, "
+        f"{list(codes.values()).count(599)} without an answer; exit after {took:.2f} s"
+    )
     assert server.proc.returncode == 0, log
     assert took < STOP_SECONDS
     assert set(codes.values()) <= {302, 503, 599}, codes
@@ -221,10 +249,10 @@ def test_sigterm_lets_requests_finish_or_refuses_them_having_done_nothing(app_pr
 
 def test_sigterm_lets_running_requests_finish(app_process, tmp_path):
     """Within the drain timeout, the requests running at a SIGTERM all complete."""
-    server = app_process("--bcrypt-rounds", SLOW_COST, "--bcrypt-threads", "1",
-                         "--drain-timeout", "2.5")
-    codes, took = asyncio.run(_sign_ups_across_a_sigterm(server.url + "/", server.proc,
-                                                         count=3))
+    server = app_process(
+        "--bcrypt-rounds", SLOW_COST, "--bcrypt-threads", "1", "--drain-timeout", "2.5"
+    )
+    codes, took = asyncio.run(_sign_ups_across_a_sigterm(server.url + "/", server.proc, count=3))
     with sqlite3.connect(tmp_path / "data" / "presence.db") as db:
         created = {row[0] for row in db.execute("SELECT username FROM users")}
     assert list(codes.values()) == [302] * 3 and set(codes) == created, codes

@@ -4,6 +4,7 @@
 Per delivery the hot path is: one ``recvmsg`` syscall, a frame header decode, one dict
 lookup keyed by the payload bytes (a fanned-out event has the same bytes on every socket),
 two appends to ``array('q')``. JSON is parsed once per distinct payload, not per delivery."""
+
 from __future__ import annotations
 
 import asyncio
@@ -34,9 +35,25 @@ class OpenFailed(Exception):
 class Conn:
     """One client WebSocket on a raw non-blocking socket, read when the ``Poller`` says."""
 
-    __slots__ = ("loop", "group", "sock", "fd", "state", "buf", "frag", "t_send", "t_open",
-                 "t_close", "opened", "closed", "bytes_in", "close_code", "paused", "label",
-                 "error")
+    __slots__ = (
+        "loop",
+        "group",
+        "sock",
+        "fd",
+        "state",
+        "buf",
+        "frag",
+        "t_send",
+        "t_open",
+        "t_close",
+        "opened",
+        "closed",
+        "bytes_in",
+        "close_code",
+        "paused",
+        "label",
+        "error",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, group: Group, label: str) -> None:
         self.loop = loop
@@ -56,8 +73,9 @@ class Conn:
         self.error = ""
 
     # -- opening --------------------------------------------------------------------------
-    async def open(self, addr: tuple[str, int], request: bytes, timeout: float,
-                   rcvbuf: int = 0) -> bool:
+    async def open(
+        self, addr: tuple[str, int], request: bytes, timeout: float, rcvbuf: int = 0
+    ) -> bool:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
@@ -71,8 +89,9 @@ class Conn:
             await asyncio.wait_for(self.loop.sock_connect(sock, addr), timeout)
             sock.send(request)
             POLLER.register(self)
-            await asyncio.wait_for(asyncio.shield(self.opened),
-                                   max(deadline - time.monotonic(), 0.001))
+            await asyncio.wait_for(
+                asyncio.shield(self.opened), max(deadline - time.monotonic(), 0.001)
+            )
             return True
         except TimeoutError:
             self.fail("timeout")
@@ -116,8 +135,14 @@ class Conn:
             kts = uts
         size = len(data)
         self.bytes_in += size
-        if self.state == OPEN and not self.buf and size > 2 and data[0] == 0x81 and \
-                data[1] == size - 2 and size < 128:
+        if (
+            self.state == OPEN
+            and not self.buf
+            and size > 2
+            and data[0] == 0x81
+            and data[1] == size - 2
+            and size < 128
+        ):
             group = self.group
             if group.record:
                 payload = data[2:]
@@ -148,7 +173,7 @@ class Conn:
                 self.fail(f"HTTP {data[9:12].decode('latin-1', 'replace')}")
                 return
             self.state = SNAPSHOT
-            data = data[end + 4:]
+            data = data[end + 4 :]
         self._walk(data, kts, uts)
 
     def _walk(self, data: bytes, kts: int, uts: int) -> None:
@@ -166,7 +191,7 @@ class Conn:
             elif length == 127:
                 if size - pos < 10:
                     break
-                length = int.from_bytes(data[pos + 2:pos + 10], "big")
+                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
                 start = pos + 10
             end = start + length
             if end > size:
@@ -193,8 +218,10 @@ class Conn:
                 if len(rec.kts) == rec.target:
                     group.completed(rec)
             return
-        if payload.startswith(b'{"type":"snapshot"') or \
-                group.parsed(payload).get("type") == "snapshot":
+        if (
+            payload.startswith(b'{"type":"snapshot"')
+            or group.parsed(payload).get("type") == "snapshot"
+        ):
             self.state = OPEN
             self.t_open = kts
             group.open_count += 1
@@ -296,8 +323,7 @@ class Conn:
         """Close with a RST (no TIME_WAIT), e.g. after a timeout."""
         if self.sock is not None:
             try:
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                     struct.pack("ii", 1, 0))
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             except OSError:
                 pass
         self.finish()

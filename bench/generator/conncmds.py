@@ -1,5 +1,6 @@
 """The worker commands over groups of ``Conn`` sockets (observers, movers, a stalled
 client): ``LoadGen.call(i, "<name>", ...)`` runs ``cmd_<name>(worker, ...)`` here."""
+
 from __future__ import annotations
 
 import asyncio
@@ -22,14 +23,25 @@ def percentiles_ms(values: list[float]) -> dict[str, float]:
 
     def pick(q: float) -> float:
         return round(values[min(len(values) - 1, int(q * len(values)))], 3)
+
     return {"p50": pick(0.5), "p95": pick(0.95), "p99": pick(0.99), "max": round(values[-1], 3)}
 
 
-async def cmd_open(worker: Worker, group: str, targets: list[tuple[str, int]], count: int,
-                   headers: list[dict[str, str]], concurrency: int, timeout: float,
-                   record: bool = True, offset: int = 0, rcvbuf: int = 0,
-                   path: str = "/ws", labels: list[str] | None = None,
-                   progress: bool = False) -> dict[str, Any]:
+async def cmd_open(
+    worker: Worker,
+    group: str,
+    targets: list[tuple[str, int]],
+    count: int,
+    headers: list[dict[str, str]],
+    concurrency: int,
+    timeout: float,
+    record: bool = True,
+    offset: int = 0,
+    rcvbuf: int = 0,
+    path: str = "/ws",
+    labels: list[str] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Open ``count`` sockets; socket j goes to ``targets[(offset + j) % len]`` with
     ``headers[j % len]``. Returns when all are open or have failed."""
     g = worker.group(group, record)
@@ -55,8 +67,18 @@ async def cmd_open(worker: Worker, group: str, targets: list[tuple[str, int]], c
 
     await worker.wait_reporting(
         [loop.create_task(one(j)) for j in range(count)],
-        (lambda: {"progress": "open", "worker": worker.index, "group": group,
-                  "open": g.open_count, "of": base + count}) if progress else None)
+        (
+            lambda: {
+                "progress": "open",
+                "worker": worker.index,
+                "group": group,
+                "open": g.open_count,
+                "of": base + count,
+            }
+        )
+        if progress
+        else None,
+    )
     g.conns.extend(c for c in new if c.state != CLOSED)
     gc.collect()
     gc.freeze()
@@ -67,7 +89,8 @@ def opened(new: list[Conn], count: int, started: int) -> dict[str, Any]:
     """What ``cmd_open`` reports about the sockets it opened."""
     ok = [c for c in new if c.state == OPEN]
     return {
-        "requested": count, "open": len(ok),
+        "requested": count,
+        "open": len(ok),
         "errors": dict(Counter(c.error for c in new if c.error)),
         "t_start": started,
         "t_first_send": min((c.t_send for c in new), default=0),
@@ -78,15 +101,16 @@ def opened(new: list[Conn], count: int, started: int) -> dict[str, Any]:
     }
 
 
-async def cmd_close(worker: Worker, group: str, timeout: float = 10.0,
-                    concurrency: int = 0) -> dict[str, Any]:
+async def cmd_close(
+    worker: Worker, group: str, timeout: float = 10.0, concurrency: int = 0
+) -> dict[str, Any]:
     """Closing handshake on every socket of the group; RST for those not done in time."""
     g = worker.group(group)
     conns = [c for c in g.conns if c.state != CLOSED]
     t_close = time_ns()
     if concurrency:
         for i in range(0, len(conns), concurrency):
-            for conn in conns[i:i + concurrency]:
+            for conn in conns[i : i + concurrency]:
                 conn.close()
             await asyncio.sleep(0)
     else:
@@ -101,12 +125,17 @@ async def cmd_close(worker: Worker, group: str, timeout: float = 10.0,
             conn.abort()
             aborted += 1
     g.conns = [c for c in g.conns if c.state != CLOSED]
-    return {"closed": len(conns) - aborted, "aborted": aborted, "t_close": t_close,
-            "t_done": time_ns()}
+    return {
+        "closed": len(conns) - aborted,
+        "aborted": aborted,
+        "t_close": t_close,
+        "t_done": time_ns(),
+    }
 
 
-async def cmd_wait_event(worker: Worker, group: str, username: str, online: bool,
-                         not_before: int, timeout: float) -> dict[str, Any]:
+async def cmd_wait_event(
+    worker: Worker, group: str, username: str, online: bool, not_before: int, timeout: float
+) -> dict[str, Any]:
     """Wait until every open socket of the group has a matching presence event."""
     g = worker.group(group)
     spec = {"username": username, "online": online, "not_before": not_before}
@@ -122,16 +151,26 @@ async def cmd_wait_event(worker: Worker, group: str, username: str, online: bool
                 g.waiters.remove(waiter)
             return {"complete": False, "count": g.best_count(spec), "expected": g.open_count}
     assert rec is not None
-    return {"complete": True, "count": len(rec.kts), "expected": rec.target,
-            "last_kts": max(rec.kts)}
+    return {
+        "complete": True,
+        "count": len(rec.kts),
+        "expected": rec.target,
+        "last_kts": max(rec.kts),
+    }
 
 
 async def cmd_events(worker: Worker, group: str, reset: bool = True) -> list[dict[str, Any]]:
     """Every distinct message the group received, with its timestamps (as bytes)."""
     g = worker.group(group)
-    out = [{"payload": rec.payload, "target": rec.target,
-            "kts": rec.kts.tobytes(), "uts": rec.uts.tobytes()}
-           for rec in g.events.values()]
+    out = [
+        {
+            "payload": rec.payload,
+            "target": rec.target,
+            "kts": rec.kts.tobytes(),
+            "uts": rec.uts.tobytes(),
+        }
+        for rec in g.events.values()
+    ]
     if reset:
         g.events = {}
         g.meta = {}
@@ -140,27 +179,34 @@ async def cmd_events(worker: Worker, group: str, reset: bool = True) -> list[dic
 
 async def cmd_counts(worker: Worker, group: str) -> dict[str, Any]:
     g = worker.group(group)
-    return {"deliveries": sum(len(r.kts) for r in g.events.values()),
-            "events": len(g.events), "open": g.open_count,
-            "last_kts": max((r.kts[-1] for r in g.events.values() if len(r.kts)),
-                            default=0)}
+    return {
+        "deliveries": sum(len(r.kts) for r in g.events.values()),
+        "events": len(g.events),
+        "open": g.open_count,
+        "last_kts": max((r.kts[-1] for r in g.events.values() if len(r.kts)), default=0),
+    }
 
 
 async def cmd_status(worker: Worker, group: str) -> dict[str, Any]:
     g = worker.group(group)
-    return {"open": g.open_count, "sockets": len(g.conns),
-            "unexpected_closes": g.unexpected_closes,
-            "close_codes": {str(k): v for k, v in g.close_codes.items()},
-            "bytes_in": sum(c.bytes_in for c in g.conns),
-            "errors": dict(g.errors)}
+    return {
+        "open": g.open_count,
+        "sockets": len(g.conns),
+        "unexpected_closes": g.unexpected_closes,
+        "close_codes": {str(k): v for k, v in g.close_codes.items()},
+        "bytes_in": sum(c.bytes_in for c in g.conns),
+        "errors": dict(g.errors),
+    }
 
 
 async def cmd_pause(worker: Worker, group: str) -> dict[str, Any]:
     g = worker.group(group)
     for conn in g.conns:
         conn.pause()
-    return {"paused": len(g.conns),
-            "ports": [c.sock.getsockname()[1] for c in g.conns if c.sock is not None]}
+    return {
+        "paused": len(g.conns),
+        "ports": [c.sock.getsockname()[1] for c in g.conns if c.sock is not None],
+    }
 
 
 async def cmd_resume(worker: Worker, group: str, wait: float = 0.0) -> dict[str, Any]:
@@ -172,16 +218,25 @@ async def cmd_resume(worker: Worker, group: str, wait: float = 0.0) -> dict[str,
     pending = [c.closed for c in g.conns if not c.closed.done()]
     if wait and pending:
         await asyncio.wait(pending, timeout=wait)
-    return {"bytes_read_after_resume": sum(c.bytes_in for c in g.conns) - before,
-            "closed_by_server": sum(1 for c in g.conns if c.state == CLOSED),
-            "close_codes": [c.close_code for c in g.conns],
-            "sockets": len(g.conns)}
+    return {
+        "bytes_read_after_resume": sum(c.bytes_in for c in g.conns) - before,
+        "closed_by_server": sum(1 for c in g.conns if c.state == CLOSED),
+        "close_codes": [c.close_code for c in g.conns],
+        "sockets": len(g.conns),
+    }
 
 
-async def cmd_churn(worker: Worker, group: str, targets: list[tuple[str, int]],
-                    headers: list[dict[str, str]], labels: list[str], duration: float,
-                    timeout: float = 10.0, hold: float = 0.0,
-                    rcvbuf: int = 0) -> dict[str, Any]:
+async def cmd_churn(
+    worker: Worker,
+    group: str,
+    targets: list[tuple[str, int]],
+    headers: list[dict[str, str]],
+    labels: list[str],
+    duration: float,
+    timeout: float = 10.0,
+    hold: float = 0.0,
+    rcvbuf: int = 0,
+) -> dict[str, Any]:
     """Each mover (one per headers entry) connects, waits for its snapshot, closes, waits
     for the close, and again, for ``duration`` s. Returns every trigger time."""
     g = worker.group(group, record=False)
@@ -216,5 +271,10 @@ async def cmd_churn(worker: Worker, group: str, targets: list[tuple[str, int]],
 
     started = time_ns()
     await asyncio.gather(*(mover(i) for i in range(len(headers))))
-    return {"triggers": triggers, "errors": dict(errors), "cycles": cycles,
-            "t_start": started, "t_end": time_ns()}
+    return {
+        "triggers": triggers,
+        "errors": dict(errors),
+        "cycles": cycles,
+        "t_start": started,
+        "t_end": time_ns(),
+    }

@@ -1,6 +1,7 @@
 """The load generator's controller, ``LoadGen``: it lives in the benchmark runner's event
 loop, starts the worker processes (``multiprocessing``, spawn) and sends them commands over
 pipes (see ``bench.generator.worker``)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -17,8 +18,9 @@ from bench.generator.worker import raise_nofile_limit, worker_main
 class LoadGen:
     """The controller: ``workers`` observer processes plus one process for movers."""
 
-    def __init__(self, workers: int = 0,
-                 progress: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(
+        self, workers: int = 0, progress: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
         self.n_observers = workers or os.cpu_count() or 2
         self.progress = progress
         self.procs: list[Any] = []
@@ -42,8 +44,9 @@ class LoadGen:
         ctx = multiprocessing.get_context("spawn")
         for index in range(self.n_observers + 1):
             parent, child = ctx.Pipe(duplex=True)
-            proc = ctx.Process(target=worker_main, args=(child, index), daemon=True,
-                               name=f"loadgen-{index}")
+            proc = ctx.Process(
+                target=worker_main, args=(child, index), daemon=True, name=f"loadgen-{index}"
+            )
             proc.start()
             child.close()
             self.procs.append(proc)
@@ -83,27 +86,46 @@ class LoadGen:
         return await fut
 
     async def call_observers(self, cmd: str, **kwargs: Any) -> list[Any]:
-        return list(await asyncio.gather(*(self.call(i, cmd, **kwargs)
-                                           for i in self.observers)))
+        return list(await asyncio.gather(*(self.call(i, cmd, **kwargs) for i in self.observers)))
 
-    async def open_observers(self, group: str, targets: list[tuple[str, int]], count: int,
-                             headers: dict[str, str], concurrency: int = 400,
-                             timeout: float = 60.0) -> dict[str, Any]:
+    async def open_observers(
+        self,
+        group: str,
+        targets: list[tuple[str, int]],
+        count: int,
+        headers: dict[str, str],
+        concurrency: int = 400,
+        timeout: float = 60.0,
+    ) -> dict[str, Any]:
         """Open ``count`` observers spread over the observer processes and the targets."""
         n = self.n_observers
         shares = [count // n + (1 if i < count % n else 0) for i in range(n)]
         offsets = [sum(shares[:i]) for i in range(n)]
         per = max(concurrency // n, 1)
-        results = await asyncio.gather(*(
-            self.call(i, "open", group=group, targets=targets, count=shares[i],
-                      headers=[headers], concurrency=per, timeout=timeout,
-                      offset=offsets[i], progress=True)
-            for i in range(n) if shares[i]))
+        results = await asyncio.gather(
+            *(
+                self.call(
+                    i,
+                    "open",
+                    group=group,
+                    targets=targets,
+                    count=shares[i],
+                    headers=[headers],
+                    concurrency=per,
+                    timeout=timeout,
+                    offset=offsets[i],
+                    progress=True,
+                )
+                for i in range(n)
+                if shares[i]
+            )
+        )
         errors: Counter[str] = Counter()
         for r in results:
             errors.update(r["errors"])
         return {
-            "requested": count, "open": sum(r["open"] for r in results),
+            "requested": count,
+            "open": sum(r["open"] for r in results),
             "errors": dict(errors),
             "t_first_send": min(r["t_first_send"] for r in results),
             "t_last_open": max(r["t_last_open"] for r in results),

@@ -1,6 +1,7 @@
 """The sockets of one role (observers, movers, a stalled client) inside one worker, and
 what they received: per distinct message, the receive timestamp of every delivery; the
 ``Poller`` that knows which socket each ``Conn`` reads."""
+
 from __future__ import annotations
 
 import asyncio
@@ -71,9 +72,12 @@ class Group:
 
     @staticmethod
     def matches(spec: dict[str, Any], meta: dict[str, Any], rec: EventRecord) -> bool:
-        return (meta.get("type") == "presence" and meta.get("username") == spec["username"]
-                and bool(meta.get("online")) == spec["online"]
-                and rec.kts[0] >= spec["not_before"])
+        return (
+            meta.get("type") == "presence"
+            and meta.get("username") == spec["username"]
+            and bool(meta.get("online")) == spec["online"]
+            and rec.kts[0] >= spec["not_before"]
+        )
 
     def find_complete(self, spec: dict[str, Any]) -> EventRecord | None:
         for rec in self.events.values():

@@ -2,6 +2,7 @@
 belongs to, its state, connecting (until the snapshot) and closing. Reading frames
 (``viewread``), reconnecting like the page (``viewretry``) and checking the final view
 (``viewcheck``) are mixins over this base; ``bench.views.View`` puts them together."""
+
 from __future__ import annotations
 
 import asyncio
@@ -81,19 +82,71 @@ class ViewGroup:
 class ViewBase:
     """One page-like client's state, its connection attempts and its closing."""
 
-    __slots__ = ("group", "loop", "target", "request", "label", "full", "sock", "fd",
-                 "state", "pending", "pending_total", "frag", "frag_rsv1", "deflate",
-                 "inflater", "t_send", "t_open", "t_first_send", "t_last", "t_last_presence",
-                 "opened", "closed", "bytes_in", "frames", "presence", "conn_presence",
-                 "snap_wire", "snap_raw", "snap_frames", "snap_compressed", "snap_payload",
-                 "snaps", "events", "track_t", "track_c", "mark_presence", "mark_bytes",
-                 "mark_frames", "mark_events", "close_code", "error", "attempt", "attempts",
-                 "refused", "dead", "retry", "t_conn_open", "connections", "probe_request",
-                 "probes", "probe_failures", "snap_index", "gate")
+    __slots__ = (
+        "group",
+        "loop",
+        "target",
+        "request",
+        "label",
+        "full",
+        "sock",
+        "fd",
+        "state",
+        "pending",
+        "pending_total",
+        "frag",
+        "frag_rsv1",
+        "deflate",
+        "inflater",
+        "t_send",
+        "t_open",
+        "t_first_send",
+        "t_last",
+        "t_last_presence",
+        "opened",
+        "closed",
+        "bytes_in",
+        "frames",
+        "presence",
+        "conn_presence",
+        "snap_wire",
+        "snap_raw",
+        "snap_frames",
+        "snap_compressed",
+        "snap_payload",
+        "snaps",
+        "events",
+        "track_t",
+        "track_c",
+        "mark_presence",
+        "mark_bytes",
+        "mark_frames",
+        "mark_events",
+        "close_code",
+        "error",
+        "attempt",
+        "attempts",
+        "refused",
+        "dead",
+        "retry",
+        "t_conn_open",
+        "connections",
+        "probe_request",
+        "probes",
+        "probe_failures",
+        "snap_index",
+        "gate",
+    )
 
-    def __init__(self, group: ViewGroup, loop: asyncio.AbstractEventLoop,
-                 target: tuple[str, int], headers: dict[str, str], label: str,
-                 full: bool) -> None:
+    def __init__(
+        self,
+        group: ViewGroup,
+        loop: asyncio.AbstractEventLoop,
+        target: tuple[str, int],
+        headers: dict[str, str],
+        label: str,
+        full: bool,
+    ) -> None:
         self.group, self.loop, self.target, self.label, self.full = group, loop, target, label, full
         hdrs = dict(headers)
         hdrs.setdefault("Origin", f"http://{target[0]}:{target[1]}")
@@ -102,9 +155,13 @@ class ViewBase:
         self.request = upgrade_request(target[0], target[1], "/ws", hdrs)
         probe = (group.reconnect or {}).get("probe")
         self.probe_request = (
-            f"GET {probe} HTTP/1.1\r\nHost: {target[0]}:{target[1]}\r\nCookie: "
-            f"{headers.get('Cookie', '')}\r\nConnection: close\r\n\r\n").encode("latin-1") \
-            if probe else b""
+            (
+                f"GET {probe} HTTP/1.1\r\nHost: {target[0]}:{target[1]}\r\nCookie: "
+                f"{headers.get('Cookie', '')}\r\nConnection: close\r\n\r\n"
+            ).encode("latin-1")
+            if probe
+            else b""
+        )
         self.opened: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
         self.events: list[tuple[bytes, int]] | None = [] if full else None
@@ -164,8 +221,9 @@ class ViewBase:
             sock.send(self.request)
             self.state = HANDSHAKE
             self.loop.add_reader(self.fd, self.on_readable)
-            await asyncio.wait_for(asyncio.shield(self.opened),
-                                   max(deadline - time.monotonic(), 0.001))
+            await asyncio.wait_for(
+                asyncio.shield(self.opened), max(deadline - time.monotonic(), 0.001)
+            )
             return True
         except TimeoutError:
             self.fail("timeout")
@@ -252,8 +310,9 @@ class ViewBase:
         if self.sock is not None:
             if rst:
                 try:
-                    self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                         b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    self.sock.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                    )
                 except OSError:
                     pass
             try:

@@ -1,5 +1,6 @@
 """How a page-like view's final state is checked: a full view exactly (snapshot decoded,
 events applied by version), the others by counting (``bench.views`` explains why)."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,9 @@ class Checking(ViewBase):
 
     __slots__ = ()
 
-    def check(self, expect: dict[str, bool], users_total: int,
-              online_marker: bytes | None) -> tuple[str, dict[str, Any]]:
+    def check(
+        self, expect: dict[str, bool], users_total: int, online_marker: bytes | None
+    ) -> tuple[str, dict[str, Any]]:
         """("ok" | "lost" | "unverified" | "closed", details) for this view's final state."""
         if self.state != OPEN:
             return "closed", {}
@@ -33,8 +35,7 @@ class Checking(ViewBase):
             users = self.group.parsed(raw).get("users") or []
             online = sum(1 for u in users if isinstance(u, dict) and u.get("online"))
         missing = users_total - online - self.conn_presence
-        return ("lost" if missing > 0 else "ok"), {"redundant": max(-missing, 0),
-                                                   "raw": len(raw)}
+        return ("lost" if missing > 0 else "ok"), {"redundant": max(-missing, 0), "raw": len(raw)}
 
     def _raw_snapshot(self) -> bytes:
         assert self.snap_payload is not None
@@ -49,7 +50,7 @@ class Checking(ViewBase):
         for user in snap.get("users") or []:
             view[user["username"]] = (bool(user.get("online")), int(user.get("version") or 0))
         me_ok = snap.get("me") == self.label and view.get(self.label, (False, 0))[0]
-        for payload, _kts in (self.events or [])[self.snap_index:]:
+        for payload, _kts in (self.events or [])[self.snap_index :]:
             event = self.group.parsed(payload)
             if event.get("type") != "presence":
                 continue
@@ -57,11 +58,18 @@ class Checking(ViewBase):
             old = view.get(name)
             if old is None or not version or version > old[1]:
                 view[name] = (bool(event.get("online")), version)
-        wrong = [name for name, online in expect.items()
-                 if view.get(name, (None, 0))[0] is not online]
+        wrong = [
+            name for name, online in expect.items() if view.get(name, (None, 0))[0] is not online
+        ]
         online = sum(1 for v in snap.get("users") or [] if v.get("online"))
         markers = [m for m in ONLINE_MARKERS if raw.count(m) == online]
-        details = {"raw": len(raw), "users": len(snap.get("users") or []),
-                   "online_in_snapshot": online, "me_ok": bool(me_ok), "wrong": wrong[:5],
-                   "wrong_count": len(wrong), "online_marker": markers[0] if markers else None}
+        details = {
+            "raw": len(raw),
+            "users": len(snap.get("users") or []),
+            "online_in_snapshot": online,
+            "me_ok": bool(me_ok),
+            "wrong": wrong[:5],
+            "wrong_count": len(wrong),
+            "online_marker": markers[0] if markers else None,
+        }
         return ("lost" if wrong or not me_ok else "ok"), details

@@ -1,5 +1,6 @@
 """How a page-like view reads: presence frames counted at C speed where a read allows it,
 a frame walk otherwise (``bench.views`` explains the fast path)."""
+
 from __future__ import annotations
 
 import zlib
@@ -54,8 +55,13 @@ class FrameReader(ViewBase):
         self.bytes_in += n
         self.t_last = kts
         before = self.presence
-        if self.state == OPEN and self.pending is None and not self.full and \
-                self.group.marker is not None and self._fast(0, n):
+        if (
+            self.state == OPEN
+            and self.pending is None
+            and not self.full
+            and self.group.marker is not None
+            and self._fast(0, n)
+        ):
             pass
         else:
             self.group.slow_reads += 1
@@ -100,8 +106,12 @@ class FrameReader(ViewBase):
             pos = self._complete_pending(pos, n, kts)
             if pos >= n or self.state == CLOSED:
                 return
-        if not (self.state == OPEN and not self.full and self.group.marker is not None
-                and self._fast(pos, n)):
+        if not (
+            self.state == OPEN
+            and not self.full
+            and self.group.marker is not None
+            and self._fast(pos, n)
+        ):
             self._walk(BUF, pos, n, kts)
 
     def _handshake(self, pos: int, n: int, kts: int) -> None:
@@ -121,8 +131,7 @@ class FrameReader(ViewBase):
             return
         for line in head.split("\r\n")[1:]:
             name, _, value = line.partition(":")
-            if name.strip().lower() == "sec-websocket-extensions" and \
-                    "permessage-deflate" in value:
+            if name.strip().lower() == "sec-websocket-extensions" and "permessage-deflate" in value:
                 self.deflate = True
                 if "server_no_context_takeover" not in value:
                     self.inflater = zlib.decompressobj(-15)
@@ -137,7 +146,7 @@ class FrameReader(ViewBase):
         total = self.pending_total
         if total < 0:
             take = min(n - pos, 10)
-            p += BUF[pos:pos + take]
+            p += BUF[pos : pos + take]
             pos += take
             total = frame_total(p)
             if total < 0:
@@ -147,7 +156,7 @@ class FrameReader(ViewBase):
                 del p[total:]
         if len(p) < total:
             take = min(n - pos, total - len(p))
-            p += BUF[pos:pos + take]
+            p += BUF[pos : pos + take]
             pos += take
             if len(p) < total:
                 self.pending_total = total
@@ -170,7 +179,7 @@ class FrameReader(ViewBase):
             elif length == 127:
                 if size - pos < 10:
                     break
-                length = int.from_bytes(data[pos + 2:pos + 10], "big")
+                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
                 start = pos + 10
             end = start + length
             if end > size:
@@ -259,8 +268,7 @@ class FrameReader(ViewBase):
         if not self.opened.done():
             self.opened.set_result(None)
 
-    def _keep_snapshot(self, wire: bytes, raw: bytes | None, compressed: bool,
-                       frames: int) -> None:
+    def _keep_snapshot(self, wire: bytes, raw: bytes | None, compressed: bool, frames: int) -> None:
         self.snap_wire, self.snap_frames, self.snap_compressed = len(wire), frames, compressed
         self.snap_raw = len(raw) if raw is not None else (0 if compressed else len(wire))
         group = self.group

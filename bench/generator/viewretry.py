@@ -1,5 +1,6 @@
 """How a page-like view reconnects: like the page (static/js/connection.js), with a GET of
 the page's probe path before each attempt."""
+
 from __future__ import annotations
 
 import asyncio
@@ -25,7 +26,7 @@ class Reconnecting(ViewBase):
             return
         if self.t_conn_open and time_ns() - self.t_conn_open >= policy["stable_s"] * 1e9:
             self.attempt = 0
-        ceiling = min(policy["cap_s"], policy["base_s"] * 2 ** self.attempt)
+        ceiling = min(policy["cap_s"], policy["base_s"] * 2**self.attempt)
         if code == 1001:
             ceiling = max(ceiling, policy["first_s"])
         self.attempt += 1

@@ -5,6 +5,7 @@ connection goes through.
 
 Timestamps are ``CLOCK_REALTIME`` nanoseconds (``time.time_ns()``), comparable across
 processes."""
+
 from __future__ import annotations
 
 import base64
@@ -41,9 +42,11 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
 def upgrade_request(host: str, port: int, path: str, headers: dict[str, str]) -> bytes:
     key = base64.b64encode(os.urandom(16)).decode("ascii")
     extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-    return (f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\n{extra}\r\n").encode("latin-1")
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        f"Sec-WebSocket-Version: 13\r\n{extra}\r\n"
+    ).encode("latin-1")
 
 
 def frame_total(head: bytes | bytearray) -> int:

@@ -6,6 +6,7 @@ A command name resolves to: ``module:name`` -> ``bench.<module>.cmd_<name>(worke
 (``viewcmds:open``); a process command -> a ``Worker.cmd_<name>`` method (ping, reset,
 rusage, forget, stop_churn); anything else -> ``bench.generator.conncmds.cmd_<name>(worker,
 ...)``, the commands over ``Conn`` groups (open, close, churn...)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -118,8 +119,9 @@ class Worker:
         else:
             self.reply(req_id, True, result)
 
-    async def wait_reporting(self, tasks: list[asyncio.Task[None]],
-                             note: Callable[[], dict[str, Any]] | None) -> None:
+    async def wait_reporting(
+        self, tasks: list[asyncio.Task[None]], note: Callable[[], dict[str, Any]] | None
+    ) -> None:
         """Wait for every task; meanwhile send ``note()`` as a progress note once a second."""
         last = time.monotonic()
         pending = set(tasks)

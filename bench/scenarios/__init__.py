@@ -6,6 +6,7 @@ Each module has ``async def run(runner) -> dict`` (the scenario's figures, for t
 and ``targets(results)`` and ``render(results)``: its rows of the report's targets table and
 its Markdown section (``bench.report`` puts them in order). ``common`` holds what they share,
 ``cells`` how the tables show a value."""
+
 from __future__ import annotations
 
 import importlib
@@ -14,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from bench.runner import Runner
 
-SCENARIOS = ["connect", "fanout", "churn", "crossproc", "login", "slow", "distinct",
-             "reconnect"]
+SCENARIOS = ["connect", "fanout", "churn", "crossproc", "login", "slow", "distinct", "reconnect"]
 
 
 async def run(runner: Runner, name: str) -> dict[str, Any]:

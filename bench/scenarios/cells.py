@@ -1,4 +1,5 @@
 """Values as the cells of the report's Markdown tables show them."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -3,6 +3,7 @@ their snapshot and close, again and again, at once, while observers (sockets of 
 count every event, against every target; with ``distinct``, N distinct users online and
 movers at a fixed rate (``bench.scenarios.churn_distinct``, the app only). The churn phase
 here also fills the stalled client's buffers in ``slow``."""
+
 from __future__ import annotations
 
 import asyncio
@@ -27,6 +28,7 @@ async def run(runner: Runner) -> dict[str, Any]:
         out = await run_one(runner)
     if "distinct" in runner.opts.churn_modes and "app" in runner.opts.targets:
         from bench.scenarios import churn_distinct  # numpy, the app's models: only if needed
+
         out["distinct"] = await churn_distinct.run(runner)
     return out
 
@@ -40,22 +42,38 @@ async def run_one(runner: Runner) -> dict[str, Any]:
             await runner.settle()
             out[kind] = await phase(runner, dep, o.churn_n, o.movers, o.churn_seconds, kind)
     if "app" in out and "reference" in out:
-        out["ratio_events_per_s"] = ratio(out["app"]["events_per_s"],
-                                          out["reference"]["events_per_s"])
+        out["ratio_events_per_s"] = ratio(
+            out["app"]["events_per_s"], out["reference"]["events_per_s"]
+        )
     return out
 
 
-async def phase(runner: Runner, dep: Deployment, observers: int, movers: int, seconds: float,
-                label: str, watch: Watch | None = None) -> dict[str, Any]:
+async def phase(
+    runner: Runner,
+    dep: Deployment,
+    observers: int,
+    movers: int,
+    seconds: float,
+    label: str,
+    watch: Watch | None = None,
+) -> dict[str, Any]:
     """``movers`` users connect, wait for their snapshot, close, and again, at once."""
     lg = runner.loadgen
     headers = await dep.mover_headers(movers)
     labels = [f"mover-{i}" for i in range(movers)]
     probe = Probe(dep, runner.gen_cpu)
     await probe.__aenter__()
-    task = asyncio.ensure_future(lg.call(lg.mover, "churn", group="churn",
-                                         targets=dep.targets[:1], headers=headers,
-                                         labels=labels, duration=seconds))
+    task = asyncio.ensure_future(
+        lg.call(
+            lg.mover,
+            "churn",
+            group="churn",
+            targets=dep.targets[:1],
+            headers=headers,
+            labels=labels,
+            duration=seconds,
+        )
+    )
     watched = None
     if watch is not None:
         watched = await watch(task)
@@ -67,21 +85,31 @@ async def phase(runner: Runner, dep: Deployment, observers: int, movers: int, se
     result = analyse(merged, observers, r["triggers"], set(labels))
     ends = [e["t_last"] for e in result["event_list"] if e.get("t_last")]
     span = (max(ends) - r["t_start"]) / 1e9 if ends else seconds
-    result.update({
-        "n": observers, "movers": movers, "seconds": seconds, "cycles": r["cycles"],
-        "mover_errors": r["errors"], "triggers": len(r["triggers"]),
-        "events_per_s": round(result["events"] / span, 1) if span else None,
-        "deliveries_per_s_sustained": round(result["deliveries"] / span) if span else None,
-        "movers_left_online": left_online(merged, set(labels)), "span_s": round(span, 2),
-        "server_cpu_s": probe.result["server_cpu_s"],
-        "generator_cpu_s": probe.result["generator_cpu_s"], "probe": probe.result,
-    })
+    result.update(
+        {
+            "n": observers,
+            "movers": movers,
+            "seconds": seconds,
+            "cycles": r["cycles"],
+            "mover_errors": r["errors"],
+            "triggers": len(r["triggers"]),
+            "events_per_s": round(result["events"] / span, 1) if span else None,
+            "deliveries_per_s_sustained": round(result["deliveries"] / span) if span else None,
+            "movers_left_online": left_online(merged, set(labels)),
+            "span_s": round(span, 2),
+            "server_cpu_s": probe.result["server_cpu_s"],
+            "generator_cpu_s": probe.result["generator_cpu_s"],
+            "probe": probe.result,
+        }
+    )
     if watched is not None:
         result["watch"] = watched
     s = result["last_observer_ms"]
-    runner.log(f"  {label}: {result['events']} events in {span:.1f} s = "
-               f"{result['events_per_s']} events/s to {observers} observers; last observer "
-               f"p95 {s['p95']} ms; lost {result['lost']}")
+    runner.log(
+        f"  {label}: {result['events']} events in {span:.1f} s = "
+        f"{result['events_per_s']} events/s to {observers} observers; last observer "
+        f"p95 {s['p95']} ms; lost {result['lost']}"
+    )
     return result
 
 
@@ -115,20 +143,25 @@ def render(results: dict[str, Any]) -> list[str]:
     churn = results["scenarios"].get("churn")
     if not churn or "error" in churn or "movers" not in churn:
         return []
-    lines = [f"## Churn ({churn['movers']} movers at once for {churn['seconds']} s, "
-             f"{churn['n']} observers)", "",
-             "| server | events/s | deliveries/s | events | lost | last observer p50 / "
-             "p95 ms | movers left online | server CPU s | generator CPU s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"## Churn ({churn['movers']} movers at once for {churn['seconds']} s, "
+        f"{churn['n']} observers)",
+        "",
+        "| server | events/s | deliveries/s | events | lost | last observer p50 / "
+        "p95 ms | movers left online | server CPU s | generator CPU s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for kind in KINDS:
         if kind in churn:
             c = churn[kind]
             s = c["last_observer_ms"]
-            lines.append(f"| {kind} | {fmt(c['events_per_s'])} | "
-                         f"{fmt(c['deliveries_per_s_sustained'])} | {c['events']} | "
-                         f"{c['lost']} | {fmt(s['p50'])} / {fmt(s['p95'])} | "
-                         f"{c['movers_left_online']} | {fmt(c['server_cpu_s'])} | "
-                         f"{fmt(c['generator_cpu_s'])} |")
+            lines.append(
+                f"| {kind} | {fmt(c['events_per_s'])} | "
+                f"{fmt(c['deliveries_per_s_sustained'])} | {c['events']} | "
+                f"{c['lost']} | {fmt(s['p50'])} / {fmt(s['p95'])} | "
+                f"{c['movers_left_online']} | {fmt(c['server_cpu_s'])} | "
+                f"{fmt(c['generator_cpu_s'])} |"
+            )
     if "ratio_events_per_s" in churn:
         lines.append(f"| ratio | {fmt(churn['ratio_events_per_s'])} | | | | | | | |")
     lines.append("")

@@ -1,6 +1,7 @@
 """Scenario ``fanout``: one mover connects and disconnects while N observers (sockets of one
 user) wait for each event; observers grow through the sizes of ``--sweep`` in one server.
 The cycles are also the probe of ``crossproc`` and ``slow``."""
+
 from __future__ import annotations
 
 import asyncio
@@ -35,8 +36,9 @@ async def run(runner: Runner) -> dict[str, Any]:
     return out
 
 
-async def sweep(runner: Runner, dep: Deployment, sizes: list[int], k: int,
-                label: str) -> dict[str, Any]:
+async def sweep(
+    runner: Runner, dep: Deployment, sizes: list[int], k: int, label: str
+) -> dict[str, Any]:
     results: dict[str, Any] = {}
     have = 0
     for size in sizes:
@@ -49,8 +51,9 @@ async def sweep(runner: Runner, dep: Deployment, sizes: list[int], k: int,
     return results
 
 
-async def cycles(runner: Runner, dep: Deployment, observers: int, k: int,
-                 label: str) -> dict[str, Any]:
+async def cycles(
+    runner: Runner, dep: Deployment, observers: int, k: int, label: str
+) -> dict[str, Any]:
     """One warm-up cycle and ``k`` measured ones: the mover connects (an online event),
     every observer has it; the mover closes (offline), every observer has it."""
     mover = (await dep.mover_headers(1))[0]
@@ -67,42 +70,63 @@ async def cycles(runner: Runner, dep: Deployment, observers: int, k: int,
         timeouts += missed
     await probe.__aexit__(None, None, None)
     parts = await runner.loadgen.call_observers("events", group="obs", reset=True)
-    result = analyse(merge_events(parts), observers, triggers, {MOVER},
-                     skip_before=measured_from)
+    result = analyse(merge_events(parts), observers, triggers, {MOVER}, skip_before=measured_from)
     events = max(result["events"], 1)
-    result.update({
-        "n": observers, "k": k, "wait_timeouts": timeouts,
-        "server_cpu_ms_per_event": round(probe.result["server_cpu_s"] * 1e3 / events, 2),
-        "generator_cpu_ms_per_event": round(probe.result["generator_cpu_s"] * 1e3 / events,
-                                            2),
-        "probe": probe.result,
-    })
+    result.update(
+        {
+            "n": observers,
+            "k": k,
+            "wait_timeouts": timeouts,
+            "server_cpu_ms_per_event": round(probe.result["server_cpu_s"] * 1e3 / events, 2),
+            "generator_cpu_ms_per_event": round(probe.result["generator_cpu_s"] * 1e3 / events, 2),
+            "probe": probe.result,
+        }
+    )
     s = result["last_observer_ms"]
-    runner.log(f"  {label} N={observers}: last observer p50 {s['p50']} ms, p95 {s['p95']} "
-               f"ms, max {s['max']} ms; {result['deliveries_per_s']} deliveries/s; "
-               f"lost {result['lost']}")
+    runner.log(
+        f"  {label} N={observers}: last observer p50 {s['p50']} ms, p95 {s['p95']} "
+        f"ms, max {s['max']} ms; {result['deliveries_per_s']} deliveries/s; "
+        f"lost {result['lost']}"
+    )
     return result
 
 
-async def one_cycle(runner: Runner, dep: Deployment, mover: dict[str, str],
-                    triggers: list[tuple[str, bool, int]]) -> tuple[int, int]:
+async def one_cycle(
+    runner: Runner, dep: Deployment, mover: dict[str, str], triggers: list[tuple[str, bool, int]]
+) -> tuple[int, int]:
     """The mover connects and every observer has its online event; it closes and every
     observer has its offline event. Returns the connect time and the observers' timeouts."""
     lg = runner.loadgen
-    m = await lg.call(lg.mover, "open", group="mov", targets=dep.targets[:1], count=1,
-                      headers=[mover], concurrency=1, timeout=30.0, record=False)
+    m = await lg.call(
+        lg.mover,
+        "open",
+        group="mov",
+        targets=dep.targets[:1],
+        count=1,
+        headers=[mover],
+        concurrency=1,
+        timeout=30.0,
+        record=False,
+    )
     if not m["open"]:
         raise RuntimeError(f"the mover could not connect: {m['errors']}")
     t_on = m["t_send"][0]
     triggers.append((MOVER, True, t_on))
-    waits = await lg.call_observers("wait_event", group="obs", username=MOVER,
-                                    online=True, not_before=t_on, timeout=30.0)
+    waits = await lg.call_observers(
+        "wait_event", group="obs", username=MOVER, online=True, not_before=t_on, timeout=30.0
+    )
     timeouts = sum(1 for w in waits if not w["complete"])
     await asyncio.sleep(0.05)
     c = await lg.call(lg.mover, "close", group="mov", timeout=10.0)
     triggers.append((MOVER, False, c["t_close"]))
-    waits = await lg.call_observers("wait_event", group="obs", username=MOVER,
-                                    online=False, not_before=c["t_close"], timeout=30.0)
+    waits = await lg.call_observers(
+        "wait_event",
+        group="obs",
+        username=MOVER,
+        online=False,
+        not_before=c["t_close"],
+        timeout=30.0,
+    )
     timeouts += sum(1 for w in waits if not w["complete"])
     await asyncio.sleep(0.05)
     return t_on, timeouts
@@ -116,47 +140,65 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     a, r = fan["app"][size], fan["reference"][size]
     p95 = ratio(a["last_observer_ms"]["p95"], r["last_observer_ms"]["p95"])
     dps = ratio(a["deliveries_per_s"], r["deliveries_per_s"])
-    return [target(f"fan-out p95 at N={size} vs reference", p95, "<= 1.3 and nothing lost",
-                   p95 is not None and p95 <= 1.3 and a["lost"] == 0,
-                   f"{a['last_observer_ms']['p95']} ms vs {r['last_observer_ms']['p95']} ms; "
-                   f"lost {a['lost']}"),
-            target(f"deliveries/s at N={size} vs reference", dps, ">= 0.8",
-                   dps is not None and dps >= 0.8,
-                   f"{a['deliveries_per_s']} vs {r['deliveries_per_s']}")]
+    return [
+        target(
+            f"fan-out p95 at N={size} vs reference",
+            p95,
+            "<= 1.3 and nothing lost",
+            p95 is not None and p95 <= 1.3 and a["lost"] == 0,
+            f"{a['last_observer_ms']['p95']} ms vs {r['last_observer_ms']['p95']} ms; "
+            f"lost {a['lost']}",
+        ),
+        target(
+            f"deliveries/s at N={size} vs reference",
+            dps,
+            ">= 0.8",
+            dps is not None and dps >= 0.8,
+            f"{a['deliveries_per_s']} vs {r['deliveries_per_s']}",
+        ),
+    ]
 
 
 def render(results: dict[str, Any]) -> list[str]:
     fan = results["scenarios"].get("fanout")
     if not fan or "error" in fan:
         return []
-    lines = [f"## Fan-out (one mover, {fan['k']} connect/disconnect cycles = "
-             f"{2 * fan['k']} events per size, after a warm-up cycle)", "",
-             "Time until the last observer has the event (kernel receive timestamps; "
-             "user-space read time in brackets), per-delivery p99, deliveries/s, lost.",
-             "Other CPU: what other processes used meanwhile. Drops/RTO: packets dropped "
-             "from the loopback backlog and TCP retransmission timeouts during the phase "
-             "(each costs >= 200 ms). Server GC: time in the server's cyclic garbage "
-             "collector (bench.gcprobe).",
-             "", "| N | server | p50 ms | p95 ms | max ms | delivery p99 ms | "
-             "deliveries/s | lost | server CPU ms/event | generator CPU ms/event | "
-             "other CPU s | drops/RTO | server GC ms (full passes, longest) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"## Fan-out (one mover, {fan['k']} connect/disconnect cycles = "
+        f"{2 * fan['k']} events per size, after a warm-up cycle)",
+        "",
+        "Time until the last observer has the event (kernel receive timestamps; "
+        "user-space read time in brackets), per-delivery p99, deliveries/s, lost.",
+        "Other CPU: what other processes used meanwhile. Drops/RTO: packets dropped "
+        "from the loopback backlog and TCP retransmission timeouts during the phase "
+        "(each costs >= 200 ms). Server GC: time in the server's cyclic garbage "
+        "collector (bench.gcprobe).",
+        "",
+        "| N | server | p50 ms | p95 ms | max ms | delivery p99 ms | "
+        "deliveries/s | lost | server CPU ms/event | generator CPU ms/event | "
+        "other CPU s | drops/RTO | server GC ms (full passes, longest) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for size in map(str, fan["sizes"]):
         for kind in KINDS:
             if kind in fan:
                 lines.append(row(size, kind, fan[kind][size]))
         if "ratios" in fan:
             q = fan["ratios"][size]
-            lines.append(f"| {size} | ratio | {fmt(q['p50'])} | {fmt(q['p95'])} | | | "
-                         f"{fmt(q['deliveries_per_s'])} | | | | | | |")
+            lines.append(
+                f"| {size} | ratio | {fmt(q['p50'])} | {fmt(q['p95'])} | | | "
+                f"{fmt(q['deliveries_per_s'])} | | | | | | |"
+            )
     lines.append("")
     return lines
 
 
 def row(size: str, kind: str, r: dict[str, Any]) -> str:
     s, u = r["last_observer_ms"], r["last_observer_user_ms"]
-    return (f"| {size} | {kind} | {fmt(s['p50'])} ({fmt(u['p50'])}) | {fmt(s['p95'])} "
-            f"({fmt(u['p95'])}) | {fmt(s['max'])} | {fmt(r['per_delivery_ms']['p99'])} | "
-            f"{fmt(r['deliveries_per_s'])} | {r['lost']} | "
-            f"{fmt(r['server_cpu_ms_per_event'])} | {fmt(r['generator_cpu_ms_per_event'])} "
-            f"| {fmt(r['probe']['other_cpu_s'])} | {drops(r['probe'])} | {gc_ms(r['probe'])} |")
+    return (
+        f"| {size} | {kind} | {fmt(s['p50'])} ({fmt(u['p50'])}) | {fmt(s['p95'])} "
+        f"({fmt(u['p95'])}) | {fmt(s['max'])} | {fmt(r['per_delivery_ms']['p99'])} | "
+        f"{fmt(r['deliveries_per_s'])} | {r['lost']} | "
+        f"{fmt(r['server_cpu_ms_per_event'])} | {fmt(r['generator_cpu_ms_per_event'])} "
+        f"| {fmt(r['probe']['other_cpu_s'])} | {drops(r['probe'])} | {gc_ms(r['probe'])} |"
+    )

@@ -7,6 +7,7 @@ upgrades are retried.
 Measured: seconds from the SIGTERM until every client has a fresh snapshot *and*
 ``/api/users`` shows everyone online (the target, BENCHMARKS.md, Summary: 15 s at
 N=10,000)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -31,9 +32,14 @@ if TYPE_CHECKING:
 
 
 def policy(opts: Any) -> dict[str, Any]:
-    return {"first_s": opts.reconnect_first, "base_s": opts.backoff_base,
-            "cap_s": opts.backoff_cap, "stable_s": 10.0, "timeout_s": 30.0,
-            "probe": opts.reconnect_probe}
+    return {
+        "first_s": opts.reconnect_first,
+        "base_s": opts.backoff_base,
+        "cap_s": opts.backoff_cap,
+        "stable_s": 10.0,
+        "timeout_s": 30.0,
+        "probe": opts.reconnect_probe,
+    }
 
 
 async def api_all_online(url: str, cookie: str, names: set[str]) -> tuple[bool, int]:
@@ -47,9 +53,15 @@ async def api_all_online(url: str, cookie: str, names: set[str]) -> tuple[bool, 
 async def run(runner: Runner) -> dict[str, Any]:
     o = runner.opts
     names = usernames("u", o.n)
-    out: dict[str, Any] = {"n": o.n, "processes": o.app_processes, "broker": o.broker,
-                           "database": o.database, "compress_offered": o.compress,
-                           "policy": policy(o), "app_args": list(o.app_arg)}
+    out: dict[str, Any] = {
+        "n": o.n,
+        "processes": o.app_processes,
+        "broker": o.broker,
+        "database": o.database,
+        "compress_offered": o.compress,
+        "policy": policy(o),
+        "app_args": list(o.app_arg),
+    }
     if "app" not in o.targets:
         return out
     seeder = Seeder(names)
@@ -57,46 +69,63 @@ async def run(runner: Runner) -> dict[str, Any]:
         assert isinstance(dep, AppDeployment)
         out.update(await restart(runner, dep, seeder, names))
     rep = out["attempts_per_view"]
-    runner.log(f"  restart: every client fresh after {out['last_fresh_s']} s, /api/users "
-               f"all online after {out['seconds']} s; lost {out['lost']}; "
-               f"attempts per client max {rep['max']}")
+    runner.log(
+        f"  restart: every client fresh after {out['last_fresh_s']} s, /api/users "
+        f"all online after {out['seconds']} s; lost {out['lost']}; "
+        f"attempts per client max {rep['max']}"
+    )
     return out
 
 
-async def restart(runner: Runner, dep: AppDeployment, seeder: Seeder,
-                  names: list[str]) -> dict[str, Any]:
+async def restart(
+    runner: Runner, dep: AppDeployment, seeder: Seeder, names: list[str]
+) -> dict[str, Any]:
     """Connect every client, restart the app, wait until every client is back."""
     o, n = runner.opts, len(names)
-    r = await open_views(runner, dep, seeder.headers(names), names, "views",
-                         view_options(o, policy(o)), timeout=o.storm_timeout)
+    r = await open_views(
+        runner,
+        dep,
+        seeder.headers(names),
+        names,
+        "views",
+        view_options(o, policy(o)),
+        timeout=o.storm_timeout,
+    )
     settled = await wait_settled(runner, "views", timeout=o.storm_timeout)
-    runner.log(f"  {r['open']}/{n} clients connected, settled={settled['settled']}; "
-               "restarting the app")
+    runner.log(
+        f"  {r['open']}/{n} clients connected, settled={settled['settled']}; restarting the app"
+    )
     await asyncio.sleep(0.5 if o.quick else 2.0)
     times = await dep.restart()
     t0 = times["t_term"]
-    runner.log(f"  app down for {(times['t_exit'] - t0) / 1e9:.2f} s, ready again after "
-               f"{(times['t_ready'] - t0) / 1e9:.2f} s")
+    runner.log(
+        f"  app down for {(times['t_exit'] - t0) / 1e9:.2f} s, ready again after "
+        f"{(times['t_ready'] - t0) / 1e9:.2f} s"
+    )
     deadline = time.monotonic() + o.reconnect_timeout
     c = await wait_fresh(runner, n, t0, deadline)
     all_fresh = c.get("fresh", 0) >= n
     t_api, api_online = 0, 0
     if all_fresh:
-        t_api, api_online = await wait_api(dep.servers[0].url, seeder.cookies[names[0]],
-                                           set(names), deadline)
+        t_api, api_online = await wait_api(
+            dep.servers[0].url, seeder.cookies[names[0]], set(names), deadline
+        )
     settled = await wait_settled(runner, "views", timeout=60.0)
     rep = await report(runner, "views", names)
     total = (t_api - t0) / 1e9 if t_api else None
     return {
-        "connected_before": r["open"], "errors_before": r["errors"],
+        "connected_before": r["open"],
+        "errors_before": r["errors"],
         "down_s": round((times["t_exit"] - t0) / 1e9, 3),
         "ready_s": round((times["t_ready"] - t0) / 1e9, 3),
-        "fresh": c.get("fresh", 0), "all_fresh": all_fresh,
-        "last_fresh_s": round((c["t_last_fresh"] - t0) / 1e9, 3) if c.get("t_last_fresh")
-        else None,
+        "fresh": c.get("fresh", 0),
+        "all_fresh": all_fresh,
+        "last_fresh_s": round((c["t_last_fresh"] - t0) / 1e9, 3) if c.get("t_last_fresh") else None,
         "api_all_online_s": round(total, 3) if total else None,
-        "api_online_at_end": api_online, "seconds": round(total, 3) if total else None,
-        "server_cpu_since_restart_s": round(dep.cpu(), 2), "settled": settled["settled"],
+        "api_online_at_end": api_online,
+        "seconds": round(total, 3) if total else None,
+        "server_cpu_since_restart_s": round(dep.cpu(), 2),
+        "settled": settled["settled"],
         **rep,
     }
 
@@ -130,30 +159,40 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     if "lost" not in r:
         return []
     s = r.get("seconds")
-    return [target(f"restart with {r['n']} distinct clients: fresh snapshots and /api/users "
-                   "true", s, "<= 15 s, nothing lost",
-                   s is not None and s <= 15 and r["lost"] == 0,
-                   f"every client fresh after {r['last_fresh_s']} s; lost {r['lost']}")]
+    return [
+        target(
+            f"restart with {r['n']} distinct clients: fresh snapshots and /api/users true",
+            s,
+            "<= 15 s, nothing lost",
+            s is not None and s <= 15 and r["lost"] == 0,
+            f"every client fresh after {r['last_fresh_s']} s; lost {r['lost']}",
+        )
+    ]
 
 
 def render(results: dict[str, Any]) -> list[str]:
     r = results["scenarios"].get("reconnect", {})
     if "lost" not in r:
         return []
-    return [f"## Restart with N={r['n']} distinct page-like clients ({setup(r)}; app "
-            f"args {' '.join(r['app_args']) or 'none'})", "",
-            "Seconds from the SIGTERM. Clients reconnect like the page: full-jitter "
-            f"backoff (base {r['policy']['base_s']} s, cap {r['policy']['cap_s']} s), "
-            f"at least random 0-{r['policy']['first_s']} s after a 1001; before each "
-            f"attempt GET {r['policy']['probe'] or '(nothing)'}.", "",
-            "| processes exited | ready again | every client has a fresh snapshot | "
-            "/api/users shows everyone online | lost | attempts per client mean / max | "
-            "refused attempts | probes (failed) | snapshot bytes on the wire p50 | "
-            "bytes per client mean | server CPU s since the restart |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-            f"| {fmt(r['down_s'])} | {fmt(r['ready_s'])} | {fmt(r['last_fresh_s'])} | "
-            f"**{fmt(r['seconds'])}** | {r['lost']} | {pair(r['attempts_per_view'])} | "
-            f"{fmt(r['refused'])} | {fmt(r['probes'])} ({fmt(r['probe_failures'])}) | "
-            f"{fmt(r['snapshot_wire_bytes']['p50'])} | "
-            f"{fmt(r['bytes_per_view']['mean'])} | "
-            f"{fmt(r['server_cpu_since_restart_s'])} |", ""]
+    return [
+        f"## Restart with N={r['n']} distinct page-like clients ({setup(r)}; app "
+        f"args {' '.join(r['app_args']) or 'none'})",
+        "",
+        "Seconds from the SIGTERM. Clients reconnect like the page: full-jitter "
+        f"backoff (base {r['policy']['base_s']} s, cap {r['policy']['cap_s']} s), "
+        f"at least random 0-{r['policy']['first_s']} s after a 1001; before each "
+        f"attempt GET {r['policy']['probe'] or '(nothing)'}.",
+        "",
+        "| processes exited | ready again | every client has a fresh snapshot | "
+        "/api/users shows everyone online | lost | attempts per client mean / max | "
+        "refused attempts | probes (failed) | snapshot bytes on the wire p50 | "
+        "bytes per client mean | server CPU s since the restart |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| {fmt(r['down_s'])} | {fmt(r['ready_s'])} | {fmt(r['last_fresh_s'])} | "
+        f"**{fmt(r['seconds'])}** | {r['lost']} | {pair(r['attempts_per_view'])} | "
+        f"{fmt(r['refused'])} | {fmt(r['probes'])} ({fmt(r['probe_failures'])}) | "
+        f"{fmt(r['snapshot_wire_bytes']['p50'])} | "
+        f"{fmt(r['bytes_per_view']['mean'])} | "
+        f"{fmt(r['server_cpu_since_restart_s'])} |",
+        "",
+    ]

@@ -6,6 +6,7 @@ into a status and the form again. Everything between is here: the field limits, 
 bcrypt of a sign-up, the failed-login throttle, the session rotation (``replaces``) and the
 closing of the replaced session's sockets in every process.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,6 +33,7 @@ class SessionEvents(Protocol):
 
 class SignedIn(NamedTuple):
     """A new session: who it is for, and the token for the session cookie."""
+
     user: SessionUser
     token: str
 
@@ -40,28 +42,30 @@ class AuthService:
     """``throttle`` counts failed logins per (name, address): in memory for one process, in
     Redis for a deployment (``services.make_throttle``)."""
 
-    def __init__(self, accounts: AccountService, throttle: Throttle,
-                 events: SessionEvents) -> None:
+    def __init__(self, accounts: AccountService, throttle: Throttle, events: SessionEvents) -> None:
         self.accounts = accounts
         self.throttle = throttle
         self.events = events
 
-    async def register(self, username: str, password: str, confirm: str,
-                       replaces: str | None = None) -> SignedIn:
+    async def register(
+        self, username: str, password: str, confirm: str, replaces: str | None = None
+    ) -> SignedIn:
         """A new account, logged in: one bcrypt, and the account and its session written
         together. ``replaces``: the session token the browser presented (revoked, as at
         login). Raises ``FieldTooLong``, ``InvalidUsername``, ``PasswordTooShort``,
         ``PasswordTooLong``, ``PasswordHasNul``, ``PasswordMismatch`` or ``UsernameTaken``."""
         check_input(username, password, confirm)
-        created = await self.accounts.create_user_with_session(username, password, confirm,
-                                                               replaces)
+        created = await self.accounts.create_user_with_session(
+            username, password, confirm, replaces
+        )
         log.info("New account %s", username)
         await self._rotated(created)
         await self.events.user_signed_up(username)
         return SignedIn(created.user, created.token)
 
-    async def login(self, username: str, password: str, address: str,
-                    replaces: str | None = None) -> SignedIn:
+    async def login(
+        self, username: str, password: str, address: str, replaces: str | None = None
+    ) -> SignedIn:
         """A new session if the password is right, from ``address`` (the client's); the
         session of ``replaces`` (the token presented) is revoked and its sockets closed
         everywhere. Raises ``LoginThrottled`` (even for the right password) or

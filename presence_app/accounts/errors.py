@@ -5,6 +5,7 @@ pages and ``presence users`` show the same words) and carries what it needs (the
 was crossed, the seconds to wait). None says how to answer: the web layer maps every type to
 an HTTP status in one table (``handlers.base.SERVICE_ERRORS``); the domain speaks no HTTP.
 """
+
 from __future__ import annotations
 
 LOGIN_FAILED = "Wrong username or password."
@@ -16,8 +17,9 @@ class AccountError(Exception):
 
 class InvalidUsername(AccountError):
     def __init__(self, min_chars: int, max_chars: int) -> None:
-        super().__init__(f"Usernames are {min_chars}-{max_chars} characters: letters, digits, "
-                         "_ . or -.")
+        super().__init__(
+            f"Usernames are {min_chars}-{max_chars} characters: letters, digits, _ . or -."
+        )
         self.min_chars, self.max_chars = min_chars, max_chars
 
 

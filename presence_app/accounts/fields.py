@@ -3,6 +3,7 @@
 The checks, the error messages, the sign-up page's hints, the login throttle's key and the
 skipped lookups of impossible names all read these constants; nothing else spells them out.
 """
+
 from __future__ import annotations
 
 import re
@@ -63,4 +64,4 @@ def clip_username(username: str) -> str:
     """A typed name as shown back on the form, logged and counted by the login throttle:
     clipped one character past the longest possible name, so that memory and pages stay
     small and a clipped name still differs from every real one."""
-    return username[:MAX_USERNAME_CHARS + 1]
+    return username[: MAX_USERNAME_CHARS + 1]

@@ -6,6 +6,7 @@ that sends a thousand logins therefore delays another address's login by at most
 job, instead of queueing minutes of hashing in front of everyone; a cap on the jobs one
 address may have waiting answers the excess at once (``HashingBusy``: a 429).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -139,8 +140,9 @@ class PasswordHasher:
     def _finished(self, job: _Job, result: asyncio.Future[Any]) -> None:
         self._running -= 1
         elapsed = time.monotonic() - job.started
-        self._job_seconds = elapsed if not self._job_seconds else \
-            0.9 * self._job_seconds + 0.1 * elapsed
+        self._job_seconds = (
+            elapsed if not self._job_seconds else 0.9 * self._job_seconds + 0.1 * elapsed
+        )
         error = result.exception()  # always retrieved, whatever the waiter does
         if not job.future.done():  # the waiter may have been cancelled
             if error is not None:

@@ -1,5 +1,6 @@
 """Accounts and server-side sessions: the stored accounts, password checks, opaque revocable
 session tokens and their cache. The sign-up and login use cases are in ``auth.py``."""
+
 from __future__ import annotations
 
 import asyncio
@@ -31,6 +32,7 @@ MAX_REVOKED = 10_000
 class SessionUser:
     """Who a session cookie belongs to. ``session_id`` is the stored token hash;
     ``expires_at`` (UTC) is kept with each socket so it can be closed when the session ends."""
+
     user_id: int
     username: str
     session_id: str
@@ -41,6 +43,7 @@ class SessionUser:
 class NewSession:
     """A session just created: the cookie ``token``, and the session it replaced (rotation),
     whose sockets must now be closed everywhere, if there was one."""
+
     user: SessionUser
     token: str
     revoked: str | None = None
@@ -140,8 +143,9 @@ class AccountService:
             raise UsernameTaken() from None
         return UserRecord(username, None)
 
-    async def create_user_with_session(self, username: str, password: str, confirm: str,
-                                       replaces: str | None = None) -> NewSession:
+    async def create_user_with_session(
+        self, username: str, password: str, confirm: str, replaces: str | None = None
+    ) -> NewSession:
         """An account and its first session in one write transaction: both exist or neither.
         ``replaces`` (the token the browser presented) is revoked, as at login."""
         user = await self._new_account(username, password, confirm)
@@ -156,8 +160,9 @@ class AccountService:
             raise UsernameTaken() from None
         if revoked:
             self.forget(revoked)
-        return NewSession(SessionUser(user.id, username, token_hash(token), expires),
-                          token, revoked)
+        return NewSession(
+            SessionUser(user.id, username, token_hash(token), expires), token, revoked
+        )
 
     async def authenticate(self, username: str, password: str) -> SessionUser | None:
         """The user if the password matches, else None (the same bcrypt work either way)."""
@@ -165,7 +170,8 @@ class AccountService:
         if possible_username(username):
             async with self.db.read() as session:
                 user = await session.scalar(
-                    select(User).where(User.username_key == username.lower()))
+                    select(User).where(User.username_key == username.lower())
+                )
         ok = await self.hasher.check(password, user.password_hash if user else None)
         # A disabled account fails like a wrong password, after the same bcrypt: the login
         # page must not tell anyone which names exist (see README, "Admin commands").
@@ -182,14 +188,18 @@ class AccountService:
             expires = self._add_session(session, user.user_id, token)
         if revoked:
             self.forget(revoked)
-        return NewSession(SessionUser(user.user_id, user.username, token_hash(token), expires),
-                          token, revoked)
+        return NewSession(
+            SessionUser(user.user_id, user.username, token_hash(token), expires), token, revoked
+        )
 
     def _add_session(self, session: AsyncSession, user_id: int, token: str) -> dt.datetime:
         now = utcnow()
         expires = now + self.session_lifetime
-        session.add(Session(token_hash=token_hash(token), user_id=user_id, created_at=now,
-                            expires_at=expires))
+        session.add(
+            Session(
+                token_hash=token_hash(token), user_id=user_id, created_at=now, expires_at=expires
+            )
+        )
         return expires
 
     async def _delete_session(self, session: AsyncSession, token: str | None) -> str | None:
@@ -244,10 +254,13 @@ class AccountService:
     async def _load_sessions(self, keys: list[str]) -> dict[str, SessionUser]:
         started, generation = time.monotonic(), self._generation
         async with self.db.read() as session:
-            rows = (await session.execute(
-                select(Session.token_hash, User.id, User.username, Session.expires_at)
-                .join(Session, Session.user_id == User.id)
-                .where(Session.token_hash.in_(keys), User.disabled_at.is_(None)))).all()
+            rows = (
+                await session.execute(
+                    select(Session.token_hash, User.id, User.username, Session.expires_at)
+                    .join(Session, Session.user_id == User.id)
+                    .where(Session.token_hash.in_(keys), User.disabled_at.is_(None))
+                )
+            ).all()
         # Cache only what no revocation can have overtaken: the broker was healthy all along
         # and the cache was not cleared meanwhile.
         cache = generation == self._generation and self._cache_usable()
@@ -256,8 +269,10 @@ class AccountService:
             key, expires = row.token_hash, aware(row.expires_at) or now
             if expires <= now:
                 continue
-            if key in self._revoked or \
-                    self._revoked_users.get(row.username.lower(), -1.0) >= started:
+            if (
+                key in self._revoked
+                or self._revoked_users.get(row.username.lower(), -1.0) >= started
+            ):
                 continue  # revoked while this lookup was running
             found[key] = user = SessionUser(row.id, row.username, key, expires)
             if cache:
@@ -277,11 +292,16 @@ class AccountService:
         live: set[str] = set()
         for start in range(0, len(ids), SESSION_BATCH):
             async with self.db.read() as session:
-                rows = (await session.execute(
-                    select(Session.token_hash, Session.expires_at)
-                    .join(User, Session.user_id == User.id)
-                    .where(Session.token_hash.in_(ids[start:start + SESSION_BATCH]),
-                           User.disabled_at.is_(None)))).all()
+                rows = (
+                    await session.execute(
+                        select(Session.token_hash, Session.expires_at)
+                        .join(User, Session.user_id == User.id)
+                        .where(
+                            Session.token_hash.in_(ids[start : start + SESSION_BATCH]),
+                            User.disabled_at.is_(None),
+                        )
+                    )
+                ).all()
             live.update(r.token_hash for r in rows if (aware(r.expires_at) or now) > now)
         return live
 
@@ -299,7 +319,8 @@ class AccountService:
         user_id = select(User.id).where(User.username_key == username.lower())
         async with self.db.write() as session:
             result = await session.execute(
-                delete(Session).where(Session.user_id.in_(user_id.scalar_subquery())))
+                delete(Session).where(Session.user_id.in_(user_id.scalar_subquery()))
+            )
         self.forget_user(username)
         return int(getattr(result, "rowcount", 0) or 0)
 
@@ -310,8 +331,11 @@ class AccountService:
 
     async def all_users(self) -> list[UserRecord]:
         async with self.db.read() as session:
-            rows = (await session.execute(
-                select(User.username, User.last_seen).order_by(func.lower(User.username)))).all()
+            rows = (
+                await session.execute(
+                    select(User.username, User.last_seen).order_by(func.lower(User.username))
+                )
+            ).all()
         return [UserRecord(r.username, aware(r.last_seen)) for r in rows]
 
 

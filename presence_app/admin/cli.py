@@ -9,6 +9,7 @@ Exit codes: 0 done, 1 no such user (or the change could not be made: the account
 database or Redis is unreachable), 2 usage (unknown command, bad option, a name or password
 the sign-up rules refuse).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,14 +30,20 @@ from presence_app.config import ConfigError, Settings, make_parser, settings_fro
 from presence_app.db.database import Database
 
 OK, FAILED, USAGE = 0, 1, 2
-DB_ACTIONS = {"upgrade": "migrate the schema to the latest revision",
-              "current": "print the schema revision and the latest one"}
-USER_ACTIONS = {"list": "every account", "show": "one account",
-                "add": "create an account (password from PRESENCE_PASSWORD or a prompt)",
-                "disable": "refuse logins and end every session",
-                "enable": "allow logins again", "delete": "delete the account everywhere",
-                "reset-password": "set a new password and end every session",
-                "revoke-sessions": "end every session (sockets close with 4001)"}
+DB_ACTIONS = {
+    "upgrade": "migrate the schema to the latest revision",
+    "current": "print the schema revision and the latest one",
+}
+USER_ACTIONS = {
+    "list": "every account",
+    "show": "one account",
+    "add": "create an account (password from PRESENCE_PASSWORD or a prompt)",
+    "disable": "refuse logins and end every session",
+    "enable": "allow logins again",
+    "delete": "delete the account everywhere",
+    "reset-password": "set a new password and end every session",
+    "revoke-sessions": "end every session (sockets close with 4001)",
+}
 NEEDS_NAME = set(USER_ACTIONS) - {"list"}
 CHANGES = NEEDS_NAME - {"show"}
 
@@ -49,8 +56,11 @@ def make_admin_parser(group: str) -> argparse.ArgumentParser:
     actions = DB_ACTIONS if group == "db" else USER_ACTIONS
     parser = make_parser(os.environ)
     parser.prog = f"presence {group}"
-    parser.usage = f"%(prog)s {{{','.join(actions)}}}" + (" [NAME]" if group == "users" else "") \
+    parser.usage = (
+        f"%(prog)s {{{','.join(actions)}}}"
+        + (" [NAME]" if group == "users" else "")
         + " [server options: --database-url, --redis-url, --redis-prefix, --data-dir, ...]"
+    )
     parser.description = "; ".join(f"{name}: {what}" for name, what in actions.items())
     parser.add_argument("action", choices=list(actions), help="what to do")
     if group == "users":
@@ -62,8 +72,11 @@ def main(argv: Sequence[str], out: TextIO | None = None, err: TextIO | None = No
     """``argv`` starts with ``db`` or ``users``; returns the exit code."""
     out, err = out or sys.stdout, err or sys.stderr
     if not argv or argv[0] not in ("db", "users"):
-        print("usage: presence db {upgrade,current} | presence users "
-              "{" + ",".join(USER_ACTIONS) + "} [NAME] [options]", file=err)
+        print(
+            "usage: presence db {upgrade,current} | presence users "
+            "{" + ",".join(USER_ACTIONS) + "} [NAME] [options]",
+            file=err,
+        )
         return USAGE
     group = argv[0]
     parser = make_admin_parser(group)
@@ -75,8 +88,10 @@ def main(argv: Sequence[str], out: TextIO | None = None, err: TextIO | None = No
         settings = settings_from_args(args)
         name = getattr(args, "name", None)
         if group == "users" and (args.action in NEEDS_NAME) != bool(name):
-            raise UsageError(f"users {args.action} " + ("needs a NAME" if args.action in
-                                                        NEEDS_NAME else "takes no NAME"))
+            raise UsageError(
+                f"users {args.action} "
+                + ("needs a NAME" if args.action in NEEDS_NAME else "takes no NAME")
+            )
         if group == "db":
             return asyncio.run(run_db(settings, args.action, out, err))
         password = read_password() if args.action in ("add", "reset-password") else ""
@@ -86,8 +101,9 @@ def main(argv: Sequence[str], out: TextIO | None = None, err: TextIO | None = No
         return USAGE
 
 
-def read_password(env: dict[str, str] | None = None,
-                  prompt: Callable[[str], str] = getpass.getpass) -> str:
+def read_password(
+    env: dict[str, str] | None = None, prompt: Callable[[str], str] = getpass.getpass
+) -> str:
     """``PRESENCE_PASSWORD``, else a prompt asked twice, else (no terminal) one stdin line."""
     env = dict(os.environ) if env is None else env
     if "PRESENCE_PASSWORD" in env:
@@ -107,8 +123,10 @@ async def run_db(settings: Settings, action: str, out: TextIO, err: TextIO) -> i
         return await db_action(db, action, out)
     except Exception as exc:  # unreachable, refused, a failing migration: one clear line
         url = db.engine.url.render_as_string(hide_password=True)
-        print(f"error: database {url}: {exc.__class__.__name__}: "
-              f"{str(exc).splitlines()[0][:200]}", file=err)
+        print(
+            f"error: database {url}: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}",
+            file=err,
+        )
         return FAILED
     finally:
         await db.close()
@@ -117,12 +135,19 @@ async def run_db(settings: Settings, action: str, out: TextIO, err: TextIO) -> i
 async def db_action(db: Database, action: str, out: TextIO) -> int:
     if action == "upgrade":
         before, after = await db.upgrade_schema()
-        print(f"database at revision {after}" + (
-            "" if before == after else f" (was {before or 'empty'})"), file=out)
+        print(
+            f"database at revision {after}"
+            + ("" if before == after else f" (was {before or 'empty'})"),
+            file=out,
+        )
     else:
         from presence_app.db import migrations
-        print(f"current: {await db.schema_revision() or 'none'}\n"
-              f"latest: {migrations.head_revision()}", file=out)
+
+        print(
+            f"current: {await db.schema_revision() or 'none'}\n"
+            f"latest: {migrations.head_revision()}",
+            file=out,
+        )
     return OK
 
 
@@ -132,8 +157,9 @@ def prepare_sqlite_dir(settings: Settings) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
 
 
-async def run_users(settings: Settings, action: str, name: str, password: str,
-                    out: TextIO, err: TextIO) -> int:
+async def run_users(
+    settings: Settings, action: str, name: str, password: str, out: TextIO, err: TextIO
+) -> int:
     """Open the database (upgraded, as the server would) and, for changes with Redis, the
     backend; run one use case; close everything."""
     from presence_app.backends import make_backend
@@ -141,8 +167,9 @@ async def run_users(settings: Settings, action: str, name: str, password: str,
     prepare_sqlite_dir(settings)
     db = Database(settings.database_url)
     hasher = PasswordHasher(settings.bcrypt_rounds, 1)
-    backend = make_backend(settings.broker_url, settings.redis_prefix,
-                           timeout=settings.redis_timeout)
+    backend = make_backend(
+        settings.broker_url, settings.redis_prefix, timeout=settings.redis_timeout
+    )
     # Redis being unreachable is reported below, in one line: not as a warning too.
     logging.getLogger("presence_app.backends.redis_pubsub").setLevel(logging.ERROR)
     try:
@@ -150,8 +177,11 @@ async def run_users(settings: Settings, action: str, name: str, password: str,
             await db.upgrade_schema()
         except Exception as exc:
             url = db.engine.url.render_as_string(hide_password=True)
-            print(f"error: cannot open the database {url}: {exc.__class__.__name__}: "
-                  f"{str(exc).splitlines()[0][:200]}", file=err)
+            print(
+                f"error: cannot open the database {url}: {exc.__class__.__name__}: "
+                f"{str(exc).splitlines()[0][:200]}",
+                file=err,
+            )
             return FAILED
         if action in CHANGES and settings.redis_url:
             await backend.connect()
@@ -161,8 +191,11 @@ async def run_users(settings: Settings, action: str, name: str, password: str,
         admin = UserAdmin(db, AccountService(db, hasher, settings.session_days), backend)
         code = await run_action(admin, action, name, password, out)
         if action in CHANGES and not settings.redis_url and code == OK:
-            print("note: no --redis-url: a running server applies this within a few seconds "
-                  "(its periodic database check)", file=err)
+            print(
+                "note: no --redis-url: a running server applies this within a few seconds "
+                "(its periodic database check)",
+                file=err,
+            )
         return code
     except UserNotFound as exc:
         print(f"error: {exc}", file=err)
@@ -179,35 +212,46 @@ async def run_users(settings: Settings, action: str, name: str, password: str,
         await db.close()
 
 
-async def run_action(admin: UserAdmin, action: str, name: str, password: str,
-                     out: TextIO) -> int:
+async def run_action(admin: UserAdmin, action: str, name: str, password: str, out: TextIO) -> int:
     if action == "list":
         users = await admin.all()
-        print(f"{'USERNAME':<32}  {'STATUS':<8}  {'SESSIONS':>8}  {'LAST SEEN':<20}  CREATED",
-              file=out)
+        print(
+            f"{'USERNAME':<32}  {'STATUS':<8}  {'SESSIONS':>8}  {'LAST SEEN':<20}  CREATED",
+            file=out,
+        )
         for user in users:
-            print(f"{user.username:<32}  {status(user):<8}  {user.sessions:>8}  "
-                  f"{when(user.last_seen):<20}  {when(user.created_at)}", file=out)
+            print(
+                f"{user.username:<32}  {status(user):<8}  {user.sessions:>8}  "
+                f"{when(user.last_seen):<20}  {when(user.created_at)}",
+                file=out,
+            )
         print(f"{len(users)} user(s)", file=out)
     elif action == "show":
         user = await admin.show(name)
-        for label, value in (("username", user.username), ("status", status(user)),
-                             ("disabled at", when(user.disabled_at)),
-                             ("sessions", str(user.sessions)),
-                             ("last seen", when(user.last_seen)),
-                             ("created", when(user.created_at))):
+        for label, value in (
+            ("username", user.username),
+            ("status", status(user)),
+            ("disabled at", when(user.disabled_at)),
+            ("sessions", str(user.sessions)),
+            ("last seen", when(user.last_seen)),
+            ("created", when(user.created_at)),
+        ):
             print(f"{label + ':':<13}{value}", file=out)
     elif action == "add":
         print(f"created user {await admin.add(name, password)}", file=out)
     elif action in ("disable", "enable"):
         stored = await admin.set_disabled(name, action == "disable")
-        print(f"{action}d user {stored}" + (" (sessions ended)" if action == "disable" else ""),
-              file=out)
+        print(
+            f"{action}d user {stored}" + (" (sessions ended)" if action == "disable" else ""),
+            file=out,
+        )
     elif action == "delete":
         print(f"deleted user {await admin.delete(name)}", file=out)
     elif action == "reset-password":
-        print(f"password of {await admin.reset_password(name, password)} reset "
-              f"(sessions ended)", file=out)
+        print(
+            f"password of {await admin.reset_password(name, password)} reset (sessions ended)",
+            file=out,
+        )
     else:
         count = await admin.revoke_sessions(name)
         print(f"ended {count} session(s) of {name}", file=out)
@@ -219,5 +263,4 @@ def status(user: UserInfo) -> str:
 
 
 def when(value: dt.datetime | None) -> str:
-    return "-" if value is None else value.astimezone(dt.UTC).strftime(
-        "%Y-%m-%d %H:%M:%SZ")
+    return "-" if value is None else value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")

@@ -8,6 +8,7 @@ list (clients get ``{"type": "removed"}``), and a new account is announced like 
 With the in-process broker (no Redis) nothing reaches another process: a running server finds
 out from the database within ``sync.DATABASE_CHECK_INTERVAL`` seconds instead.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -62,18 +63,37 @@ class UserAdmin:
         return found[0]
 
     async def _select(self, username: str | None) -> list[UserInfo]:
-        live = (select(Session.user_id, func.count().label("n"))
-                .where(Session.expires_at > utcnow()).group_by(Session.user_id).subquery())
-        query = (select(User.username, User.created_at, User.last_seen, User.disabled_at,
-                        func.coalesce(live.c.n, 0).label("sessions"))
-                 .outerjoin(live, live.c.user_id == User.id)
-                 .order_by(func.lower(User.username)))
+        live = (
+            select(Session.user_id, func.count().label("n"))
+            .where(Session.expires_at > utcnow())
+            .group_by(Session.user_id)
+            .subquery()
+        )
+        query = (
+            select(
+                User.username,
+                User.created_at,
+                User.last_seen,
+                User.disabled_at,
+                func.coalesce(live.c.n, 0).label("sessions"),
+            )
+            .outerjoin(live, live.c.user_id == User.id)
+            .order_by(func.lower(User.username))
+        )
         if username is not None:
             query = query.where(User.username_key == username.lower())
         async with self.db.read() as session:
             rows = (await session.execute(query)).all()
-        return [UserInfo(r.username, aware(r.created_at), aware(r.last_seen),
-                         aware(r.disabled_at), int(r.sessions)) for r in rows]
+        return [
+            UserInfo(
+                r.username,
+                aware(r.created_at),
+                aware(r.last_seen),
+                aware(r.disabled_at),
+                int(r.sessions),
+            )
+            for r in rows
+        ]
 
     async def add(self, username: str, password: str) -> str:
         """Create an account (the sign-up rules apply: an ``AccountError`` otherwise)."""
@@ -117,7 +137,8 @@ class UserAdmin:
         check_username_or_missing(username)
         async with self.db.read() as session:
             name = await session.scalar(
-                select(User.username).where(User.username_key == username.lower()))
+                select(User.username).where(User.username_key == username.lower())
+            )
         if name is None:
             raise UserNotFound(username)
         return str(name)
@@ -126,8 +147,11 @@ class UserAdmin:
         check_username_or_missing(username)
         async with self.db.write() as session:
             name = await session.scalar(
-                update(User).where(User.username_key == username.lower()).values(**values)
-                .returning(User.username))
+                update(User)
+                .where(User.username_key == username.lower())
+                .values(**values)
+                .returning(User.username)
+            )
         if name is None:
             raise UserNotFound(username)
         return str(name)

@@ -21,6 +21,7 @@ atomically, so exactly one process announces each user, with the close time as `
 The deadlines live in the backend, not in the process that recorded them: a process killed
 during a grace leaves nobody online for longer than the grace.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -47,14 +48,22 @@ class UserState:
 
 
 def presence_event(username: str, state: UserState) -> str:
-    return json.dumps({"type": "presence", "username": username, "online": state.online,
-                       "last_seen": state.last_seen, "version": state.version},
-                      separators=(",", ":"))
+    return json.dumps(
+        {
+            "type": "presence",
+            "username": username,
+            "online": state.online,
+            "last_seen": state.last_seen,
+            "version": state.version,
+        },
+        separators=(",", ":"),
+    )
 
 
 @dataclass(frozen=True)
 class Pending:
     """A user no node holds, still listed online until ``deadline`` (seconds since the epoch)."""
+
     username: str
     deadline: float
     last_seen: str
@@ -99,16 +108,16 @@ class Backend(ABC):
     async def close(self) -> None:
         """Release connections (cancel the ``listen`` tasks first)."""
 
-    def login_throttle(self, max_failures: int, window: float,
-                       max_entries: int = 100_000) -> Throttle:
+    def login_throttle(
+        self, max_failures: int, window: float, max_entries: int = 100_000
+    ) -> Throttle:
         """Failed logins counted where this backend keeps its state: in this process by
         default; a shared backend counts them for the whole deployment."""
         return LoginThrottle(max_failures, window, max_entries)
 
     # -- messages ---------------------------------------------------------------------------
     @abstractmethod
-    async def publish(self, message: str) -> None:
-        ...
+    async def publish(self, message: str) -> None: ...
 
     @abstractmethod
     async def listen(self, on_message: MessageHandler, on_resubscribed: ReconnectHandler) -> None:
@@ -160,8 +169,7 @@ class Backend(ABC):
         it (that node forgets it after detaching)."""
 
     @abstractmethod
-    async def states(self) -> dict[str, UserState]:
-        ...
+    async def states(self) -> dict[str, UserState]: ...
 
     @abstractmethod
     async def members(self, node: str) -> set[str]:
@@ -179,8 +187,7 @@ class Backend(ABC):
         """Detach every user of ``node`` if it is dead (or ``force``); the events published."""
 
     @abstractmethod
-    async def dead_nodes(self, me: str) -> list[str]:
-        ...
+    async def dead_nodes(self, me: str) -> list[str]: ...
 
     @abstractmethod
     async def handover(self, node: str, now: str) -> list[str]:

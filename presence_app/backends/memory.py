@@ -4,6 +4,7 @@ A transition changes the state and hands its event to every listener's queue in 
 synchronous step, so nothing can come between them (the Redis backend's Lua scripts give the
 same guarantee across processes).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -181,5 +182,6 @@ class MemoryBackend(Backend):
                 continue
             old = self._states.get(entry.username)
             self._states[entry.username] = UserState(
-                True, next_version(old.version if old else None), entry.last_seen)
+                True, next_version(old.version if old else None), entry.last_seen
+            )
             self._hold(entry)

@@ -15,6 +15,7 @@ Keys (all under the configured prefix ``p``):
 
 Deadlines use Redis's clock (``TIME``), never a process's: processes may disagree on the time.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -36,8 +37,9 @@ class RedisBackend(RedisPubSub):
     def __init__(self, url: str, prefix: str, grace: float = 0.0, timeout: float = 5.0) -> None:
         super().__init__(url, f"{prefix}:events", grace, timeout)
         self.p = prefix
-        self._script = {name: self._client.register_script(lua("presence", name))
-                        for name in _SCRIPTS}
+        self._script = {
+            name: self._client.register_script(lua("presence", name)) for name in _SCRIPTS
+        }
         self._script["forget"] = self._client.register_script(lua("forget"))
         self._epoch_candidate = secrets.token_hex(8)
         self._grace_ms = str(round(grace * 1000))
@@ -46,19 +48,30 @@ class RedisBackend(RedisPubSub):
     def from_url(cls, url: str, prefix: str, grace: float, timeout: float) -> RedisBackend:
         return cls(url, prefix, grace, timeout)
 
-    def login_throttle(self, max_failures: int, window: float,
-                       max_entries: int = 100_000) -> Throttle:
+    def login_throttle(
+        self, max_failures: int, window: float, max_entries: int = 100_000
+    ) -> Throttle:
         """Counted in Redis: the limit holds for the deployment, not per process."""
         from presence_app.backends.redis_throttle import RedisLoginThrottle
+
         return RedisLoginThrottle(self._client, self.p, max_failures, window, max_entries)
 
     def _user_keys(self, node: str, username: str) -> list[str]:
-        return [f"{self.p}:state", f"{self.p}:un:{username}", f"{self.p}:nu:{node}",
-                f"{self.p}:pending", f"{self.p}:closed"]
+        return [
+            f"{self.p}:state",
+            f"{self.p}:un:{username}",
+            f"{self.p}:nu:{node}",
+            f"{self.p}:pending",
+            f"{self.p}:closed",
+        ]
 
     def _unheld_keys(self, username: str) -> list[str]:
-        return [f"{self.p}:state", f"{self.p}:un:{username}", f"{self.p}:pending",
-                f"{self.p}:closed"]
+        return [
+            f"{self.p}:state",
+            f"{self.p}:un:{username}",
+            f"{self.p}:pending",
+            f"{self.p}:closed",
+        ]
 
     async def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         return await self._script[name](keys=keys, args=args)
@@ -69,19 +82,24 @@ class RedisBackend(RedisPubSub):
 
     async def detach(self, node: str, username: str, now: str) -> str | None:
         keys = self._user_keys(node, username)
-        event = await self._run(
-            "detach", keys, [username, node, self.channel, now, self._grace_ms]) or None
+        event = (
+            await self._run("detach", keys, [username, node, self.channel, now, self._grace_ms])
+            or None
+        )
         if event is None and self.grace > 0:
             self.pending_added.set()  # maybe a new deadline: let the sweeper look in time
         return event
 
     async def settle(self, username: str, last_seen: str) -> str | None:
-        return await self._run("settle", self._unheld_keys(username),
-                               [username, self.channel, last_seen]) or None
+        return (
+            await self._run(
+                "settle", self._unheld_keys(username), [username, self.channel, last_seen]
+            )
+            or None
+        )
 
     async def announce(self, username: str) -> str | None:
-        return await self._run("announce", [f"{self.p}:state"],
-                               [username, self.channel]) or None
+        return await self._run("announce", [f"{self.p}:state"], [username, self.channel]) or None
 
     async def forget(self, username: str) -> None:
         await self._run("forget", self._unheld_keys(username), [username])
@@ -117,8 +135,14 @@ class RedisBackend(RedisPubSub):
         return events
 
     async def _reap(self, node: str, now: str, force: bool, grace_ms: str) -> list[str]:
-        keys = [f"{self.p}:state", f"{self.p}:nu:{node}", f"{self.p}:alive:{node}",
-                f"{self.p}:nodes", f"{self.p}:pending", f"{self.p}:closed"]
+        keys = [
+            f"{self.p}:state",
+            f"{self.p}:nu:{node}",
+            f"{self.p}:alive:{node}",
+            f"{self.p}:nodes",
+            f"{self.p}:pending",
+            f"{self.p}:closed",
+        ]
         args = [node, self.channel, now, self.p, "1" if force else "0", grace_ms]
         return list(await self._run("reap", keys, args))
 
@@ -128,8 +152,9 @@ class RedisBackend(RedisPubSub):
         return list(events), None if int(wait_ms) < 0 else int(wait_ms) / 1000
 
     async def dead_nodes(self, me: str) -> list[str]:
-        nodes = sorted(str(n) for n in await self._client.smembers(f"{self.p}:nodes")
-                       if str(n) != me)
+        nodes = sorted(
+            str(n) for n in await self._client.smembers(f"{self.p}:nodes") if str(n) != me
+        )
         if not nodes:
             return []
         async with self._client.pipeline(transaction=False) as pipe:

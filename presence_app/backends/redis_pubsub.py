@@ -11,6 +11,7 @@ vanished) is given up after it, whereas the kernel would wait for many minutes. 
 ``redis+sentinel://`` URLs the clients ask the sentinels for the current primary on every new
 connection, so a failover looks like any other lost connection.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,8 +33,7 @@ class RedisPubSub(Backend):
 
     name = "redis"
 
-    def __init__(self, url: str, channel: str, grace: float = 0.0,
-                 timeout: float = 5.0) -> None:
+    def __init__(self, url: str, channel: str, grace: float = 0.0, timeout: float = 5.0) -> None:
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
         from redis.exceptions import ConnectionError as RedisConnectionError
@@ -44,13 +44,17 @@ class RedisPubSub(Backend):
         self.channel = channel
         self.timeout = timeout
         self._sentinel: Any = None
-        common: dict[str, Any] = dict(decode_responses=True, health_check_interval=0,
-                                      socket_connect_timeout=min(2.0, timeout),
-                                      socket_timeout=timeout)
+        common: dict[str, Any] = dict(
+            decode_responses=True,
+            health_check_interval=0,
+            socket_connect_timeout=min(2.0, timeout),
+            socket_timeout=timeout,
+        )
         # Commands (scripts, heartbeats) fail fast: one retry on a fresh connection when a
         # pooled one turns out closed, none after a timeout (it would double the wait).
         self._client = self._make_client(
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)), **common)
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)), **common
+        )
         self._sub_client = self._make_client(retry=Retry(NoBackoff(), 0), **common)
         self.problem = "not connected yet"
         self._retry = asyncio.Event()
@@ -70,11 +74,16 @@ class RedisPubSub(Backend):
             # redis-py's default retries would take seconds per dead sentinel.
             options = {k: v for k, v in kwargs.items() if k.startswith("socket_")}
             options.update(password=target.sentinel_password, retry=Retry(NoBackoff(), 0))
-            self._sentinel = Sentinel(target.sentinels, decode_responses=True,
-                                      sentinel_kwargs=options)
-        return self._sentinel.master_for(target.service, db=target.db,
-                                         username=target.username, password=target.password,
-                                         **kwargs)
+            self._sentinel = Sentinel(
+                target.sentinels, decode_responses=True, sentinel_kwargs=options
+            )
+        return self._sentinel.master_for(
+            target.service,
+            db=target.db,
+            username=target.username,
+            password=target.password,
+            **kwargs,
+        )
 
     async def connect(self) -> None:
         try:

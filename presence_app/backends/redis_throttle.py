@@ -19,6 +19,7 @@ the 429 announces.
 When Redis does not answer, the process falls back to its own ``LoginThrottle`` (logged once,
 and once again when Redis is back): logins keep working, limited per process as before.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,8 +45,9 @@ RETRY_REDIS = 1.0
 class RedisLoginThrottle:
     """``reserve``/``release`` like ``LoginThrottle``, with the counters in Redis."""
 
-    def __init__(self, client: Any, prefix: str, max_failures: int, window: float,
-                 max_entries: int = 100_000) -> None:
+    def __init__(
+        self, client: Any, prefix: str, max_failures: int, window: float, max_entries: int = 100_000
+    ) -> None:
         self.client = client
         self.prefix = prefix
         self.max_failures = max_failures  # 0: off
@@ -80,8 +82,13 @@ class RedisLoginThrottle:
             try:
                 state, wait_ms = await self._reserve(
                     keys=self.keys(username, address),
-                    args=[self.max_failures, int(self.window * 1000), int(TURN_LEASE * 1000),
-                          token])
+                    args=[
+                        self.max_failures,
+                        int(self.window * 1000),
+                        int(TURN_LEASE * 1000),
+                        token,
+                    ],
+                )
             except Exception as exc:  # Redis down or hung: count in this process meanwhile
                 self._redis_failed(exc)
                 return await self._reserve_locally(key, username, address)
@@ -121,9 +128,10 @@ class RedisLoginThrottle:
             self._tokens.pop(key, None)
         outcome = {True: "ok", False: "failed", None: "none"}[ok]
         try:
-            await self._release(keys=self.keys(username, address),
-                                args=[self.max_failures, int(self.window * 1000), token,
-                                      outcome])
+            await self._release(
+                keys=self.keys(username, address),
+                args=[self.max_failures, int(self.window * 1000), token, outcome],
+            )
             self._redis_answered()
         except Exception as exc:  # the turn lapses by itself; the failure counts here
             self._redis_failed(exc)
@@ -138,8 +146,11 @@ class RedisLoginThrottle:
         self._retry_at = time.monotonic() + RETRY_REDIS
         if not self.redis_down:
             self.redis_down = True
-            log.warning("Redis does not answer the login throttle (%s); counting failed logins "
-                        "in this process until it does", exc.__class__.__name__)
+            log.warning(
+                "Redis does not answer the login throttle (%s); counting failed logins "
+                "in this process until it does",
+                exc.__class__.__name__,
+            )
 
     def _redis_answered(self) -> None:
         if self.redis_down:

@@ -3,6 +3,7 @@
 They ship as package data (pyproject.toml: ``**/*.lua``) and are read with importlib.resources,
 so an installed wheel finds them as well as a checkout. No redis import here.
 """
+
 from __future__ import annotations
 
 import functools
@@ -14,5 +15,4 @@ def lua(*names: str) -> str:
     """The scripts ``lua/<name>.lua`` joined in order: a shared library first, then the script
     that uses it (``lua("presence", "attach")``)."""
     folder = resources.files(__package__ or "presence_app.backends").joinpath("lua")
-    return "\n".join(folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
-                     for name in names)
+    return "\n".join(folder.joinpath(f"{name}.lua").read_text(encoding="utf-8") for name in names)

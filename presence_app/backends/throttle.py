@@ -17,6 +17,7 @@ Guesses sent at once would all pass a check made before any of them has failed, 
 than failures are still allowed; the others wait their turn (successful logins too: they
 wait, they are never refused).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -30,11 +31,9 @@ Key = tuple[str, str]
 class Throttle(Protocol):
     """What the login handler uses: in memory (one process) or in Redis (a deployment)."""
 
-    async def reserve(self, username: str, address: str) -> float:
-        ...
+    async def reserve(self, username: str, address: str) -> float: ...
 
-    async def release(self, username: str, address: str, ok: bool | None) -> None:
-        ...
+    async def release(self, username: str, address: str, ok: bool | None) -> None: ...
 
 
 class LoginThrottle:
@@ -123,9 +122,12 @@ class LoginThrottle:
             self._checking[key] = running
         waiters = self._waiters.get(key)
         if waiters:  # as many as may now run; all of them if locked (they get their 429)
-            turns = len(waiters) if self.retry_after(username, address) > 0 else \
-                self._allowed(key) - max(running, 0)
-            for waiter in list(waiters)[:max(turns, 0)]:
+            turns = (
+                len(waiters)
+                if self.retry_after(username, address) > 0
+                else self._allowed(key) - max(running, 0)
+            )
+            for waiter in list(waiters)[: max(turns, 0)]:
                 if not waiter.done():
                     waiter.set_result(None)
 

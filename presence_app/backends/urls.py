@@ -2,6 +2,7 @@
 
 No redis import here: config validation uses it before anything connects.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -9,13 +10,13 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 SENTINEL_SCHEME = "redis+sentinel"
 SCHEMES = ("redis", "rediss", "unix", SENTINEL_SCHEME)
-_SENTINEL_FORM = (f"{SENTINEL_SCHEME}://[[user]:password@]host:port[,host:port...]"
-                  "/service_name[/db]")
+_SENTINEL_FORM = f"{SENTINEL_SCHEME}://[[user]:password@]host:port[,host:port...]/service_name[/db]"
 
 
 @dataclass(frozen=True)
 class SentinelTarget:
     """Where the sentinels are, which service they watch, and how to talk to its primary."""
+
     sentinels: list[tuple[str, int]]
     service: str
     db: int = 0
@@ -89,7 +90,9 @@ def mask_url(url: str) -> str:
         userinfo = f"{user}:***" if colon else "***"
         parts = parts._replace(netloc=f"{userinfo}@{hosts}")
     if "sentinel_password=" in parts.query:
-        query = "&".join("sentinel_password=***" if q.startswith("sentinel_password=") else q
-                         for q in parts.query.split("&"))
+        query = "&".join(
+            "sentinel_password=***" if q.startswith("sentinel_password=") else q
+            for q in parts.query.split("&")
+        )
         parts = parts._replace(query=query)
     return parts.geturl()

@@ -1,4 +1,5 @@
 """Database schema and engine: SQLite (WAL, BEGIN IMMEDIATE for writes) or PostgreSQL."""
+
 from __future__ import annotations
 
 import asyncio
@@ -71,22 +72,27 @@ class Session(Base):
 
 class OnlineUser(Base):
     """One row per (user, process) with open sockets; written in batches by presence."""
+
     __tablename__ = "online_users"
     user_id: Mapped[int] = mapped_column(
-        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
     node_id: Mapped[str] = mapped_column(String(160), primary_key=True, index=True)
     connections: Mapped[int] = mapped_column(BigInteger)
     since: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, server_default=func.now())
+        DateTime(timezone=True), default=utcnow, server_default=func.now()
+    )
 
 
 class PendingOffline(Base):
     """A user handed over by a stopping single process with an offline grace (the in-process
     store forgets everything on exit): the next start lists them online until ``deadline``."""
+
     __tablename__ = "pending_offline"
     user_id: Mapped[int] = mapped_column(
-        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
     last_seen: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     deadline: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
 
@@ -94,6 +100,7 @@ class PendingOffline(Base):
 class WriteProbe(Base):
     """One row per process, rewritten by the write probe: proof that the database can still
     write (a full disk lets reads and ``SELECT 1`` through)."""
+
     __tablename__ = "write_probes"
     node_id: Mapped[str] = mapped_column(String(160), primary_key=True)
     written_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
@@ -132,7 +139,8 @@ class Database:
             _configure_sqlite(self.engine)
         self._reader = async_sessionmaker(self.engine, expire_on_commit=False)
         self._writer = async_sessionmaker(
-            self.engine.execution_options(sqlite_begin="BEGIN IMMEDIATE"), expire_on_commit=False)
+            self.engine.execution_options(sqlite_begin="BEGIN IMMEDIATE"), expire_on_commit=False
+        )
         #: Why the last write failed, while no write has succeeded since; None when writing.
         self.write_problem: str | None = None
         self._last_write = 0.0  # monotonic time of the last write outcome
@@ -166,8 +174,9 @@ class Database:
         when they work again (not a traceback per attempt)."""
         self._last_write = time.monotonic()
         if problem and self.write_problem is None:
-            log.warning("Database writes fail (%s); /healthz answers 503 until one succeeds",
-                        problem)
+            log.warning(
+                "Database writes fail (%s); /healthz answers 503 until one succeeds", problem
+            )
         elif problem is None and self.write_problem is not None:
             log.info("Database writes succeed again")
         self.write_problem = problem
@@ -176,9 +185,11 @@ class Database:
         """Rewrite this process's probe row (its outcome is recorded like any write)."""
         insert = (sqlite.insert if self.is_sqlite else postgresql.insert)(WriteProbe)
         async with self.write() as session:
-            await session.execute(insert.values(node_id=node_id, written_at=utcnow())
-                                  .on_conflict_do_update(index_elements=["node_id"],
-                                                         set_={"written_at": utcnow()}))
+            await session.execute(
+                insert.values(node_id=node_id, written_at=utcnow()).on_conflict_do_update(
+                    index_elements=["node_id"], set_={"written_at": utcnow()}
+                )
+            )
 
     async def run_write_probe(self, node_id: str, interval: float) -> None:
         """Write unless a real write did within ``interval``; while writes fail, try every
@@ -211,8 +222,9 @@ class Database:
                 conn = await conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")
             async with conn.begin():
                 if not self.is_sqlite:
-                    await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"),
-                                       {"k": SCHEMA_LOCK_KEY})
+                    await conn.execute(
+                        text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK_KEY}
+                    )
                 return await conn.run_sync(migrations.upgrade, target)
 
     async def schema_revision(self) -> str | None:
@@ -233,6 +245,7 @@ def _migrations() -> ModuleType:
     impl ...", its plugins, at import and on every start) silenced: only its warnings."""
     logging.getLogger("alembic").setLevel(logging.WARNING)
     from presence_app.db import migrations
+
     return migrations
 
 

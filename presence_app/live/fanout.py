@@ -21,6 +21,7 @@ Every byte the app writes to a presence socket goes through ``Fanout``:
 ``Connection.send`` is where the bytes meet the socket (handlers/ws.py); it returns False
 for a socket that is gone or over its send-buffer limit, which is then dropped.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -61,8 +62,7 @@ class Connection(Protocol):
         """Write ``parts`` (complete frames, or pieces of them) as one write; False if the
         socket is gone or over its send-buffer limit."""
 
-    def close(self, code: int, reason: str) -> None:
-        ...
+    def close(self, code: int, reason: str) -> None: ...
 
 
 class Snapshot(Protocol):
@@ -104,8 +104,13 @@ class Pacer:
     meanwhile.
     """
 
-    def __init__(self, callback: Callable[[], None], factor: float, limit: float,
-                 idle_fraction: float = IDLE_FRACTION) -> None:
+    def __init__(
+        self,
+        callback: Callable[[], None],
+        factor: float,
+        limit: float,
+        idle_fraction: float = IDLE_FRACTION,
+    ) -> None:
         self._callback = callback
         self._factor, self._limit, self._idle_fraction = factor, limit, idle_fraction
         self._handle: asyncio.Handle | None = None
@@ -144,17 +149,18 @@ class Fanout:
     def __init__(self, snapshot: SnapshotSource, on_drop: DropHandler) -> None:
         self._snapshot = snapshot
         self._on_drop = on_drop
-        self._members: dict[Connection, None] = {}        # insertion-ordered set
+        self._members: dict[Connection, None] = {}  # insertion-ordered set
         self._joining: dict[Connection, list[bytes]] = {}  # socket -> replies held for it
-        self._covered: dict[Connection, int] = {}         # queued events its snapshot had
+        self._covered: dict[Connection, int] = {}  # queued events its snapshot had
         self._frames: list[bytes] = []
         self.stats = FanoutStats()
         self._events = Pacer(self._write_events, LOAD_FACTOR, MAX_DELAY)
         # A snapshot build is costly (every user encoded and compressed) and a connect storm
         # sends requests every few ms: builds wait unless the loop was idle as long as the
         # last build took.
-        self._snapshots = Pacer(self._write_snapshots, SNAPSHOT_FACTOR, MAX_SNAPSHOT_DELAY,
-                                idle_fraction=1.0)
+        self._snapshots = Pacer(
+            self._write_snapshots, SNAPSHOT_FACTOR, MAX_SNAPSHOT_DELAY, idle_fraction=1.0
+        )
 
     def __len__(self) -> int:
         return len(self._members) + len(self._joining)
@@ -251,8 +257,7 @@ class Fanout:
             if not conn.send(parts):
                 dropped.append(conn)
         sockets = full - len(dropped)
-        self.stats.sent("event", sockets * len(frames) - fewer_frames,
-                        sockets * size - fewer_bytes)
+        self.stats.sent("event", sockets * len(frames) - fewer_frames, sockets * size - fewer_bytes)
         self._drop_all(dropped)
         if self.stats.observe is not None:
             self.stats.observe(time.perf_counter() - started)

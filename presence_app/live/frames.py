@@ -2,6 +2,7 @@
 
 Pure functions over bytes: no Tornado here, so presence can build frames without the web layer.
 """
+
 from __future__ import annotations
 
 import json
@@ -81,6 +82,8 @@ class SharedSnapshot:
         prefix = b'{"type":"snapshot","me":' + json.dumps(username).encode("utf-8")
         if compressed and len(self.body) >= DEFLATE_MIN_BYTES:
             head = stored_block(prefix)
-            return [frame_header(len(head) + len(self.deflated), compressed=True) + head,
-                    self.deflated]
+            return [
+                frame_header(len(head) + len(self.deflated), compressed=True) + head,
+                self.deflated,
+            ]
         return [frame_header(len(prefix) + len(self.body)) + prefix, self.body]

@@ -5,6 +5,7 @@ so only one process announces a user). With the in-process store, whose content 
 process, a stopping process saves its users' deadlines in the database and the next start
 restores them.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,8 +22,9 @@ log = logging.getLogger(__name__)
 GRACE_SLACK = 0.05
 
 
-async def sweep_graces(store: Backend, ledger: OnlineLedger, interval: float,
-                       reachable: Callable[[], bool]) -> None:
+async def sweep_graces(
+    store: Backend, ledger: OnlineLedger, interval: float, reachable: Callable[[], bool]
+) -> None:
     """Announce the users whose offline grace ended, at their deadline (runs until cancelled).
 
     Sleeps until the next deadline the store reports, at most ``interval`` (so a deadline
@@ -71,8 +73,11 @@ async def restore_handed_over(store: Backend, ledger: OnlineLedger) -> None:
     saved = await ledger.take_pending()
     if store.grace > 0 and saved:
         await store.restore(saved)
-        log.info("%d user(s) handed over by the previous run stay online until they "
-                 "come back or their grace ends", len(await store.pending()))
+        log.info(
+            "%d user(s) handed over by the previous run stay online until they "
+            "come back or their grace ends",
+            len(await store.pending()),
+        )
 
 
 async def save_handed_over(store: Backend, ledger: OnlineLedger) -> None:
@@ -81,8 +86,10 @@ async def save_handed_over(store: Backend, ledger: OnlineLedger) -> None:
     try:
         saved = await store.pending()
         await ledger.save_pending(saved)
-        log.info("Handed over %d user(s) for the next start (grace %.1f s)",
-                 len(saved), store.grace)
+        log.info(
+            "Handed over %d user(s) for the next start (grace %.1f s)", len(saved), store.grace
+        )
     except Exception as exc:
-        log.warning("Could not save the users handed over (%s); a restart will list "
-                    "them offline", exc)
+        log.warning(
+            "Could not save the users handed over (%s); a restart will list them offline", exc
+        )

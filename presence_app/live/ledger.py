@@ -4,6 +4,7 @@ Connects and disconnects only mark rows dirty; one writer flushes them every
 ``flush_interval`` seconds in one transaction, so 10,000 sockets opening at once cost a
 handful of statements rather than 10,000 round trips.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -47,7 +48,7 @@ class OnlineLedger:
     def __init__(self, db: Database, node_id: str) -> None:
         self.db = db
         self.node_id = node_id
-        self._counts: dict[int, int] = {}      # user id -> sockets here, pending write
+        self._counts: dict[int, int] = {}  # user id -> sockets here, pending write
         self._seen: dict[str, dt.datetime] = {}  # username -> last seen, pending write
         self._lock = asyncio.Lock()
         self.problem: str | None = None
@@ -76,9 +77,11 @@ class OnlineLedger:
                     if seen:  # one executemany, not a statement per user
                         table = cast(Table, User.__table__)
                         await session.execute(
-                            update(table).where(table.c.username_key == bindparam("key"))
+                            update(table)
+                            .where(table.c.username_key == bindparam("key"))
                             .values(last_seen=bindparam("when")),
-                            [{"key": name.lower(), "when": when} for name, when in seen.items()])
+                            [{"key": name.lower(), "when": when} for name, when in seen.items()],
+                        )
                 self.problem = None
             except Exception as exc:
                 # Keep what was not written (newer marks win) and try again next time.
@@ -92,19 +95,36 @@ class OnlineLedger:
     async def _write_counts(self, session: AsyncSession, counts: dict[int, int]) -> None:
         gone = [uid for uid, n in counts.items() if n <= 0]
         if gone:
-            await session.execute(delete(OnlineUser).where(
-                OnlineUser.node_id == self.node_id, OnlineUser.user_id.in_(gone)))
+            await session.execute(
+                delete(OnlineUser).where(
+                    OnlineUser.node_id == self.node_id, OnlineUser.user_id.in_(gone)
+                )
+            )
         live = [uid for uid, n in counts.items() if n > 0]
         if live:  # an account deleted meanwhile (`presence users delete`) has no row to get
             live = list(await session.scalars(select(User.id).where(User.id.in_(live))))
-        rows = [{"user_id": uid, "node_id": self.node_id, "connections": counts[uid],
-                 "since": utcnow(), "updated_at": utcnow()} for uid in live]
+        rows = [
+            {
+                "user_id": uid,
+                "node_id": self.node_id,
+                "connections": counts[uid],
+                "since": utcnow(),
+                "updated_at": utcnow(),
+            }
+            for uid in live
+        ]
         if rows:
             insert = (sqlite.insert if self.db.is_sqlite else postgresql.insert)(OnlineUser)
-            await session.execute(insert.on_conflict_do_update(
-                index_elements=["user_id", "node_id"],
-                set_={"connections": insert.excluded.connections,
-                      "updated_at": insert.excluded.updated_at}), rows)
+            await session.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["user_id", "node_id"],
+                    set_={
+                        "connections": insert.excluded.connections,
+                        "updated_at": insert.excluded.updated_at,
+                    },
+                ),
+                rows,
+            )
 
     async def clear_node(self, node_id: str) -> None:
         """Forget every row of a process (dead, restarted or stopping)."""
@@ -121,27 +141,44 @@ class OnlineLedger:
             await session.execute(delete(PendingOffline))
             keys = list(by_key)
             for i in range(0, len(keys), 500):
-                chunk = keys[i:i + 500]
-                users = (await session.execute(select(User.id, User.username_key).where(
-                    User.username_key.in_(chunk)))).all()
-                rows = [{"user_id": uid, "last_seen": parse_time(by_key[key].last_seen),
-                         "deadline": dt.datetime.fromtimestamp(by_key[key].deadline,
-                                                               dt.UTC)}
-                        for uid, key in users]
+                chunk = keys[i : i + 500]
+                users = (
+                    await session.execute(
+                        select(User.id, User.username_key).where(User.username_key.in_(chunk))
+                    )
+                ).all()
+                rows = [
+                    {
+                        "user_id": uid,
+                        "last_seen": parse_time(by_key[key].last_seen),
+                        "deadline": dt.datetime.fromtimestamp(by_key[key].deadline, dt.UTC),
+                    }
+                    for uid, key in users
+                ]
                 if rows:
                     await session.execute(insert(PendingOffline), rows)
-                    await session.execute(update(User), [  # bulk UPDATE by primary key
-                        {"id": row["user_id"], "last_seen": row["last_seen"]} for row in rows])
+                    await session.execute(
+                        update(User),
+                        [  # bulk UPDATE by primary key
+                            {"id": row["user_id"], "last_seen": row["last_seen"]} for row in rows
+                        ],
+                    )
 
     async def take_pending(self) -> list[Pending]:
         """Read and delete what ``save_pending`` kept (at most one start restores it)."""
         async with self.db.write() as session:
-            rows = (await session.execute(
-                select(User.username, PendingOffline.deadline, PendingOffline.last_seen).join(
-                    User, User.id == PendingOffline.user_id))).all()
+            rows = (
+                await session.execute(
+                    select(User.username, PendingOffline.deadline, PendingOffline.last_seen).join(
+                        User, User.id == PendingOffline.user_id
+                    )
+                )
+            ).all()
             await session.execute(delete(PendingOffline))
-        return [Pending(name, _utc(deadline).timestamp(), _iso(_utc(seen)))
-                for name, deadline, seen in rows]
+        return [
+            Pending(name, _utc(deadline).timestamp(), _iso(_utc(seen)))
+            for name, deadline, seen in rows
+        ]
 
     async def run(self, interval: float) -> None:
         """Flush every ``interval``; a failing streak is logged once (a warning, a traceback
@@ -156,9 +193,12 @@ class OnlineLedger:
                 raise
             except Exception as exc:
                 if not failing:
-                    log.warning("Writing the online-users table failed (%s); retrying every "
-                                "%.2g s", exc, interval,
-                                exc_info=not isinstance(exc, DatabaseWriteError))
+                    log.warning(
+                        "Writing the online-users table failed (%s); retrying every %.2g s",
+                        exc,
+                        interval,
+                        exc_info=not isinstance(exc, DatabaseWriteError),
+                    )
                 failing = True
             else:
                 if failing:

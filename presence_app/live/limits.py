@@ -3,6 +3,7 @@
 Off by default where docs/PROTOCOL.md asks (load tests open 10,000 sockets of one session from
 127.0.0.1); the message rate is on, far above what a page sends (one ping every 25 s).
 """
+
 from __future__ import annotations
 
 import time

@@ -7,6 +7,7 @@ goes through ``presence_app.live.fanout.Fanout`` (coalesced events, shared snaps
 ``PresenceSync`` keeps the shared state true through the narrow methods of the "resync" and
 "shutdown" sections: it asks, presence rebuilds; neither touches the other's state.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -32,13 +33,21 @@ from presence_app.runtime.gcpolicy import GcPolicy
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CLOSE_SESSION_ENDED", "Connection", "PresenceService", "iso", "iso_now",
-           "user_removed_message", "user_sessions_ended_message"]
+__all__ = [
+    "CLOSE_SESSION_ENDED",
+    "Connection",
+    "PresenceService",
+    "iso",
+    "iso_now",
+    "user_removed_message",
+    "user_sessions_ended_message",
+]
 
 
 class PresenceService:
-    def __init__(self, node_id: str, backend: Backend, ledger: OnlineLedger,
-                 accounts: AccountService) -> None:
+    def __init__(
+        self, node_id: str, backend: Backend, ledger: OnlineLedger, accounts: AccountService
+    ) -> None:
         self.node_id = node_id
         self.backend = backend
         self.ledger = ledger
@@ -47,8 +56,9 @@ class PresenceService:
         self._view = PresenceView()
         self._revocations = Revocations(backend, accounts, self._sockets, self.remove)
         self._resync = ResyncRequests()
-        self._registration = StoreRegistration(node_id, backend, ledger, self._sockets.holds,
-                                               self.request_resync)
+        self._registration = StoreRegistration(
+            node_id, backend, ledger, self._sockets.holds, self.request_resync
+        )
         self._closing = False
         self._gc = GcPolicy()
         self.fanout = Fanout(self.shared_snapshot, self.remove)
@@ -150,11 +160,13 @@ class PresenceService:
         message = json.loads(text)
         kind = message.get("type")
         if kind == "presence":
-            state = UserState(bool(message["online"]), int(message["version"]),
-                              message.get("last_seen"))
+            state = UserState(
+                bool(message["online"]), int(message["version"]), message.get("last_seen")
+            )
             if self._view.apply(message["username"], state):
-                log.debug("Presence %s online=%s v%s", message["username"], state.online,
-                          state.version)
+                log.debug(
+                    "Presence %s online=%s v%s", message["username"], state.online, state.version
+                )
                 self.broadcast(text)
         elif kind == "session_ended":
             self.close_session(message["session"])

@@ -5,6 +5,7 @@ one attach or detach in flight, and the task loops until the store agrees with t
 A write that fails asks for a resync (the store may have missed it), which starts over from
 what the store says this process holds (``replace``).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -23,8 +24,14 @@ class StoreRegistration:
     """``holds(username)``: whether a socket of that user is open here; ``failed(reason)``:
     ask for a resync."""
 
-    def __init__(self, node_id: str, store: Backend, ledger: OnlineLedger,
-                 holds: Callable[[str], bool], failed: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        store: Backend,
+        ledger: OnlineLedger,
+        holds: Callable[[str], bool],
+        failed: Callable[[str], None],
+    ) -> None:
         self.node_id = node_id
         self.store = store
         self.ledger = ledger
@@ -67,8 +74,7 @@ class StoreRegistration:
             raise
         except Exception as exc:
             self._failed(STORE_WRITE_FAILED)
-            log.warning("Presence store unavailable for %s (%s); will resynchronise",
-                        username, exc)
+            log.warning("Presence store unavailable for %s (%s); will resynchronise", username, exc)
         finally:
             self._reconciling.pop(username, None)
 
@@ -93,8 +99,9 @@ class StoreRegistration:
                 await asyncio.wait([running], timeout=5.0)
             await self.store.forget(username)
         except Exception as exc:  # the next resync drops users the database no longer has
-            log.warning("Could not remove deleted user %s from the presence store (%s)",
-                        username, exc)
+            log.warning(
+                "Could not remove deleted user %s from the presence store (%s)", username, exc
+            )
 
     async def close(self, timeout: float) -> None:
         """No new updates; those in flight get ``timeout`` s, then are cancelled. Every task

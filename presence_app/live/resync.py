@@ -6,6 +6,7 @@ reset store, a failed write) asks for a resync with one of ``REASONS``; the sync
 requests when it rebuilds. The reason names one log line and the label of
 ``presence_resyncs_total{reason}``, so the set is fixed here (a label set must stay bounded).
 """
+
 from __future__ import annotations
 
 #: The broker lost its subscription and got it back: messages published meanwhile were missed.
@@ -25,8 +26,16 @@ SESSION_CHECK_FAILED = "session_check_failed"
 #: Settling the users an emptied store no longer knows failed.
 SETTLE_FAILED = "settle_failed"
 
-REASONS = (BROKER_RECONNECTED, STORE_RESET, REAPED, STORE_UNREACHABLE, STORE_WRITE_FAILED,
-           MAINTENANCE_FAILED, SESSION_CHECK_FAILED, SETTLE_FAILED)
+REASONS = (
+    BROKER_RECONNECTED,
+    STORE_RESET,
+    REAPED,
+    STORE_UNREACHABLE,
+    STORE_WRITE_FAILED,
+    MAINTENANCE_FAILED,
+    SESSION_CHECK_FAILED,
+    SETTLE_FAILED,
+)
 
 
 class ResyncRequests:

@@ -6,6 +6,7 @@ order, bounded) and published again once it is back: the re-check of open socket
 after a resync closes them too, but sooner is better. Sessions that expire, or that the
 database no longer has, are closed the same way.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -45,8 +46,13 @@ def user_removed_message(username: str) -> str:
 class Revocations:
     """Closes the sockets of ended sessions; ``unregister`` is presence's ``remove``."""
 
-    def __init__(self, broker: Backend, accounts: AccountService, sockets: LocalSockets,
-                 unregister: Callable[[Connection], None]) -> None:
+    def __init__(
+        self,
+        broker: Backend,
+        accounts: AccountService,
+        sockets: LocalSockets,
+        unregister: Callable[[Connection], None],
+    ) -> None:
         self.broker = broker
         self.accounts = accounts
         self._sockets = sockets
@@ -95,8 +101,7 @@ class Revocations:
         for session_id in gone:
             self.close_session(session_id)
         if gone:
-            log.info("Closed the sockets of %d session(s) revoked or expired meanwhile",
-                     len(gone))
+            log.info("Closed the sockets of %d session(s) revoked or expired meanwhile", len(gone))
         return len(gone)
 
     async def _announce(self, message: str) -> None:
@@ -104,8 +109,11 @@ class Revocations:
         try:
             await self.broker.publish(message)
         except Exception as exc:
-            log.warning("Could not announce a revocation to other processes now (%s); "
-                        "will announce it when the broker is back", exc)
+            log.warning(
+                "Could not announce a revocation to other processes now (%s); "
+                "will announce it when the broker is back",
+                exc,
+            )
             self._unannounced[message] = None
             if len(self._unannounced) > MAX_UNANNOUNCED:
                 del self._unannounced[next(iter(self._unannounced))]

@@ -3,6 +3,7 @@
 No I/O and no policy: ``PresenceService`` decides what a socket's arrival or departure means
 (a store update, a snapshot rebuilt, a ledger row); this only keeps the indexes consistent.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -13,10 +14,10 @@ from presence_app.live.fanout import Connection
 
 class LocalSockets:
     def __init__(self) -> None:
-        self._conns: dict[Connection, None] = {}       # insertion-ordered set
+        self._conns: dict[Connection, None] = {}  # insertion-ordered set
         self._by_user: dict[str, set[Connection]] = {}
         self._by_session: dict[str, set[Connection]] = {}
-        self._expiry: dict[str, dt.datetime] = {}      # session id -> expires_at (UTC)
+        self._expiry: dict[str, dt.datetime] = {}  # session id -> expires_at (UTC)
 
     def __len__(self) -> int:
         return len(self._conns)
@@ -62,8 +63,12 @@ class LocalSockets:
     def of_user(self, username: str) -> list[Connection]:
         """Every socket of ``username`` in any case (names are unique regardless of case)."""
         key = username.lower()
-        return [conn for name, conns in list(self._by_user.items()) if name.lower() == key
-                for conn in conns]
+        return [
+            conn
+            for name, conns in list(self._by_user.items())
+            if name.lower() == key
+            for conn in conns
+        ]
 
     def counts(self) -> Iterator[tuple[Connection, int]]:
         """One socket of each user here, with how many that user has."""

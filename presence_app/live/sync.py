@@ -16,6 +16,7 @@ maintenance loop runs ``resync``, which takes every reason asked for, counts the
 ``rebuild`` from what the store says this process holds. ``stop`` ends with
 ``PresenceService.shutdown`` and the handover.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -49,8 +50,15 @@ DATABASE_CHECK_INTERVAL = 5.0
 
 
 class PresenceSync:
-    def __init__(self, presence: PresenceService, backend: Backend, ledger: OnlineLedger,
-                 node_id: str, heartbeat_timeout: float, heartbeat_interval: float) -> None:
+    def __init__(
+        self,
+        presence: PresenceService,
+        backend: Backend,
+        ledger: OnlineLedger,
+        node_id: str,
+        heartbeat_timeout: float,
+        heartbeat_interval: float,
+    ) -> None:
         self.presence = presence
         self.backend = backend
         self.ledger = ledger
@@ -94,24 +102,27 @@ class PresenceSync:
         if not self.backend.survives_restart:
             loops.append(self._database_check())
         if self.backend.grace > 0:
-            loops.append(sweep_graces(self.backend, self.ledger, self.interval,
-                                      lambda: self.problem is None))
+            loops.append(
+                sweep_graces(self.backend, self.ledger, self.interval, lambda: self.problem is None)
+            )
         self._loops = asyncio.gather(*loops)
         await self._loops
 
     async def _liveness(self) -> None:
         while True:
             await self.beat()
-            await asyncio.sleep(min(self.interval, RETRY_INTERVAL) if self.problem
-                                else self.interval)
+            await asyncio.sleep(
+                min(self.interval, RETRY_INTERVAL) if self.problem else self.interval
+            )
 
     async def beat(self) -> None:
         """Refresh our liveness key; flag a resync if the store was reset or reaped us."""
         try:
             epoch, rejoined = await self.backend.heartbeat(self.node_id, self.timeout)
             if epoch != self._epoch:
-                log.warning("Presence store was reset (epoch %s -> %s); resynchronising",
-                            self._epoch, epoch)
+                log.warning(
+                    "Presence store was reset (epoch %s -> %s); resynchronising", self._epoch, epoch
+                )
                 self.presence.request_resync(STORE_RESET)
             elif rejoined:
                 log.warning("This process had been reaped as dead; resynchronising")
@@ -211,8 +222,9 @@ class PresenceSync:
             self.reaped += 1
             self.ledger.record(events)
             await self.ledger.clear_node(node)
-            log.warning("Process %s stopped heartbeating; %d user(s) went offline",
-                        node, len(events))
+            log.warning(
+                "Process %s stopped heartbeating; %d user(s) went offline", node, len(events)
+            )
 
     async def resync(self, reason: str) -> None:
         """Rebuild the shared state from our local truth and correct our clients.
@@ -238,8 +250,11 @@ class PresenceSync:
             self._to_settle |= missing
             if self._to_settle and (self._settling is None or self._settling.done()):
                 self._settling = asyncio.ensure_future(self._settle_later())
-            log.info("Resynchronised presence: %d local user(s), %d known state(s)",
-                     len(p.local_users()), len(states))
+            log.info(
+                "Resynchronised presence: %d local user(s), %d known state(s)",
+                len(p.local_users()),
+                len(states),
+            )
         await self.revocations()
 
     async def revocations(self) -> None:

@@ -4,6 +4,7 @@ The view takes each user's newest state (by version) from the broker's events, t
 (every account) and the store; the page, ``/api/users`` and every snapshot are read from it.
 It does no I/O: ``PresenceService`` feeds it and fans out what it accepts.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -33,18 +34,24 @@ def _iso(value: dt.datetime) -> str:
 
 
 def _row(username: str, state: UserState) -> bytes:
-    return json.dumps({"username": username, "online": state.online,
-                       "last_seen": state.last_seen, "version": state.version},
-                      separators=(",", ":")).encode("utf-8")
+    return json.dumps(
+        {
+            "username": username,
+            "online": state.online,
+            "last_seen": state.last_seen,
+            "version": state.version,
+        },
+        separators=(",", ":"),
+    ).encode("utf-8")
 
 
 class PresenceView:
     def __init__(self) -> None:
         self._states: dict[str, UserState] = {}
-        self._rows: dict[str, bytes] = {}              # encoded snapshot row per user
-        self._snapshot: SharedSnapshot | None = None   # built at most once per change
-        self._gone: dict[str, None] = {}               # deleted accounts (see drop)
-        self.applied = self.stale = 0                  # read by /metrics
+        self._rows: dict[str, bytes] = {}  # encoded snapshot row per user
+        self._snapshot: SharedSnapshot | None = None  # built at most once per change
+        self._gone: dict[str, None] = {}  # deleted accounts (see drop)
+        self.applied = self.stale = 0  # read by /metrics
 
     def replace(self, accounts: Iterable[UserRecord], states: dict[str, UserState]) -> None:
         """Start over from every account (offline, last seen as the database says) and the
@@ -63,10 +70,13 @@ class PresenceView:
 
     def users(self) -> list[dict]:
         """Every user, online first, then by name: what the page and /api/users show."""
-        items = sorted(self._states.items(),
-                       key=lambda kv: (not kv[1].online, kv[0].lower(), kv[0]))
-        return [{"username": name, "online": s.online, "last_seen": s.last_seen,
-                 "version": s.version} for name, s in items]
+        items = sorted(
+            self._states.items(), key=lambda kv: (not kv[1].online, kv[0].lower(), kv[0])
+        )
+        return [
+            {"username": name, "online": s.online, "last_seen": s.last_seen, "version": s.version}
+            for name, s in items
+        ]
 
     def online_count(self) -> int:
         return sum(1 for s in self._states.values() if s.online)

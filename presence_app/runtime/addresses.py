@@ -1,4 +1,5 @@
 """Address allow-lists (``--metrics-address``): parsed once by config, matched per request."""
+
 from __future__ import annotations
 
 import ipaddress

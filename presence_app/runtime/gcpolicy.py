@@ -13,6 +13,7 @@ is more, one full collection over everything runs (``gc.unfreeze(); gc.collect()
 survivors are frozen again. It runs ``defer`` seconds later, so that a mass disconnect (a
 restart of nginx, say) costs one collection, not one per thousand closes.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -24,8 +25,9 @@ log = logging.getLogger(__name__)
 
 
 class GcPolicy:
-    def __init__(self, freeze_every: int = 1000, collect_after: int = 1000,
-                 defer: float = 1.0) -> None:
+    def __init__(
+        self, freeze_every: int = 1000, collect_after: int = 1000, defer: float = 1.0
+    ) -> None:
         self.freeze_every = freeze_every
         self.collect_after = collect_after
         self.defer = defer
@@ -55,8 +57,9 @@ class GcPolicy:
         gc.unfreeze()
         freed = gc.collect()
         gc.freeze()
-        log.debug("Full GC freed %d objects in %.0f ms", freed,
-                  (time.perf_counter() - started) * 1000)
+        log.debug(
+            "Full GC freed %d objects in %.0f ms", freed, (time.perf_counter() - started) * 1000
+        )
 
     def cancel(self) -> None:
         if self._scheduled is not None:

@@ -5,6 +5,7 @@ The scope travels in a ``ContextVar``: Tornado runs each request in a task of it
 scope set in ``prepare`` is seen by every await of that request and by no other request,
 without threading an address through every service signature.
 """
+
 from __future__ import annotations
 
 import asyncio

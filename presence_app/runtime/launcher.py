@@ -4,6 +4,7 @@ Tornado's ``fork_processes`` does not forward SIGTERM to its children; this smal
 does, and restarts a worker that dies (keeping its worker number, hence its node id, so the
 new worker clears what the dead one left behind).
 """
+
 from __future__ import annotations
 
 import logging

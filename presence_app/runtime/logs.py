@@ -4,6 +4,7 @@ The mask is applied to the formatted output (message and exception text), not at
 site: a password inside a URL quoted by a library's exception (redis-py, SQLAlchemy,
 asyncpg) is masked as surely as one the app logs itself.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -64,7 +65,8 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         body: dict[str, Any] = {
             "time": dt.datetime.fromtimestamp(record.created, dt.UTC)
-                      .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
             "level": record.levelname,
             "node": getattr(record, "node", ""),
             "logger": record.name,
@@ -84,8 +86,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(body, ensure_ascii=False, default=str)
 
 
-def setup_logging(node_id: str, level: str, log_format: str = "text",
-                  access_log: bool = False) -> None:
+def setup_logging(
+    node_id: str, level: str, log_format: str = "text", access_log: bool = False
+) -> None:
     """One stderr handler on the root logger (replacing any earlier one: a forked worker
     calls this again with its own node id). ``access_log``: every request at INFO, otherwise
     only 4xx and 5xx (Tornado's levels)."""

@@ -4,6 +4,7 @@ Installed, it comes from the package metadata. Run from a checkout (``python run
 metadata may be missing or belong to another installed copy, so the checkout's own
 pyproject.toml is read instead.
 """
+
 from __future__ import annotations
 
 import tomllib

@@ -1,6 +1,7 @@
 """The sign-up and login use cases (``AuthService``) on the real database, hasher and
 throttle: what they return, the bcrypt work they do (counted by the hasher's own hook), the
 typed error of each refusal, and the field limits from their one definition."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -79,9 +80,11 @@ def auth(services: Any, events: Events) -> AuthService:
 
 # -- register -----------------------------------------------------------------------------------
 
+
 @pytest.mark.gen_test
-async def test_register_returns_user_and_token_with_one_bcrypt(services: Any, auth: AuthService,
-                                                               events: Events) -> None:
+async def test_register_returns_user_and_token_with_one_bcrypt(
+    services: Any, auth: AuthService, events: Events
+) -> None:
     with bcrypt_jobs(services.accounts.hasher) as jobs:
         user, token = await auth.register("Alice", PASSWORD, PASSWORD)
     assert len(jobs) == 1  # the hash; no second check of the password just chosen
@@ -91,8 +94,9 @@ async def test_register_returns_user_and_token_with_one_bcrypt(services: Any, au
 
 
 @pytest.mark.gen_test
-async def test_register_replaces_the_presented_session(services: Any, auth: AuthService,
-                                                       events: Events) -> None:
+async def test_register_replaces_the_presented_session(
+    services: Any, auth: AuthService, events: Events
+) -> None:
     first = await auth.register("alice", PASSWORD, PASSWORD)
     second = await auth.register("carol", PASSWORD, PASSWORD, replaces=first.token)
     assert events.ended == [first.user.session_id]  # its sockets are closed everywhere
@@ -100,21 +104,39 @@ async def test_register_replaces_the_presented_session(services: Any, auth: Auth
     assert (await services.accounts.session_user(second.token)).username == "carol"
 
 
-@pytest.mark.parametrize("username,password,confirm,error", [
-    ("a" * (fields.MAX_INPUT_CHARS + 1), PASSWORD, PASSWORD, FieldTooLong),
-    ("alice", PASSWORD, "p" * (fields.MAX_INPUT_CHARS + 1), FieldTooLong),
-    ("al", PASSWORD, PASSWORD, InvalidUsername),
-    ("alice\n", PASSWORD, PASSWORD, InvalidUsername),
-    ("alice", "short", "short", PasswordTooShort),
-    ("alice", "x" * 73, "x" * 73, PasswordTooLong),
-    ("alice", PASSWORD + "\x00", PASSWORD + "\x00", PasswordHasNul),
-    ("alice", PASSWORD, PASSWORD + "x", PasswordMismatch),
-], ids=["long-field", "long-confirm", "short-name", "newline", "short-password",
-        "long-password", "nul", "mismatch"])
+@pytest.mark.parametrize(
+    "username,password,confirm,error",
+    [
+        ("a" * (fields.MAX_INPUT_CHARS + 1), PASSWORD, PASSWORD, FieldTooLong),
+        ("alice", PASSWORD, "p" * (fields.MAX_INPUT_CHARS + 1), FieldTooLong),
+        ("al", PASSWORD, PASSWORD, InvalidUsername),
+        ("alice\n", PASSWORD, PASSWORD, InvalidUsername),
+        ("alice", "short", "short", PasswordTooShort),
+        ("alice", "x" * 73, "x" * 73, PasswordTooLong),
+        ("alice", PASSWORD + "\x00", PASSWORD + "\x00", PasswordHasNul),
+        ("alice", PASSWORD, PASSWORD + "x", PasswordMismatch),
+    ],
+    ids=[
+        "long-field",
+        "long-confirm",
+        "short-name",
+        "newline",
+        "short-password",
+        "long-password",
+        "nul",
+        "mismatch",
+    ],
+)
 @pytest.mark.gen_test
 async def test_register_refusals_are_typed_and_change_nothing(
-        services: Any, auth: AuthService, events: Events,
-        username: str, password: str, confirm: str, error: type[AccountError]) -> None:
+    services: Any,
+    auth: AuthService,
+    events: Events,
+    username: str,
+    password: str,
+    confirm: str,
+    error: type[AccountError],
+) -> None:
     with bcrypt_jobs(services.accounts.hasher) as jobs, pytest.raises(error):
         await auth.register(username, password, confirm)
     assert jobs == []  # refused before any hashing
@@ -134,9 +156,11 @@ async def test_register_a_taken_name(services: Any, auth: AuthService, second: s
 
 # -- login --------------------------------------------------------------------------------------
 
+
 @pytest.mark.gen_test
-async def test_login_rotates_the_presented_session(services: Any, auth: AuthService,
-                                                   events: Events) -> None:
+async def test_login_rotates_the_presented_session(
+    services: Any, auth: AuthService, events: Events
+) -> None:
     signed_up = await auth.register("alice", PASSWORD, PASSWORD)
     with bcrypt_jobs(services.accounts.hasher) as jobs:
         logged_in = await auth.login("ALICE", PASSWORD, ADDRESS, replaces=signed_up.token)
@@ -149,29 +173,33 @@ async def test_login_rotates_the_presented_session(services: Any, auth: AuthServ
 
 async def disable(services: Any, username: str) -> None:
     async with services.db.write() as session:
-        await session.execute(update(User).where(User.username_key == username)
-                              .values(disabled_at=utcnow()))
+        await session.execute(
+            update(User).where(User.username_key == username).values(disabled_at=utcnow())
+        )
 
 
-@pytest.mark.parametrize("username,password,checks", [
-    ("alice", "wrong password", 1),
-    ("nobody", PASSWORD, 1),  # a dummy check: as slow as a wrong password
-    ("alice", "é" * 40, 1),  # over the byte limit: the dummy check too
-    ("disabled", PASSWORD, 1),
-    ("a" * (fields.MAX_INPUT_CHARS + 1), PASSWORD, 0),  # over any field's limit: no work
-    ("alice", "p" * (fields.MAX_INPUT_CHARS + 1), 0),
-], ids=["wrong-password", "unknown", "80-bytes", "disabled", "long-name", "long-password"])
+@pytest.mark.parametrize(
+    "username,password,checks",
+    [
+        ("alice", "wrong password", 1),
+        ("nobody", PASSWORD, 1),  # a dummy check: as slow as a wrong password
+        ("alice", "é" * 40, 1),  # over the byte limit: the dummy check too
+        ("disabled", PASSWORD, 1),
+        ("a" * (fields.MAX_INPUT_CHARS + 1), PASSWORD, 0),  # over any field's limit: no work
+        ("alice", "p" * (fields.MAX_INPUT_CHARS + 1), 0),
+    ],
+    ids=["wrong-password", "unknown", "80-bytes", "disabled", "long-name", "long-password"],
+)
 @pytest.mark.gen_test
-async def test_login_failures_are_one_typed_error(services: Any, auth: AuthService,
-                                                  events: Events, username: str,
-                                                  password: str, checks: int) -> None:
+async def test_login_failures_are_one_typed_error(
+    services: Any, auth: AuthService, events: Events, username: str, password: str, checks: int
+) -> None:
     await auth.register("alice", PASSWORD, PASSWORD)
     await auth.register("disabled", PASSWORD, PASSWORD)
     await disable(services, "disabled")
     with pytest.raises(InvalidCredentials):  # makes the dummy hash, outside the count
         await auth.login("nobody", PASSWORD, "198.51.100.1")
-    with bcrypt_jobs(services.accounts.hasher) as jobs, \
-            pytest.raises(InvalidCredentials) as info:
+    with bcrypt_jobs(services.accounts.hasher) as jobs, pytest.raises(InvalidCredentials) as info:
         await auth.login(username, password, ADDRESS)
     assert str(info.value) == LOGIN_FAILED
     assert len(jobs) == checks
@@ -179,8 +207,9 @@ async def test_login_failures_are_one_typed_error(services: Any, auth: AuthServi
 
 
 @pytest.mark.gen_test
-async def test_login_throttled_refuses_even_the_right_password(services: Any,
-                                                               auth: AuthService) -> None:
+async def test_login_throttled_refuses_even_the_right_password(
+    services: Any, auth: AuthService
+) -> None:
     await auth.register("alice", PASSWORD, PASSWORD)
     for _ in range(3):
         with pytest.raises(InvalidCredentials):
@@ -209,6 +238,7 @@ async def test_over_long_names_are_throttled_by_their_clipped_name(auth: AuthSer
 
 # -- the limits, from their one definition ------------------------------------------------------
 
+
 def test_username_limits() -> None:
     shortest, longest = "a" * fields.MIN_USERNAME_CHARS, "a" * fields.MAX_USERNAME_CHARS
     assert fields.check_username(shortest) == shortest
@@ -216,10 +246,13 @@ def test_username_limits() -> None:
     for name in (shortest[1:], longest + "a"):
         with pytest.raises(InvalidUsername) as info:
             fields.check_username(name)
-        assert (info.value.min_chars, info.value.max_chars) == (fields.MIN_USERNAME_CHARS,
-                                                                fields.MAX_USERNAME_CHARS)
-        assert f"{fields.MIN_USERNAME_CHARS}-{fields.MAX_USERNAME_CHARS} characters" in \
-            str(info.value)
+        assert (info.value.min_chars, info.value.max_chars) == (
+            fields.MIN_USERNAME_CHARS,
+            fields.MAX_USERNAME_CHARS,
+        )
+        assert f"{fields.MIN_USERNAME_CHARS}-{fields.MAX_USERNAME_CHARS} characters" in str(
+            info.value
+        )
     assert fields.possible_username(longest) and not fields.possible_username(longest + "a")
     assert fields.clip_username(longest) == longest  # a real name is never clipped
 

@@ -1,4 +1,5 @@
 """bcrypt off the event loop, the 72-byte limit, and the dummy hash for unknown users."""
+
 from __future__ import annotations
 
 import asyncio
@@ -70,12 +71,16 @@ async def test_hash_and_check_round_trip():
         hasher.close()
 
 
-@pytest.mark.parametrize("password", [
-    "a" * (MAX_PASSWORD_BYTES + 1),
-    "p" * 100,
-    "é" * 37,  # 37 characters, 74 bytes
-    "a" * 10_000,
-], ids=["73-bytes", "100-bytes", "74-utf8-bytes", "10000-bytes"])
+@pytest.mark.parametrize(
+    "password",
+    [
+        "a" * (MAX_PASSWORD_BYTES + 1),
+        "p" * 100,
+        "é" * 37,  # 37 characters, 74 bytes
+        "a" * 10_000,
+    ],
+    ids=["73-bytes", "100-bytes", "74-utf8-bytes", "10000-bytes"],
+)
 @pytest.mark.gen_test
 async def test_long_password_check_is_false_not_an_error(password):
     hasher = PasswordHasher(4)
@@ -146,9 +151,11 @@ async def test_dummy_hash_never_matches():
 
 
 # -- the queue: fair across addresses, and a stop that refuses what has changed nothing -------
-def in_request(tracker: RequestTracker, address: str, wrote: bool,
-               work: Callable[[], Awaitable[Any]]) -> asyncio.Future[Any]:
+def in_request(
+    tracker: RequestTracker, address: str, wrote: bool, work: Callable[[], Awaitable[Any]]
+) -> asyncio.Future[Any]:
     """Run ``work`` as a request of ``address`` would (its own task, its own scope)."""
+
     async def request() -> Any:
         scope = tracker.begin(address)
         assert scope is not None
@@ -157,6 +164,7 @@ def in_request(tracker: RequestTracker, address: str, wrote: bool,
             return await work()
         finally:
             tracker.end(scope)
+
     return asyncio.ensure_future(request())
 
 
@@ -166,11 +174,14 @@ async def test_jobs_take_turns_across_addresses() -> None:
     tracker = RequestTracker()
     order: list[str] = []
     try:
+
         def job(address: str, i: int) -> asyncio.Future[Any]:
             async def work() -> None:
                 await hasher.hash("password")
                 order.append(f"{address}{i}")
+
             return in_request(tracker, address, False, work)
+
         jobs = [job("a", i) for i in range(4)] + [job("b", i) for i in range(2)]
         await asyncio.gather(*jobs)
         # a0 started at once; then the queue alternates a, b while both have jobs waiting.
@@ -195,9 +206,11 @@ async def test_stop_waiting_refuses_only_requests_that_have_not_written():
         results = await asyncio.gather(running, written, *waiting, return_exceptions=True)
         assert results[:2] == [True, True]  # the running job and the one that wrote finish
         assert all(isinstance(r, ShuttingDown) for r in results[2:]), results
-        late = await asyncio.gather(in_request(tracker, "c", False, check),
-                                    in_request(tracker, "c", True, check),
-                                    return_exceptions=True)
+        late = await asyncio.gather(
+            in_request(tracker, "c", False, check),
+            in_request(tracker, "c", True, check),
+            return_exceptions=True,
+        )
         assert isinstance(late[0], ShuttingDown) and late[1] is True
         assert tracker.count == 0
     finally:
@@ -211,8 +224,7 @@ async def test_a_full_queue_of_one_address_is_busy_with_a_retry_after():
     hasher = PasswordHasher(COST, threads=1, queue_per_address=2)
     tracker = RequestTracker()
     try:
-        jobs = [in_request(tracker, "a", False, lambda: hasher.hash("password"))
-                for _ in range(5)]
+        jobs = [in_request(tracker, "a", False, lambda: hasher.hash("password")) for _ in range(5)]
         other = in_request(tracker, "b", False, lambda: hasher.hash("password"))
         results = await asyncio.gather(*jobs, other, return_exceptions=True)
         busy = [r for r in results if isinstance(r, HashingBusy)]

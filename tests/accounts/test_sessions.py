@@ -1,4 +1,5 @@
 """Passwords are taken verbatim; expired sessions are purged; the secret file is logged."""
+
 from __future__ import annotations
 
 import asyncio
@@ -34,8 +35,11 @@ async def test_expired_sessions_are_purged(services: Any, user_factory: Any) -> 
     await user_factory("alice")
     await user_factory("bob")
     async with services.db.write() as session:
-        await session.execute(update(Session).where(Session.user_id == 1).values(
-            expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=1)))
+        await session.execute(
+            update(Session)
+            .where(Session.user_id == 1)
+            .values(expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=1))
+        )
     await services.sync.purge_sessions()
     async with services.db.read() as session:
         left = await session.scalar(select(func.count()).select_from(Session))
@@ -44,10 +48,22 @@ async def test_expired_sessions_are_purged(services: Any, user_factory: Any) -> 
 
 def test_generating_the_cookie_secret_is_logged(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", "import sys, run; sys.exit(run.main(sys.argv[1:]))",
-         "--port", "0", "--data-dir", str(tmp_path),
-         "--database-url", "postgresql://nobody@127.0.0.1:1/none"],
-        cwd=ROOT, capture_output=True, text=True, timeout=30)
+        [
+            sys.executable,
+            "-c",
+            "import sys, run; sys.exit(run.main(sys.argv[1:]))",
+            "--port",
+            "0",
+            "--data-dir",
+            str(tmp_path),
+            "--database-url",
+            "postgresql://nobody@127.0.0.1:1/none",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     # The database is unreachable, but only after the secret was generated and logged.
     assert result.returncode == 2
     assert "Generated a new cookie secret" in result.stderr
@@ -55,11 +71,13 @@ def test_generating_the_cookie_secret_is_logged(tmp_path: Path) -> None:
 
 
 @pytest.mark.gen_test
-async def test_concurrent_lookups_of_one_session_share_one_query(services: Any,
-                                                                 user_factory: Any) -> None:
+async def test_concurrent_lookups_of_one_session_share_one_query(
+    services: Any, user_factory: Any
+) -> None:
     alice = await user_factory("alice")
     raw = tornado.web.decode_signed_value(
-        services.settings.cookie_secret, "presence_session", alice.cookies["presence_session"])
+        services.settings.cookie_secret, "presence_session", alice.cookies["presence_session"]
+    )
     assert raw is not None
     token = raw.decode()
     services.accounts._cache.clear()
@@ -71,8 +89,7 @@ async def test_concurrent_lookups_of_one_session_share_one_query(services: Any,
 
     event.listen(services.db.engine.sync_engine, "before_cursor_execute", count)
     try:
-        found = await asyncio.gather(*(services.accounts.session_user(token)
-                                       for _ in range(50)))
+        found = await asyncio.gather(*(services.accounts.session_user(token) for _ in range(50)))
     finally:
         event.remove(services.db.engine.sync_engine, "before_cursor_execute", count)
     assert {user.username for user in found} == {"alice"}
@@ -86,7 +103,8 @@ async def test_concurrent_lookups_of_one_session_share_one_query(services: Any,
 
 @pytest.mark.gen_test(timeout=60)
 async def test_session_lookups_that_wait_together_share_one_query(
-        services: Any, make_client: Any) -> None:
+    services: Any, make_client: Any
+) -> None:
     """A reconnect storm of distinct users: each handshake gets its own user, with a handful
     of queries instead of one per handshake; unknown and revoked tokens get nobody."""
     clients = []
@@ -98,8 +116,9 @@ async def test_session_lookups_that_wait_together_share_one_query(
     tokens = []
     for client in clients:
         signed = client.cookies["presence_session"]
-        raw = tornado.web.decode_signed_value(services.settings.cookie_secret,
-                                              "presence_session", signed)
+        raw = tornado.web.decode_signed_value(
+            services.settings.cookie_secret, "presence_session", signed
+        )
         assert raw is not None
         tokens.append(raw.decode())
     revoked = tokens.pop()
@@ -113,16 +132,19 @@ async def test_session_lookups_that_wait_together_share_one_query(
 
     event.listen(services.db.engine.sync_engine, "before_cursor_execute", count)
     try:
-        users = await asyncio.gather(*(accounts.session_user(t) for t in
-                                       tokens + ["no-such-token", revoked]))
+        users = await asyncio.gather(
+            *(accounts.session_user(t) for t in tokens + ["no-such-token", revoked])
+        )
     finally:
         event.remove(services.db.engine.sync_engine, "before_cursor_execute", count)
     assert [u.username if u else None for u in users] == (
-        [f"batch{n:02d}" for n in range(39)] + [None, None])
+        [f"batch{n:02d}" for n in range(39)] + [None, None]
+    )
     assert 1 <= len(queries) <= 3, f"{len(queries)} queries for 41 lookups"
 
 
 # -- revocation is total: every revoked or expired session's sockets close ----------------------
+
 
 async def session_status(client: Any, cookies: dict[str, str] | None = None) -> int:
     """/api/session's status for ``client``'s cookies (or ``cookies``)."""
@@ -136,8 +158,9 @@ async def session_status(client: Any, cookies: dict[str, str] | None = None) -> 
 
 
 @pytest.mark.gen_test
-async def test_login_again_closes_the_old_sessions_sockets(user_factory: Any,
-                                                           make_client: Any) -> None:
+async def test_login_again_closes_the_old_sessions_sockets(
+    user_factory: Any, make_client: Any
+) -> None:
     watcher = await (await user_factory("alice")).connect()
     bob = await user_factory("bob")
     phone = make_client()
@@ -159,7 +182,8 @@ async def test_login_again_closes_the_old_sessions_sockets(user_factory: Any,
 
 @pytest.mark.gen_test
 async def test_signup_from_a_logged_in_browser_closes_the_earlier_sessions_sockets(
-        user_factory: Any) -> None:
+    user_factory: Any,
+) -> None:
     bob = await user_factory("bob")
     old_cookies = dict(bob.cookies)
     tab = await bob.connect()
@@ -171,13 +195,13 @@ async def test_signup_from_a_logged_in_browser_closes_the_earlier_sessions_socke
 
 @pytest.mark.gen_test
 async def test_expired_session_closes_its_socket_and_the_user_goes_offline(
-        services: Any, user_factory: Any) -> None:
+    services: Any, user_factory: Any
+) -> None:
     watcher = await (await user_factory("alice")).connect()
     bob = await user_factory("bob")
     soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1.0)
     async with services.db.write() as session:
-        await session.execute(update(Session).where(Session.user_id == 2).values(
-            expires_at=soon))
+        await session.execute(update(Session).where(Session.user_id == 2).values(expires_at=soon))
     services.accounts.clear_cache()
     sock = await bob.connect()
     await watcher.wait_status("bob", True)
@@ -190,8 +214,9 @@ async def test_expired_session_closes_its_socket_and_the_user_goes_offline(
 
 
 @pytest.mark.gen_test
-async def test_expired_session_is_not_served_from_the_cache(services: Any,
-                                                            user_factory: Any) -> None:
+async def test_expired_session_is_not_served_from_the_cache(
+    services: Any, user_factory: Any
+) -> None:
     bob = await user_factory("bob")
     soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=0.3)
     async with services.db.write() as session:
@@ -205,7 +230,8 @@ async def test_expired_session_is_not_served_from_the_cache(services: Any,
 @pytest.mark.parametrize("how", ["service", "broker-message"])
 @pytest.mark.gen_test
 async def test_user_level_revocation_closes_every_socket_of_the_user(
-        services: Any, user_factory: Any, make_client: Any, how: str) -> None:
+    services: Any, user_factory: Any, make_client: Any, how: str
+) -> None:
     alice = await user_factory("alice")
     watcher = await alice.connect()
     bob = await user_factory("bob")
@@ -218,8 +244,9 @@ async def test_user_level_revocation_closes_every_socket_of_the_user(
     if how == "service":
         await services.presence.end_user_sessions("bob")
     else:  # as another process announces it: through the broker only
-        await services.backend.publish(json.dumps({"type": "user_sessions_ended",
-                                                  "username": "Bob"}))
+        await services.backend.publish(
+            json.dumps({"type": "user_sessions_ended", "username": "Bob"})
+        )
     for tab in tabs:
         assert await tab.wait_closed(timeout=5) == 4001
     await watcher.wait_status("bob", False, timeout=5)
@@ -231,8 +258,9 @@ async def test_user_level_revocation_closes_every_socket_of_the_user(
 
 
 @pytest.mark.gen_test
-async def test_cache_is_bypassed_while_the_broker_is_unhealthy(services: Any,
-                                                               user_factory: Any) -> None:
+async def test_cache_is_bypassed_while_the_broker_is_unhealthy(
+    services: Any, user_factory: Any
+) -> None:
     """Another process's logout whose broadcast is lost (Redis down) must not be undone by
     this process's cache: while the broker has a problem, lookups go to the database."""
     bob = await user_factory("bob")
@@ -248,7 +276,8 @@ async def test_cache_is_bypassed_while_the_broker_is_unhealthy(services: Any,
 
 @pytest.mark.gen_test
 async def test_resubscribe_clears_the_cache_and_rechecks_open_sockets(
-        services: Any, user_factory: Any) -> None:
+    services: Any, user_factory: Any
+) -> None:
     watcher = await (await user_factory("alice")).connect()
     bob = await user_factory("bob")
     sock = await bob.connect()
@@ -266,6 +295,7 @@ async def test_resubscribe_clears_the_cache_and_rechecks_open_sockets(
 @pytest.mark.gen_test
 async def test_signup_runs_bcrypt_once(make_client: Any, monkeypatch: Any) -> None:
     import bcrypt
+
     calls: list[str] = []
     for name in ("hashpw", "checkpw"):
         real = getattr(bcrypt, name)
@@ -273,6 +303,7 @@ async def test_signup_runs_bcrypt_once(make_client: Any, monkeypatch: Any) -> No
         def counted(*args: Any, _real: Any = real, _name: str = name) -> Any:
             calls.append(_name)
             return _real(*args)
+
         monkeypatch.setattr(bcrypt, name, counted)
     client = make_client()
     response = await client.signup("bob", PASSWORD)
@@ -285,6 +316,7 @@ async def test_signup_runs_bcrypt_once(make_client: Any, monkeypatch: Any) -> No
 async def test_failed_session_insert_leaves_no_account(services: Any, make_client: Any) -> None:
     """Sign-up writes the account and its session in one transaction: a failure leaves
     nothing behind, and the name is still free."""
+
     def fail(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         if statement.lstrip().upper().startswith("INSERT INTO SESSIONS"):
             raise RuntimeError("injected failure of the session insert")

@@ -3,6 +3,7 @@ against SQLite and PostgreSQL, and their effect on a running app: sockets closed
 a deleted user removed from every list (``removed``), disabled accounts refused at login,
 closed sign-up. With Redis the running app hears of it at once through the broker; with the
 in-process broker within its periodic database check (sync.DATABASE_CHECK_INTERVAL)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -49,23 +50,32 @@ def test_user_commands_and_exit_codes(fresh_database_url: str, monkeypatch: Any)
 
     code, out, _ = run_admin(url, "users", "show", "ALICE")
     assert code == 0 and "username:    Alice\nstatus:      active\n" in out
-    assert run_admin(url, "users", "disable", "alice")[:2] == \
-        (0, "disabled user Alice (sessions ended)\n")
+    assert run_admin(url, "users", "disable", "alice")[:2] == (
+        0,
+        "disabled user Alice (sessions ended)\n",
+    )
     code, out, _ = run_admin(url, "users", "list")
     assert code == 0 and out.splitlines()[1].split()[:3] == ["Alice", "disabled", "0"]
     assert run_admin(url, "users", "enable", "alice")[:2] == (0, "enabled user Alice\n")
     assert "status:      active" in run_admin(url, "users", "show", "alice")[1]
     assert run_admin(url, "users", "revoke-sessions", "alice")[0] == 0
-    assert run_admin(url, "users", "reset-password", "alice")[:2] == \
-        (0, "password of Alice reset (sessions ended)\n")
+    assert run_admin(url, "users", "reset-password", "alice")[:2] == (
+        0,
+        "password of Alice reset (sessions ended)\n",
+    )
     assert run_admin(url, "users", "delete", "alice")[:2] == (0, "deleted user Alice\n")
 
     for action in ("show", "delete", "disable", "enable", "reset-password", "revoke-sessions"):
         code, _, err = run_admin(url, "users", action, "alice")
         assert (code, err) == (1, "error: no user named 'alice'\n"), action
     assert run_admin(url, "users", "show", "no such name!")[0] == 1
-    for usage in (["users", "frob"], ["users", "show"], ["users", "list", "alice"],
-                  ["users", "list", "--port", "99999"], ["db", "sideways"]):
+    for usage in (
+        ["users", "frob"],
+        ["users", "show"],
+        ["users", "list", "alice"],
+        ["users", "list", "--port", "99999"],
+        ["db", "sideways"],
+    ):
         assert run_admin(url, *usage)[0] == 2, usage
     assert admin.main([]) == 2 and admin.main(["serve"]) == 2
 
@@ -82,10 +92,21 @@ def test_passwords_come_from_the_environment_or_a_prompt(monkeypatch: Any) -> No
 def test_run_py_dispatches_to_the_admin_commands(tmp_path: Path) -> None:
     """`python run.py users ...` (and the env vars of the server's options) reach admin."""
     import subprocess
-    env = dict(os.environ, PRESENCE_DATA_DIR=str(tmp_path), PRESENCE_PASSWORD=PASSWORD,
-               PRESENCE_BCRYPT_ROUNDS="4")
-    result = subprocess.run([sys.executable, "run.py", "users", "add", "carol"], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=60)
+
+    env = dict(
+        os.environ,
+        PRESENCE_DATA_DIR=str(tmp_path),
+        PRESENCE_PASSWORD=PASSWORD,
+        PRESENCE_BCRYPT_ROUNDS="4",
+    )
+    result = subprocess.run(
+        [sys.executable, "run.py", "users", "add", "carol"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "created user carol\n"
     assert "no --redis-url" in result.stderr  # the limitation is said where it applies
@@ -93,17 +114,30 @@ def test_run_py_dispatches_to_the_admin_commands(tmp_path: Path) -> None:
 
 
 # -- against a running app ------------------------------------------------------------------
-async def admin_process(settings: Settings, *args: str,
-                        password: str = PASSWORD) -> tuple[int, str, str]:
+async def admin_process(
+    settings: Settings, *args: str, password: str = PASSWORD
+) -> tuple[int, str, str]:
     """The real command in its own process, as an operator runs it, beside the app."""
-    options = ["--database-url", settings.database_url, "--redis-prefix",
-               settings.redis_prefix, "--bcrypt-rounds", "4"]
+    options = [
+        "--database-url",
+        settings.database_url,
+        "--redis-prefix",
+        settings.redis_prefix,
+        "--bcrypt-rounds",
+        "4",
+    ]
     if settings.redis_url:
         options += ["--redis-url", settings.redis_url]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "run.py", *args, *options, cwd=ROOT,
+        sys.executable,
+        "run.py",
+        *args,
+        *options,
+        cwd=ROOT,
         env=dict(os.environ, PRESENCE_PASSWORD=password),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
@@ -116,8 +150,9 @@ def reach(settings: Settings) -> float:
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_delete_removes_the_user_live_everywhere(services: Any, settings: Settings,
-                                                       user_factory: Any) -> None:
+async def test_delete_removes_the_user_live_everywhere(
+    services: Any, settings: Settings, user_factory: Any
+) -> None:
     alice, bob = await user_factory("alice"), await user_factory("bob")
     watcher, victim = await alice.connect(), await bob.connect()
     await watcher.wait_status("bob", True)
@@ -144,9 +179,9 @@ async def test_delete_removes_the_user_live_everywhere(services: Any, settings: 
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_disable_ends_sessions_and_refuses_login(settings: Settings,
-                                                       user_factory: Any,
-                                                       make_client: Any) -> None:
+async def test_disable_ends_sessions_and_refuses_login(
+    settings: Settings, user_factory: Any, make_client: Any
+) -> None:
     bob = await user_factory("bob")
     sock = await bob.connect()
     code, out, err = await admin_process(settings, "users", "disable", "bob")
@@ -163,9 +198,9 @@ async def test_disable_ends_sessions_and_refuses_login(settings: Settings,
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_reset_password_and_revoke_sessions_close_sockets(settings: Settings,
-                                                                user_factory: Any,
-                                                                make_client: Any) -> None:
+async def test_reset_password_and_revoke_sessions_close_sockets(
+    settings: Settings, user_factory: Any, make_client: Any
+) -> None:
     bob = await user_factory("bob")
     sock = await bob.connect()
     code, out, _ = await admin_process(settings, "users", "revoke-sessions", "bob")
@@ -174,8 +209,9 @@ async def test_reset_password_and_revoke_sessions_close_sockets(settings: Settin
     again = make_client()
     await again.login("bob", PASSWORD)
     sock = await again.connect()
-    code, _, _ = await admin_process(settings, "users", "reset-password", "bob",
-                                     password=NEW_PASSWORD)
+    code, _, _ = await admin_process(
+        settings, "users", "reset-password", "bob", password=NEW_PASSWORD
+    )
     assert code == 0
     assert await sock.wait_closed(reach(settings)) == CLOSE_SESSION_ENDED
     assert (await make_client().login("bob", PASSWORD, check=False)).code == 401
@@ -183,8 +219,9 @@ async def test_reset_password_and_revoke_sessions_close_sockets(settings: Settin
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_closed_signup_and_users_add(services: Any, settings: Settings,
-                                           user_factory: Any, make_client: Any) -> None:
+async def test_closed_signup_and_users_add(
+    services: Any, settings: Settings, user_factory: Any, make_client: Any
+) -> None:
     alice = await user_factory("alice")
     watcher = await alice.connect()
     services.settings = replace(services.settings, signup="closed")
@@ -201,18 +238,19 @@ async def test_closed_signup_and_users_add(services: Any, settings: Settings,
 
 def test_signup_option_is_validated() -> None:
     from presence_app.config import ConfigError, load_settings
+
     assert load_settings(["--signup", "closed"], env={}).signup == "closed"
     assert load_settings([], env={"PRESENCE_SIGNUP": "closed"}).signup == "closed"
     with pytest.raises(ConfigError, match="--signup must be open or closed"):
         load_settings(["--signup", "invite"], env={})
 
 
-@pytest.mark.parametrize("args", [["users", "list"], ["users", "delete", "bob"],
-                                  ["db", "upgrade"], ["db", "current"]])
+@pytest.mark.parametrize(
+    "args", [["users", "list"], ["users", "delete", "bob"], ["db", "upgrade"], ["db", "current"]]
+)
 def test_an_unreachable_database_is_one_clear_line(args: list[str]) -> None:
     out, err = io.StringIO(), io.StringIO()
-    code = admin.main([*args, "--database-url", "postgresql://u:secret@127.0.0.1:1/none"],
-                      out, err)
+    code = admin.main([*args, "--database-url", "postgresql://u:secret@127.0.0.1:1/none"], out, err)
     assert code == 1
     assert err.getvalue().startswith("error: ") and err.getvalue().count("\n") == 1
     assert "127.0.0.1:1" in err.getvalue() and "secret" not in err.getvalue()
@@ -220,12 +258,14 @@ def test_an_unreachable_database_is_one_clear_line(args: list[str]) -> None:
 
 @pytest.mark.gen_test
 async def test_a_pending_row_of_a_deleted_account_does_not_block_the_ledger(
-        services: Any, user_factory: Any) -> None:
+    services: Any, user_factory: Any
+) -> None:
     """A socket count waiting to be written for an account deleted meanwhile (a foreign key
     violation) must not make every later write of the online-users table fail."""
     from sqlalchemy import delete, select
 
     from presence_app.db.database import OnlineUser, User
+
     await user_factory("alice")
     await user_factory("bob")
     async with services.db.read() as session:
@@ -236,6 +276,11 @@ async def test_a_pending_row_of_a_deleted_account_does_not_block_the_ledger(
     services.ledger.mark(ids["alice"], 2)
     await services.ledger.flush()
     async with services.db.read() as session:
-        rows = (await session.execute(select(OnlineUser.user_id, OnlineUser.connections)
-                                      .where(OnlineUser.node_id == "test-node"))).all()
+        rows = (
+            await session.execute(
+                select(OnlineUser.user_id, OnlineUser.connections).where(
+                    OnlineUser.node_id == "test-node"
+                )
+            )
+        ).all()
     assert [tuple(r) for r in rows] == [(ids["alice"], 2)]

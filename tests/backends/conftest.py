@@ -1,4 +1,5 @@
 """Fixtures of the backend tests: one test body over ``memory://`` and the real Redis."""
+
 from __future__ import annotations
 
 from typing import Any

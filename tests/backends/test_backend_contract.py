@@ -11,6 +11,7 @@ one backend every node shares (one process). Each Redis test has its own key pre
 afterwards. ``tests/backends/test_store_properties.py`` explores random interleavings of the
 same transitions; this file states the rules one by one.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -42,8 +43,7 @@ class Deployment:
         if self.url.startswith("memory") and self.backends:
             return next(iter(self.backends.values()))
         if name not in self.backends:
-            self.backends[name] = make_backend(self.url, self.prefix, grace=self.grace,
-                                               timeout=5.0)
+            self.backends[name] = make_backend(self.url, self.prefix, grace=self.grace, timeout=5.0)
         return self.backends[name]
 
     def listen(self, backend: Backend) -> list[str]:
@@ -74,7 +74,7 @@ class Deployment:
         """Take everything up to ``marker`` out of ``got``; return it without markers."""
         end = got.index(marker)
         before = [message for message in got[:end] if '"marker"' not in message]
-        del got[:end + 1]
+        del got[: end + 1]
         return before
 
     async def close(self) -> None:
@@ -111,7 +111,8 @@ def parsed(events: list[str]) -> list[dict[str, Any]]:
 # -- messages ---------------------------------------------------------------------------------
 @pytest.mark.gen_test
 async def test_every_listener_gets_every_message_in_order(
-        backend_url: str, redis_prefix: str) -> None:
+    backend_url: str, redis_prefix: str
+) -> None:
     async with deployment(backend_url, redis_prefix) as dep:
         one, two = dep.node("a"), dep.node("b")
         listeners = [dep.listen(one), dep.listen(one), dep.listen(two)]
@@ -124,7 +125,8 @@ async def test_every_listener_gets_every_message_in_order(
 
 @pytest.mark.gen_test
 async def test_a_failing_handler_loses_one_message_not_the_listener(
-        backend_url: str, redis_prefix: str, caplog: Any) -> None:
+    backend_url: str, redis_prefix: str, caplog: Any
+) -> None:
     async with deployment(backend_url, redis_prefix) as dep:
         backend = dep.node("a")
         got: list[str] = []
@@ -148,7 +150,8 @@ async def test_a_failing_handler_loses_one_message_not_the_listener(
 
 @pytest.mark.gen_test
 async def test_a_cancelled_listener_ends_cancelled_and_close_may_be_repeated(
-        backend_url: str, redis_prefix: str) -> None:
+    backend_url: str, redis_prefix: str
+) -> None:
     async with deployment(backend_url, redis_prefix) as dep:
         backend = dep.node("a")
         received = dep.listen(backend)
@@ -168,14 +171,19 @@ async def test_a_cancelled_listener_ends_cancelled_and_close_may_be_repeated(
 # -- presence transitions ---------------------------------------------------------------------
 @pytest.mark.gen_test
 async def test_one_event_per_real_transition_with_growing_versions(
-        backend_url: str, redis_prefix: str) -> None:
+    backend_url: str, redis_prefix: str
+) -> None:
     """Two nodes hold alice: only the first attach and the last detach change anything; what
     a transition returns is what every listener receives."""
     async with deployment(backend_url, redis_prefix) as dep:
         watcher, received = await watched(dep)
         n1, n2 = dep.node("n1"), dep.node("n2")
-        steps = [(n1.attach, "n1", T0, True), (n2.attach, "n2", T1, False),
-                 (n1.detach, "n1", T2, False), (n2.detach, "n2", T3, True)]
+        steps = [
+            (n1.attach, "n1", T0, True),
+            (n2.attach, "n2", T1, False),
+            (n1.detach, "n1", T2, False),
+            (n2.detach, "n2", T3, True),
+        ]
         returned = []
         for transition, node, now, changes in steps:
             event = await transition(node, "alice", now)
@@ -195,7 +203,8 @@ async def test_one_event_per_real_transition_with_growing_versions(
 
 @pytest.mark.gen_test
 async def test_announce_once_then_online_with_a_newer_version(
-        backend_url: str, redis_prefix: str) -> None:
+    backend_url: str, redis_prefix: str
+) -> None:
     async with deployment(backend_url, redis_prefix) as dep:
         watcher, received = await watched(dep)
         node = dep.node("n1")
@@ -214,7 +223,8 @@ async def test_announce_once_then_online_with_a_newer_version(
 
 @pytest.mark.gen_test
 async def test_settle_and_forget_spare_a_user_some_node_holds(
-        backend_url: str, redis_prefix: str) -> None:
+    backend_url: str, redis_prefix: str
+) -> None:
     async with deployment(backend_url, redis_prefix) as dep:
         n1, n2 = dep.node("n1"), dep.node("n2")
         await n1.attach("n1", "carol", T0)
@@ -230,7 +240,8 @@ async def test_settle_and_forget_spare_a_user_some_node_holds(
 
 @pytest.mark.gen_test
 async def test_reap_and_handover_take_only_that_nodes_users_offline(
-        backend_url: str, redis_prefix: str) -> None:
+    backend_url: str, redis_prefix: str
+) -> None:
     async with deployment(backend_url, redis_prefix) as dep:
         n1, n2 = dep.node("n1"), dep.node("n2")
         epoch, _ = await n1.heartbeat("n1", ALIVE)
@@ -241,19 +252,23 @@ async def test_reap_and_handover_take_only_that_nodes_users_offline(
         await n2.attach("n2", "grace", T0)
         assert await n2.reap("n1", T1) == []  # alive (or one process): not reaped
         events = parsed(await n2.reap("n1", T1, force=True))
-        assert [(e["username"], e["online"], e["last_seen"]) for e in events] == \
-            [("erin", False, T1)]
+        assert [(e["username"], e["online"], e["last_seen"]) for e in events] == [
+            ("erin", False, T1)
+        ]
         assert await n1.members("n1") == set() and await n2.members("n2") == {"frank", "grace"}
         events = parsed(await n2.handover("n2", T2))
-        assert sorted((e["username"], e["online"]) for e in events) == \
-            [("frank", False), ("grace", False)]
+        assert sorted((e["username"], e["online"]) for e in events) == [
+            ("frank", False),
+            ("grace", False),
+        ]
         assert not any(state.online for state in (await n1.states()).values())
         assert await n1.dead_nodes("n1") == []
 
 
 @pytest.mark.gen_test
 async def test_a_grace_defers_offline_to_one_sweep_with_the_close_time(
-        backend_url: str, redis_prefix: str) -> None:
+    backend_url: str, redis_prefix: str
+) -> None:
     async with deployment(backend_url, redis_prefix, grace=0.2) as dep:
         watcher, received = await watched(dep)
         n1, n2 = dep.node("n1"), dep.node("n2")

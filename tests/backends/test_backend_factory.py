@@ -2,6 +2,7 @@
 the schemes it knows when it meets another one; ``open_backend`` connects and closes it; the
 backend makes the login throttle that counts where it keeps its state.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -34,13 +35,16 @@ def test_every_url_the_settings_accept_has_a_backend() -> None:
     assert set(BACKENDS) == {"memory", *SCHEMES}
 
 
-@pytest.mark.parametrize("given,kind", [
-    ("memory://", MemoryBackend),
-    ("redis://127.0.0.1:6379/0", RedisBackend),
-    ("rediss://:secret@redis.example:6380/1", RedisBackend),
-    ("unix:///run/redis.sock", RedisBackend),
-    ("redis+sentinel://a:26379,b:26379/primary/0", RedisBackend),
-])
+@pytest.mark.parametrize(
+    "given,kind",
+    [
+        ("memory://", MemoryBackend),
+        ("redis://127.0.0.1:6379/0", RedisBackend),
+        ("rediss://:secret@redis.example:6380/1", RedisBackend),
+        ("unix:///run/redis.sock", RedisBackend),
+        ("redis+sentinel://a:26379,b:26379/primary/0", RedisBackend),
+    ],
+)
 @pytest.mark.gen_test
 async def test_the_scheme_picks_the_backend_without_connecting(given: str, kind: type) -> None:
     backend = make_backend(given, "p", grace=1.5)
@@ -50,12 +54,15 @@ async def test_the_scheme_picks_the_backend_without_connecting(given: str, kind:
         await backend.close()
 
 
-@pytest.mark.parametrize("bad_url,scheme", [
-    ("kafka://:hunter2@broker:9092", "kafka://"),
-    ("memory", "(none)"),
-    ("", "(none)"),
-    ("http://127.0.0.1:6379", "http://"),
-])
+@pytest.mark.parametrize(
+    "bad_url,scheme",
+    [
+        ("kafka://:hunter2@broker:9092", "kafka://"),
+        ("memory", "(none)"),
+        ("", "(none)"),
+        ("http://127.0.0.1:6379", "http://"),
+    ],
+)
 def test_an_unknown_scheme_is_refused_with_the_known_ones(bad_url: str, scheme: str) -> None:
     with pytest.raises(UnknownBackend) as caught:
         make_backend(bad_url)
@@ -68,7 +75,8 @@ def test_an_unknown_scheme_is_refused_with_the_known_ones(bad_url: str, scheme: 
 
 @pytest.mark.gen_test
 async def test_the_login_throttle_locks_a_pair_after_its_failures(
-        backend_url: str, redis_prefix: str) -> None:
+    backend_url: str, redis_prefix: str
+) -> None:
     """Counted in this process (memory) or in Redis for the deployment: the rule is one."""
     try:
         async with open_backend(backend_url, redis_prefix) as backend:

@@ -2,6 +2,7 @@
 
 Two app processes are two ``open_services`` in this process with the same Redis prefix (each
 its own Redis connections, its own HTTP server), which is what two ``run.py`` share."""
+
 from __future__ import annotations
 
 import asyncio
@@ -51,6 +52,7 @@ def second_url(io_loop: Any, services: Any, settings: Settings) -> Any:
     """A second process of the same deployment: same database, same Redis prefix."""
     from handlers import make_app
     from presence_app.services import open_services
+
     manager = open_services(replace(settings, node_id="test-node-2"))
     other = io_loop.run_sync(manager.__aenter__, timeout=20)
     sock, port = tornado.testing.bind_unused_port()
@@ -63,7 +65,8 @@ def second_url(io_loop: Any, services: Any, settings: Settings) -> Any:
 
 @pytest.mark.gen_test(timeout=30)
 async def test_failures_spread_over_two_processes_lock_the_name_on_both(
-        services: Any, make_client: Any, user_factory: Any, second_url: str) -> None:
+    services: Any, make_client: Any, user_factory: Any, second_url: str
+) -> None:
     assert isinstance(services.throttle, RedisLoginThrottle)
     await user_factory("alice")
     one, two = make_client(), PresenceClient(second_url)
@@ -79,8 +82,9 @@ async def test_failures_spread_over_two_processes_lock_the_name_on_both(
 
 @pytest.mark.parametrize("window", [1.0])
 @pytest.mark.gen_test(timeout=30)
-async def test_expiry_unlocks_on_both_processes(make_client: Any, user_factory: Any,
-                                                second_url: str) -> None:
+async def test_expiry_unlocks_on_both_processes(
+    make_client: Any, user_factory: Any, second_url: str
+) -> None:
     await user_factory("alice")
     one, two = make_client(), PresenceClient(second_url)
     for client in (one, two, two):
@@ -94,8 +98,10 @@ async def test_expiry_unlocks_on_both_processes(make_client: Any, user_factory: 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_simultaneous_guesses_on_two_processes_are_held_to_the_limit(
-        services: Any, redis_prefix: str) -> None:
+    services: Any, redis_prefix: str
+) -> None:
     import redis.asyncio as aioredis
+
     clients = [aioredis.from_url(REDIS_URL) for _ in range(2)]
     throttles = [RedisLoginThrottle(c, redis_prefix, 3, 60.0) for c in clients]
 
@@ -106,6 +112,7 @@ async def test_simultaneous_guesses_on_two_processes_are_held_to_the_limit(
         await asyncio.sleep(0.05)  # a bcrypt check; the others must wait, not pass
         await throttle.release("bob", "10.0.0.9", False)
         return True
+
     try:
         checked = await asyncio.gather(*(guess(i) for i in range(30)))
         assert sum(checked) == 3, checked
@@ -115,9 +122,9 @@ async def test_simultaneous_guesses_on_two_processes_are_held_to_the_limit(
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_redis_down_falls_back_to_local_counters_and_logs_once(
-        caplog: Any) -> None:
+async def test_redis_down_falls_back_to_local_counters_and_logs_once(caplog: Any) -> None:
     import redis.asyncio as aioredis
+
     client = aioredis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
     throttle = RedisLoginThrottle(client, "unused", 3, 60.0)
     caplog.set_level(logging.WARNING, logger="presence_app.backends.redis_throttle")
@@ -142,6 +149,7 @@ async def test_redis_restart_falls_back_then_shares_again(tmp_path: Path, caplog
     import redis.asyncio as aioredis
 
     from tests.support.redis import RedisServer
+
     if shutil.which("redis-server") is None:
         unavailable("redis-server is not installed")
     server = RedisServer(tmp_path).start()

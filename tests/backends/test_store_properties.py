@@ -17,6 +17,7 @@ Deadlines run on real clocks (Redis's ``TIME`` for RedisBackend), so a sweep clo
 may go either way: the model accepts both there, and requires the event once the deadline has
 clearly passed.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -48,18 +49,22 @@ T = TypeVar("T")
 
 NODES = ("n0", "n1", "n2")
 USERS = ("u0", "u1")
-GRACE = 0.02   # seconds: short, so that a few "wait" steps let deadlines pass
+GRACE = 0.02  # seconds: short, so that a few "wait" steps let deadlines pass
 SLACK = 0.003  # Redis deadlines are whole milliseconds of Redis's clock
 MARGIN = 0.008  # a sweep takes less than this: it is not started closer to a deadline
-ALIVE = 60.0   # heartbeat timeout of a live node: never expires within a test
+ALIVE = 60.0  # heartbeat timeout of a live node: never expires within a test
 nodes, users = st.sampled_from(NODES), st.sampled_from(USERS)
 
 # Small enough for CI (each configuration a few seconds), derandomized there so a run is
 # reproducible; locally hypothesis explores new cases and replays failures from .hypothesis/.
-RUNS = settings(max_examples=int(os.environ.get("PRESENCE_PROPERTY_EXAMPLES", "100")),
-                stateful_step_count=40, deadline=None, derandomize=IN_CI,
-                report_multiple_bugs=False,
-                suppress_health_check=[HealthCheck.too_slow])
+RUNS = settings(
+    max_examples=int(os.environ.get("PRESENCE_PROPERTY_EXAMPLES", "100")),
+    stateful_step_count=40,
+    deadline=None,
+    derandomize=IN_CI,
+    report_multiple_bugs=False,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 if IN_CI:  # the same cases on every run, and no example database left behind
     RUNS = settings(RUNS, database=None)
 
@@ -67,6 +72,7 @@ if IN_CI:  # the same cases on every run, and no example database left behind
 @dataclass
 class Seen:
     """A user's state as the events told it."""
+
     online: bool
     version: int
     last_seen: str | None
@@ -75,6 +81,7 @@ class Seen:
 @dataclass
 class Deadline:
     """A pending offline: due between ``lo`` and ``hi`` (our clock), ``closed`` is last_seen."""
+
     lo: float
     hi: float
     closed: str
@@ -83,6 +90,7 @@ class Deadline:
 @dataclass
 class Deployment:
     """One backend per node (the same one for every node in memory) and a listener."""
+
     stores: dict[str, Backend]
     listener: Backend
     prefix: str = ""
@@ -121,8 +129,11 @@ class StoreMachine(RuleBasedStateMachine):
         else:
             local = make_backend("memory://", grace=self.grace)
             deployment = Deployment({node: local for node in NODES}, local)
-        deployment.tasks.append(asyncio.create_task(
-            deployment.listener.listen(self.received.append, self._resubscribed)))
+        deployment.tasks.append(
+            asyncio.create_task(
+                deployment.listener.listen(self.received.append, self._resubscribed)
+            )
+        )
         await deployment.listener.wait_subscribed(timeout=5.0)
         return deployment
 
@@ -149,21 +160,27 @@ class StoreMachine(RuleBasedStateMachine):
         await self.deployment.listener.publish(marker)
         while marker not in self.received:
             await asyncio.sleep(0.0005)
-        got = self.received[:self.received.index(marker)]
-        del self.received[:len(got) + 1]
+        got = self.received[: self.received.index(marker)]
+        del self.received[: len(got) + 1]
         return got
 
     def now(self) -> str:
         """A distinct ISO time per call, so that every last_seen tells which step set it."""
         self.clock += 1
-        return f"2026-01-01T00:{self.clock // 60000 % 60:02d}:" \
-               f"{self.clock // 1000 % 60:02d}.{self.clock % 1000:03d}Z"
+        return (
+            f"2026-01-01T00:{self.clock // 60000 % 60:02d}:"
+            f"{self.clock // 1000 % 60:02d}.{self.clock % 1000:03d}Z"
+        )
 
     def store(self, node: str) -> Backend:
         return self.deployment.stores[node]
 
-    def check(self, returned: list[str], expected: Mapping[str, tuple[bool, str | None]],
-              optional: Mapping[str, tuple[bool, str | None]] | None = None) -> set[str]:
+    def check(
+        self,
+        returned: list[str],
+        expected: Mapping[str, tuple[bool, str | None]],
+        optional: Mapping[str, tuple[bool, str | None]] | None = None,
+    ) -> set[str]:
         """The events published since the last step are ``returned``, one per user in
         ``expected`` (plus maybe some of ``optional``), with growing versions. Returns the
         users announced."""
@@ -174,14 +191,16 @@ class StoreMachine(RuleBasedStateMachine):
         assert len(announced) == len(set(announced)), f"duplicate events: {published}"
         got = {e["username"]: (e["online"], e["last_seen"]) for e in events}
         allowed = {**(optional or {}), **expected}
-        assert set(expected) <= set(got) <= set(allowed), \
+        assert set(expected) <= set(got) <= set(allowed), (
             f"events {got}, expected {expected}, allowed as well {optional or {}}"
+        )
         for event in events:
             user = event["username"]
             assert got[user] == allowed[user], f"event {event}, expected {allowed[user]}"
             old = self.versions.get(user)
-            assert old is None or event["version"] > old, \
+            assert old is None or event["version"] > old, (
                 f"version of {user} went from {old} to {event}"
+            )
             assert event["type"] == "presence"
             self.versions[user] = event["version"]
             self.seen[user] = Seen(event["online"], event["version"], event["last_seen"])
@@ -212,8 +231,9 @@ class StoreMachine(RuleBasedStateMachine):
     def heartbeat(self, node: str) -> None:
         """A live node's heartbeat; for a killed one, coming back (a partition heals)."""
         epoch, readded = self.run(self.store(node).heartbeat(node, ALIVE))
-        assert readded == (self.redis and node not in self.known), \
+        assert readded == (self.redis and node not in self.known), (
             f"heartbeat of {node}: readded={readded}, known nodes {sorted(self.known)}"
+        )
         assert self.epoch in (None, epoch), "the epoch changed although the store was not emptied"
         self.epoch = epoch
         self.live[node] = True
@@ -331,17 +351,20 @@ class StoreMachine(RuleBasedStateMachine):
         s0 = time.time()
         events, wait = self.run(self.store(node).sweep())
         s1 = time.time()
-        due = {user: (False, d.closed) for user, d in self.pending.items()
-               if s0 > d.hi + SLACK}
-        maybe = {user: (False, d.closed) for user, d in self.pending.items()
-                 if s1 >= d.lo - SLACK and user not in due}
+        due = {user: (False, d.closed) for user, d in self.pending.items() if s0 > d.hi + SLACK}
+        maybe = {
+            user: (False, d.closed)
+            for user, d in self.pending.items()
+            if s1 >= d.lo - SLACK and user not in due
+        }
         for user in self.check(events, due, maybe):
             del self.pending[user]
         if not self.pending:
             assert wait is None, f"nothing is pending, yet the sweep says wait {wait}"
         else:
-            assert wait is not None and wait <= self.grace + SLACK, \
+            assert wait is not None and wait <= self.grace + SLACK, (
                 f"pending {sorted(self.pending)}, yet the sweep says wait {wait}"
+            )
 
     @rule(node=nodes, user=users)
     def settle(self, node: str, user: str) -> None:
@@ -367,17 +390,19 @@ class StoreMachine(RuleBasedStateMachine):
     def online_exactly_while_held(self) -> None:
         for user, seen in self.seen.items():
             held = bool(self.holders[user]) or user in self.pending
-            assert seen.online == held, \
-                f"{user}: online={seen.online}, held by {sorted(self.holders[user])}, " \
+            assert seen.online == held, (
+                f"{user}: online={seen.online}, held by {sorted(self.holders[user])}, "
                 f"pending={user in self.pending}"
+            )
 
     @invariant()
     def pending_agrees(self) -> None:
         """The in-process store saves its deadlines at shutdown: they must be the model's."""
         if not self.redis:
             entries = self.run(self.store(NODES[0]).pending())
-            assert {e.username: e.last_seen for e in entries} == \
-                {user: d.closed for user, d in self.pending.items()}
+            assert {e.username: e.last_seen for e in entries} == {
+                user: d.closed for user, d in self.pending.items()
+            }
 
     @invariant()
     def states_agree(self) -> None:
@@ -387,13 +412,17 @@ class StoreMachine(RuleBasedStateMachine):
         assert got == want, f"states() {got} != the events {want}"
         for node in NODES:
             members = self.run(self.store(node).members(node))
-            assert members == {u for u, h in self.holders.items() if node in h}, \
+            assert members == {u for u, h in self.holders.items() if node in h}, (
                 f"members({node}) = {members}, holders {self.holders}"
+            )
 
 
 def machine(redis: bool, grace: float) -> type[StoreMachine]:
-    return type(f"{'Redis' if redis else 'Memory'}StoreMachine", (StoreMachine,),
-                {"redis": redis, "grace": grace})
+    return type(
+        f"{'Redis' if redis else 'Memory'}StoreMachine",
+        (StoreMachine,),
+        {"redis": redis, "grace": grace},
+    )
 
 
 @pytest.mark.parametrize("grace", [0.0, GRACE], ids=["no-grace", "grace"])

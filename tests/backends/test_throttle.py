@@ -1,6 +1,7 @@
 """Failed-login throttling (an *extension* in docs/PROTOCOL.md; a lockout refuses the right
 password too, other logins are never refused), its bounded memory under a spray of names,
 and the per-address budget of bcrypt work."""
+
 from __future__ import annotations
 
 import asyncio
@@ -31,8 +32,7 @@ def overrides() -> dict[str, Any]:
 
 @pytest.fixture
 def settings(settings: Settings, overrides: dict[str, Any]) -> Settings:
-    return replace(settings, **{"login_max_failures": 3, "login_failure_window": 60.0,
-                                **overrides})
+    return replace(settings, **{"login_max_failures": 3, "login_failure_window": 60.0, **overrides})
 
 
 @pytest.fixture
@@ -61,10 +61,13 @@ def client_at(url: str, address: str, http: AsyncHTTPClient) -> PresenceClient:
     client.http = http
     real_request = client.request
 
-    async def request(method: str, path: str, body: Any = None, headers: Any = None,
-                      **kwargs: Any) -> Any:
-        return await real_request(method, path, body, {**(headers or {}),
-                                                       "X-Real-IP": address}, **kwargs)
+    async def request(
+        method: str, path: str, body: Any = None, headers: Any = None, **kwargs: Any
+    ) -> Any:
+        return await real_request(
+            method, path, body, {**(headers or {}), "X-Real-IP": address}, **kwargs
+        )
+
     client.request = request  # type: ignore[method-assign]
     return client
 
@@ -154,7 +157,8 @@ def test_table_of_locks_stays_bounded_and_expired_locks_go_first() -> None:
 @pytest.mark.parametrize("overrides", [{"login_throttle_entries": 20}])
 @pytest.mark.gen_test(timeout=60)
 async def test_over_long_fields_count_and_a_spray_over_http_keeps_the_lock(
-        services: Any, make_client: Any, user_factory: Any) -> None:
+    services: Any, make_client: Any, user_factory: Any
+) -> None:
     await user_factory("alice")
     client = make_client()
     for password in (LONG, "wrong password", LONG):  # over-long passwords count as failures
@@ -184,18 +188,22 @@ def job_seconds() -> float:
     return sorted(times)[2]
 
 
-@pytest.mark.parametrize("overrides", [{"bcrypt_rounds": COST, "bcrypt_threads": 1,
-                                        "login_max_failures": 0}])
+@pytest.mark.parametrize(
+    "overrides", [{"bcrypt_rounds": COST, "bcrypt_threads": 1, "login_max_failures": 0}]
+)
 @pytest.mark.gen_test(timeout=90)
 async def test_a_flooding_address_delays_another_by_about_one_job(
-        services: Any, proxied_url: str, http: AsyncHTTPClient) -> None:
+    services: Any, proxied_url: str, http: AsyncHTTPClient
+) -> None:
     job = job_seconds()
     victim = client_at(proxied_url, "10.0.0.2", http)
     await victim.signup("victim", PASSWORD)
     flooder = client_at(proxied_url, "10.0.0.1", http)
     await flooder.xsrf()
-    flood = [asyncio.ensure_future(flooder.login("victim", "wrong password", check=False))
-             for _ in range(FLOOD)]
+    flood = [
+        asyncio.ensure_future(flooder.login("victim", "wrong password", check=False))
+        for _ in range(FLOOD)
+    ]
     hasher = services.accounts.hasher
     deadline = time.monotonic() + 20
     while hasher.waiting < FLOOD // 2 and time.monotonic() < deadline:
@@ -215,18 +223,28 @@ async def test_a_flooding_address_delays_another_by_about_one_job(
     print(f"victim login {took:.3f} s, one job {job:.3f} s, {queued_behind} queued")
 
 
-@pytest.mark.parametrize("overrides", [{"bcrypt_rounds": COST, "bcrypt_threads": 1,
-                                        "login_max_failures": 0,
-                                        "bcrypt_queue_per_address": 5}])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {
+            "bcrypt_rounds": COST,
+            "bcrypt_threads": 1,
+            "login_max_failures": 0,
+            "bcrypt_queue_per_address": 5,
+        }
+    ],
+)
 @pytest.mark.gen_test(timeout=90)
 async def test_over_the_per_address_queue_is_429_with_retry_after(
-        proxied_url: str, http: AsyncHTTPClient) -> None:
+    proxied_url: str, http: AsyncHTTPClient
+) -> None:
     other = client_at(proxied_url, "10.0.0.2", http)
     await other.signup("other", PASSWORD)
     flooder = client_at(proxied_url, "10.0.0.1", http)
     await flooder.xsrf()
-    responses = await asyncio.gather(*(
-        flooder.login("other", "wrong password", check=False) for _ in range(30)))
+    responses = await asyncio.gather(
+        *(flooder.login("other", "wrong password", check=False) for _ in range(30))
+    )
     codes = sorted(r.code for r in responses)
     assert set(codes) == {401, 429} and codes.count(401) >= 5, codes
     busy = [r for r in responses if r.code == 429]
@@ -240,7 +258,8 @@ async def test_over_the_per_address_queue_is_429_with_retry_after(
 @pytest.mark.parametrize("overrides", [{"login_max_failures": 10, "bcrypt_threads": 1}])
 @pytest.mark.gen_test(timeout=120)
 async def test_a_load_of_logins_from_one_address_is_never_refused(
-        make_client: Any, user_factory: Any, http: AsyncHTTPClient, services: Any) -> None:
+    make_client: Any, user_factory: Any, http: AsyncHTTPClient, services: Any
+) -> None:
     """Load tests log thousands of users in from 127.0.0.1: with the default queue cap and
     failed-login limit, 40 simultaneous logins of one name among them, they wait their turn,
     none is refused."""
@@ -258,9 +277,11 @@ async def test_a_load_of_logins_from_one_address_is_never_refused(
         while True:
             most = max(most, hasher.waiting)
             await asyncio.sleep(0.01)
+
     watcher = asyncio.ensure_future(watch())
-    responses = await asyncio.gather(*(
-        c.login(f"load{i % 5}", PASSWORD, check=False) for i, c in enumerate(clients)))
+    responses = await asyncio.gather(
+        *(c.login(f"load{i % 5}", PASSWORD, check=False) for i, c in enumerate(clients))
+    )
     watcher.cancel()
     assert [r.code for r in responses] == [302] * len(clients)
     assert most >= 10  # they did wait together (one thread), yet none was refused
@@ -268,7 +289,8 @@ async def test_a_load_of_logins_from_one_address_is_never_refused(
 
 @pytest.mark.gen_test(timeout=60)
 async def test_simultaneous_guesses_are_held_to_the_limit(
-        make_client: Any, user_factory: Any, http: AsyncHTTPClient) -> None:
+    make_client: Any, user_factory: Any, http: AsyncHTTPClient
+) -> None:
     """30 guesses sent at once used to be checked all 30 (the limit is 3): every one passed
     the throttle before the first failure was counted."""
     await user_factory("alice")
@@ -277,8 +299,9 @@ async def test_simultaneous_guesses_are_held_to_the_limit(
     for client in clients:
         client.http = http
     await asyncio.gather(*(c.xsrf() for c in clients))
-    guesses = await asyncio.gather(*(c.login("alice", f"guess {i}", check=False)
-                                     for i, c in enumerate(clients)))
+    guesses = await asyncio.gather(
+        *(c.login("alice", f"guess {i}", check=False) for i, c in enumerate(clients))
+    )
     codes = sorted(r.code for r in guesses)
     assert codes == [401] * 3 + [429] * 27, codes
     # Simultaneous successful logins are never refused: they only take turns.

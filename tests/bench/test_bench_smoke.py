@@ -6,6 +6,7 @@ Three runs go side by side (most of a quick run is waiting for servers to start 
 the one-user scenarios in two against the app and the ``websockets`` reference, and the
 distinct-user scenarios (distinct, reconnect, churn with distinct users online) in the
 third. The ``picows`` reference is checked on its own, through its protocol."""
+
 from __future__ import annotations
 
 import asyncio
@@ -48,15 +49,16 @@ def children_running(mark: str) -> list[str]:
     return found
 
 
-def start_run(out: Path, scenarios: list[str], extra: list[str],
-              mark: str) -> subprocess.Popen[str]:
-    args = [sys.executable, "-m", "bench.run", "--quick", "--n", "200", "--out", str(out),
-            *extra]
+def start_run(
+    out: Path, scenarios: list[str], extra: list[str], mark: str
+) -> subprocess.Popen[str]:
+    args = [sys.executable, "-m", "bench.run", "--quick", "--n", "200", "--out", str(out), *extra]
     for name in scenarios:
         args += ["--scenario", name]
     env = {**os.environ, "BENCH_SMOKE_MARK": mark}
-    return subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env)
+    return subprocess.Popen(
+        args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
 
 
 def finish(run: subprocess.Popen[str], out: Path, scenarios: list[str]) -> dict[str, Any]:
@@ -140,21 +142,57 @@ def check_distinct(results: dict[str, Any]) -> None:
 @pytest.mark.cluster
 def test_quick_runs_write_complete_results(tmp_path: Path) -> None:
     mark = uuid.uuid4().hex
-    classic = ["--targets", "app,reference", "--sweep", "100", "--k", "2", "--movers", "6",
-               "--churn-seconds", "1", "--churn-modes", "one", "--login-seconds", "1",
-               "--slow-seconds", "2", "--cross", "2"]
-    distinct = ["--targets", "app", "--churn-modes", "distinct",
-                "--verify-sample", "20", "--reconnect-first", "0.5", "--backoff-base", "0.2",
-                "--backoff-cap", "1", "--dchurn-seconds", "1.5"]
-    runs = [(["connect", "fanout", "churn"], classic),
-            (["login", "slow"] + (["crossproc"] if redis_up() else []), classic),
-            (["distinct", "reconnect", "churn"], distinct)]
+    classic = [
+        "--targets",
+        "app,reference",
+        "--sweep",
+        "100",
+        "--k",
+        "2",
+        "--movers",
+        "6",
+        "--churn-seconds",
+        "1",
+        "--churn-modes",
+        "one",
+        "--login-seconds",
+        "1",
+        "--slow-seconds",
+        "2",
+        "--cross",
+        "2",
+    ]
+    distinct = [
+        "--targets",
+        "app",
+        "--churn-modes",
+        "distinct",
+        "--verify-sample",
+        "20",
+        "--reconnect-first",
+        "0.5",
+        "--backoff-base",
+        "0.2",
+        "--backoff-cap",
+        "1",
+        "--dchurn-seconds",
+        "1.5",
+    ]
+    runs = [
+        (["connect", "fanout", "churn"], classic),
+        (["login", "slow"] + (["crossproc"] if redis_up() else []), classic),
+        (["distinct", "reconnect", "churn"], distinct),
+    ]
     outs = [tmp_path / f"run{i}.json" for i in range(len(runs))]
-    started = [(out, names, start_run(out, names, extra, mark))
-               for out, (names, extra) in zip(outs, runs, strict=True)]
+    started = [
+        (out, names, start_run(out, names, extra, mark))
+        for out, (names, extra) in zip(outs, runs, strict=True)
+    ]
     results = [finish(proc, out, names) for out, names, proc in started]
-    classic_results = {**results[0], "scenarios": {**results[0]["scenarios"],
-                                                   **results[1]["scenarios"]}}
+    classic_results = {
+        **results[0],
+        "scenarios": {**results[0]["scenarios"], **results[1]["scenarios"]},
+    }
     check_classic(classic_results)
     results[2]["_md"] = str(started[2][0].with_suffix(".md"))
     check_distinct(results[2])
@@ -171,12 +209,16 @@ def test_picows_reference_speaks_the_protocol() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, str(ROOT / "bench" / "picows_server.py"),
-                               "--port", str(port)], stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "picows_server.py"), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert "Reference server running" in (server.stdout.readline() if server.stdout else "")
         asyncio.run(_talk(f"ws://127.0.0.1:{port}/ws"))
         import urllib.request
+
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
             assert json.loads(resp.read())["sockets"] == 0
     finally:
@@ -224,9 +266,15 @@ def test_views_count_every_presence_frame(compress: bool, seed: int) -> None:
 
     rng = random.Random(seed)
     names = [f"u{i:05d}" for i in range(1200)]
-    snapshot = json.dumps({"users": [{"username": n, "online": i < 200, "last_seen": None}
-                                     for i, n in enumerate(names)],
-                           "type": "snapshot", "me": names[0]}).encode()  # keys reordered
+    snapshot = json.dumps(
+        {
+            "users": [
+                {"username": n, "online": i < 200, "last_seen": None} for i, n in enumerate(names)
+            ],
+            "type": "snapshot",
+            "me": names[0],
+        }
+    ).encode()  # keys reordered
     if compress:
         deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
         body = deflate.compress(snapshot) + deflate.flush(zlib.Z_SYNC_FLUSH)
@@ -236,10 +284,21 @@ def test_views_count_every_presence_frame(compress: bool, seed: int) -> None:
     frames = [first]
     for i, name in enumerate(names[200:]):
         extra = "x" * (200 if i % 250 == 0 else 0)  # now and then a 16-bit length
-        frames.append(_server_frame(json.dumps(
-            {"type": "presence", "username": name, "online": True, "version": i + 1,
-             "last_seen": "2026-11-24T14:03:12.123Z", "note": extra},
-            separators=(",", ":")).encode()))
+        frames.append(
+            _server_frame(
+                json.dumps(
+                    {
+                        "type": "presence",
+                        "username": name,
+                        "online": True,
+                        "version": i + 1,
+                        "last_seen": "2026-11-24T14:03:12.123Z",
+                        "note": extra,
+                    },
+                    separators=(",", ":"),
+                ).encode()
+            )
+        )
         if i % 300 == 0:
             frames.append(_server_frame(b"", opcode=0x9))
         if i % 200 == 0:
@@ -247,8 +306,10 @@ def test_views_count_every_presence_frame(compress: bool, seed: int) -> None:
     wire = b"".join(frames)
     header = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     if compress:
-        header += ("Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover;"
-                   " client_no_context_takeover\r\n")
+        header += (
+            "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover;"
+            " client_no_context_takeover\r\n"
+        )
     wire = (header + "\r\n").encode() + wire
     got_from_client: list[bytes] = []
     done = asyncio.Event()
@@ -258,7 +319,7 @@ def test_views_count_every_presence_frame(compress: bool, seed: int) -> None:
         pos = 0
         while pos < len(wire):  # paced, so that reads see cuts anywhere and whole runs
             step = rng.choice([1, 2, 7, 60, 130, 400, 1500, 5000, 70000])
-            writer.write(wire[pos:pos + step])
+            writer.write(wire[pos : pos + step])
             await writer.drain()
             pos += step
             await asyncio.sleep(0.002)

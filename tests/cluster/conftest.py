@@ -1,4 +1,5 @@
 """Fixtures that start real processes: app servers, redis-server, nginx."""
+
 from __future__ import annotations
 
 import shutil
@@ -45,8 +46,15 @@ def start_app(tmp_path: Path) -> Iterator[Callable[..., AppProcess]]:
     """``start_app(name, database_url, redis_url, prefix, *flags)`` -> a running AppProcess."""
     started: list[AppProcess] = []
 
-    def start(name: str, database_url: str, redis_url: str, prefix: str, *extra: str,
-              port: int | None = None, wait: bool = True) -> AppProcess:
+    def start(
+        name: str,
+        database_url: str,
+        redis_url: str,
+        prefix: str,
+        *extra: str,
+        port: int | None = None,
+        wait: bool = True,
+    ) -> AppProcess:
         app = AppProcess(tmp_path, name, database_url, redis_url, prefix, *extra, port=port)
         started.append(app)
         app.start(wait=wait)

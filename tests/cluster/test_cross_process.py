@@ -1,4 +1,5 @@
 """Presence across real processes sharing Redis: directly, through nginx, under churn."""
+
 from __future__ import annotations
 
 import asyncio
@@ -27,8 +28,9 @@ async def logged_in(base: str, name: str) -> PresenceClient:
     return client
 
 
-def test_status_reaches_clients_of_every_process(start_app: Any, sqlite_url: str,
-                                                 prefix: str) -> None:
+def test_status_reaches_clients_of_every_process(
+    start_app: Any, sqlite_url: str, prefix: str
+) -> None:
     a = start_app("node-a", sqlite_url, REDIS_URL, prefix)
     b = start_app("node-b", sqlite_url, REDIS_URL, prefix)
 
@@ -54,8 +56,9 @@ def test_status_reaches_clients_of_every_process(start_app: Any, sqlite_url: str
     assert a.health()[1]["node"] == "node-a" and b.health()[1]["node"] == "node-b"
 
 
-def test_logout_closes_sockets_in_every_process(start_app: Any, sqlite_url: str,
-                                                prefix: str) -> None:
+def test_logout_closes_sockets_in_every_process(
+    start_app: Any, sqlite_url: str, prefix: str
+) -> None:
     a = start_app("node-a", sqlite_url, REDIS_URL, prefix)
     b = start_app("node-b", sqlite_url, REDIS_URL, prefix)
 
@@ -75,8 +78,9 @@ def test_logout_closes_sockets_in_every_process(start_app: Any, sqlite_url: str,
     asyncio.run(scenario())
 
 
-def test_presence_through_nginx(start_app: Any, start_nginx: Any, sqlite_url: str,
-                                prefix: str) -> None:
+def test_presence_through_nginx(
+    start_app: Any, start_nginx: Any, sqlite_url: str, prefix: str
+) -> None:
     a = start_app("node-a", sqlite_url, REDIS_URL, prefix)
     b = start_app("node-b", sqlite_url, REDIS_URL, prefix)
     proxy = start_nginx([a.port, b.port])
@@ -105,8 +109,9 @@ def test_presence_through_nginx(start_app: Any, start_nginx: Any, sqlite_url: st
     assert status == 200 and body["node"] in {"node-a", "node-b"}
 
 
-def test_churn_of_one_user_across_processes_converges(start_app: Any, sqlite_url: str,
-                                                      prefix: str) -> None:
+def test_churn_of_one_user_across_processes_converges(
+    start_app: Any, sqlite_url: str, prefix: str
+) -> None:
     nodes = [start_app(f"node-{i}", sqlite_url, REDIS_URL, prefix) for i in range(3)]
 
     async def churn(client: PresenceClient, rounds: int) -> None:

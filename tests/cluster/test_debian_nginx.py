@@ -6,6 +6,7 @@ change to run as a test changes: the pid and log files, the include paths, the p
 default site and our port-80 block share one free port, as they share port 80), temp dirs
 and a throwaway certificate. Before the fix, the default site's ``default_server`` took every
 request ("Welcome to nginx!") and there was no TLS server at all."""
+
 from __future__ import annotations
 
 import asyncio
@@ -52,21 +53,26 @@ def debian_copy(workdir: Path, http_port: int) -> Path:
     default.unlink()  # the copy's link must point into the copy, never at the real /etc
     default.symlink_to(etc / "sites-available" / "default")
     site = etc / "sites-available" / "default"
-    text = _sub(r"^\s*listen 80 default_server;",
-                f"\tlisten 127.0.0.1:{http_port} default_server;", site.read_text())
+    text = _sub(
+        r"^\s*listen 80 default_server;",
+        f"\tlisten 127.0.0.1:{http_port} default_server;",
+        site.read_text(),
+    )
     site.write_text(_sub(r"^\s*listen \[::\]:80 default_server;\n", "", text))
     conf = etc / "nginx.conf"
     text = conf.read_text()
     text = _sub(r"^user www-data;", user_line(), text)
     text = _sub(r"^pid /run/nginx.pid;", f"pid {workdir}/nginx.pid;", text)
     text = _sub(r"^error_log /var/log/nginx/error.log;", f"error_log {workdir}/error.log;", text)
-    text = _sub(r"access_log /var/log/nginx/access.log;", f"access_log {workdir}/access.log;",
-                text)
+    text = _sub(r"access_log /var/log/nginx/access.log;", f"access_log {workdir}/access.log;", text)
     conf.write_text(_sub(r"include /etc/nginx/", f"include {etc}/", text))
     temp = workdir / "nginx-temp"
-    (etc / "conf.d" / "00-test-temp.conf").write_text("".join(
-        f"{kind}_temp_path {temp}/{kind};\n"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")))
+    (etc / "conf.d" / "00-test-temp.conf").write_text(
+        "".join(
+            f"{kind}_temp_path {temp}/{kind};\n"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+    )
     temp.mkdir()
     return conf
 
@@ -78,10 +84,10 @@ class TLSClient(PresenceClient):
         super().__init__(base_url)
         self.ca_certs = str(ca_certs)
 
-    async def request(self, method: str, path: str, body: Any = None, headers: Any = None,
-                      **kwargs: Any) -> Any:
-        return await super().request(method, path, body, headers, ca_certs=self.ca_certs,
-                                     **kwargs)
+    async def request(
+        self, method: str, path: str, body: Any = None, headers: Any = None, **kwargs: Any
+    ) -> Any:
+        return await super().request(method, path, body, headers, ca_certs=self.ca_certs, **kwargs)
 
 
 def tls_context(workdir: Path) -> ssl.SSLContext:
@@ -89,15 +95,16 @@ def tls_context(workdir: Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(throwaway_cert(workdir)[0]))
 
 
-def fetch(port: int, path: str, host: str, tls: ssl.SSLContext | None = None,
-          source: str = "127.0.0.1") -> Any:
+def fetch(
+    port: int, path: str, host: str, tls: ssl.SSLContext | None = None, source: str = "127.0.0.1"
+) -> Any:
     """One GET (over TLS with a context), redirects not followed: (status, headers, body)."""
     if tls is not None:
         conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-            "127.0.0.1", port, timeout=5, source_address=(source, 0), context=tls)
+            "127.0.0.1", port, timeout=5, source_address=(source, 0), context=tls
+        )
     else:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5,
-                                          source_address=(source, 0))
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5, source_address=(source, 0))
     try:
         conn.request("GET", path, headers={"Host": host})
         response = conn.getresponse()
@@ -110,8 +117,9 @@ def fetch(port: int, path: str, host: str, tls: ssl.SSLContext | None = None,
 def debian_nginx(tmp_path: Path) -> Any:
     binary = nginx_binary()
     if binary is None or not (STOCK / "sites-enabled" / "default").exists():
-        unavailable("Debian's nginx with its default site is not installed "
-                    "(apt-get install -y nginx)")
+        unavailable(
+            "Debian's nginx with its default site is not installed (apt-get install -y nginx)"
+        )
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(upstream_ports: list[int]) -> tuple[Path, int, int, subprocess.Popen[bytes]]:
@@ -120,17 +128,29 @@ def debian_nginx(tmp_path: Path) -> Any:
         conf = debian_copy(tmp_path, http_port)
         # The install step of docs/DEPLOY.md: the shipped file as conf.d/presence.conf.
         (conf.parent / "conf.d" / "presence.conf").write_text(
-            site_config(upstream_ports, https_port, http_port, tmp_path))
-        args = [str(binary), "-c", str(conf), "-p", str(tmp_path),
-                "-e", str(tmp_path / "error.log")]
+            site_config(upstream_ports, https_port, http_port, tmp_path)
+        )
+        args = [
+            str(binary),
+            "-c",
+            str(conf),
+            "-p",
+            str(tmp_path),
+            "-e",
+            str(tmp_path / "error.log"),
+        ]
         check = subprocess.run([*args, "-t"], capture_output=True, text=True)
         assert check.returncode == 0, check.stderr
-        proc = subprocess.Popen([*args, "-g", "daemon off;"], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [*args, "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         procs.append(proc)
         tls = tls_context(tmp_path)
-        wait_until(lambda: fetch(https_port, "/healthz", SERVER_NAME, tls)[0] == 200, 10,
-                   "nginx to proxy /healthz over TLS")
+        wait_until(
+            lambda: fetch(https_port, "/healthz", SERVER_NAME, tls)[0] == 200,
+            10,
+            "nginx to proxy /healthz over TLS",
+        )
         return conf, http_port, https_port, proc
 
     yield start
@@ -139,7 +159,8 @@ def debian_nginx(tmp_path: Path) -> Any:
 
 
 def test_shipped_site_wins_in_debian_layout_with_default_site(
-        start_app: Any, debian_nginx: Any, sqlite_url: str, prefix: str) -> None:
+    start_app: Any, debian_nginx: Any, sqlite_url: str, prefix: str
+) -> None:
     a = start_app("node-a", sqlite_url, REDIS_URL, prefix)
     b = start_app("node-b", sqlite_url, REDIS_URL, prefix)
     conf, http_port, https_port, proc = debian_nginx([a.port, b.port])
@@ -173,13 +194,17 @@ def test_shipped_site_wins_in_debian_layout_with_default_site(
         await bob_sock.close()
         await watcher.wait_status("bob", False, timeout=5)
         await watcher.close()
+
     asyncio.run(scenario())
     assert a.health()[1]["status"] == "ok" and b.health()[1]["status"] == "ok"
 
     # DEPLOY.md's step: remove the default site; then every name is redirected.
     (conf.parent / "sites-enabled" / "default").unlink()
     proc.send_signal(signal.SIGHUP)
-    wait_until(lambda: fetch(http_port, "/", "127.0.0.1")[0] == 301, 10,
-               "nginx to reload without the default site")
+    wait_until(
+        lambda: fetch(http_port, "/", "127.0.0.1")[0] == 301,
+        10,
+        "nginx to reload without the default site",
+    )
     status, headers, _ = fetch(http_port, "/login", "127.0.0.1")
     assert headers["Location"] == "https://127.0.0.1/login"

@@ -1,4 +1,5 @@
 """The two ways to run several processes, on SQLite and PostgreSQL, and what is refused."""
+
 from __future__ import annotations
 
 import asyncio
@@ -59,8 +60,9 @@ def test_forked_workers_share_one_port(tmp_path: Any, sqlite_url: str, prefix: s
         app.stop()
 
 
-def test_separate_processes_on_postgresql_start_together(start_app: Any, pg_url: str,
-                                                         prefix: str) -> None:
+def test_separate_processes_on_postgresql_start_together(
+    start_app: Any, pg_url: str, prefix: str
+) -> None:
     """Three processes creating the schema at once (advisory lock) on a fresh database."""
     apps = [start_app(f"pg-{i}", pg_url, REDIS_URL, prefix, wait=False) for i in range(3)]
     for app in apps:
@@ -84,17 +86,33 @@ def test_separate_processes_on_postgresql_start_together(start_app: Any, pg_url:
     asyncio.run(scenario())
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--processes", "2"], "--processes needs --redis-url"),
-    (["--processes", "2", "--redis-url", "redis://127.0.0.1:6379/0", "--debug"],
-     "--debug (autoreload) cannot be combined with --processes"),
-    (["--redis-url", "http://127.0.0.1:6379"], "--redis-url must start with redis://"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--processes", "2"], "--processes needs --redis-url"),
+        (
+            ["--processes", "2", "--redis-url", "redis://127.0.0.1:6379/0", "--debug"],
+            "--debug (autoreload) cannot be combined with --processes",
+        ),
+        (["--redis-url", "http://127.0.0.1:6379"], "--redis-url must start with redis://"),
+    ],
+)
 def test_refused_combinations(tmp_path: Any, flags: list[str], message: str) -> None:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), "--port", str(free_port()),
-         "--data-dir", str(tmp_path), *flags],
-        capture_output=True, text=True, timeout=20, env={**os.environ, "PYTHONWARNINGS": ""})
+        [
+            sys.executable,
+            str(ROOT / "run.py"),
+            "--port",
+            str(free_port()),
+            "--data-dir",
+            str(tmp_path),
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={**os.environ, "PYTHONWARNINGS": ""},
+    )
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
@@ -102,8 +120,10 @@ def test_refused_combinations(tmp_path: Any, flags: list[str], message: str) -> 
 
 def test_rediss_url_is_accepted(tmp_path: Any) -> None:
     from presence_app.config import load_settings
-    settings = load_settings(["--redis-url", "rediss://example.invalid:6380/0",
-                              "--data-dir", str(tmp_path)], env={})
+
+    settings = load_settings(
+        ["--redis-url", "rediss://example.invalid:6380/0", "--data-dir", str(tmp_path)], env={}
+    )
     assert settings.broker_url.startswith("rediss://")
 
 

@@ -1,4 +1,5 @@
 """Crashes, shutdowns and Redis outages: nobody stuck online or offline, nothing lost."""
+
 from __future__ import annotations
 
 import asyncio
@@ -28,9 +29,13 @@ async def table_rows(database_url: str) -> tuple[set[tuple[str, str]], dict[str,
     db = Database(database_url)
     try:
         async with db.read() as session:
-            rows = (await session.execute(
-                select(User.username, OnlineUser.node_id).join(
-                    OnlineUser, OnlineUser.user_id == User.id))).all()
+            rows = (
+                await session.execute(
+                    select(User.username, OnlineUser.node_id).join(
+                        OnlineUser, OnlineUser.user_id == User.id
+                    )
+                )
+            ).all()
             seen = dict((await session.execute(select(User.username, User.last_seen))).all())
         return {(r[0], r[1]) for r in rows}, seen
     finally:
@@ -38,7 +43,8 @@ async def table_rows(database_url: str) -> tuple[set[tuple[str, str]], dict[str,
 
 
 def test_killed_process_users_go_offline_within_heartbeat_timeout(
-        start_app: Any, sqlite_url: str, prefix: str) -> None:
+    start_app: Any, sqlite_url: str, prefix: str
+) -> None:
     a = start_app("node-a", sqlite_url, REDIS_URL, prefix)
     b = start_app("node-b", sqlite_url, REDIS_URL, prefix)
 
@@ -75,7 +81,8 @@ def test_killed_process_users_go_offline_within_heartbeat_timeout(
 
 
 def test_restart_with_same_node_id_clears_stale_rows(
-        start_app: Any, sqlite_url: str, prefix: str) -> None:
+    start_app: Any, sqlite_url: str, prefix: str
+) -> None:
     """A process killed and restarted at once (before anyone reaps it) clears its own leftovers."""
     a = start_app("node-a", sqlite_url, REDIS_URL, prefix, "--heartbeat-timeout", "30")
 
@@ -95,7 +102,8 @@ def test_restart_with_same_node_id_clears_stale_rows(
 
 
 def test_sigterm_closes_with_1001_and_offline_at_once(
-        start_app: Any, sqlite_url: str, prefix: str) -> None:
+    start_app: Any, sqlite_url: str, prefix: str
+) -> None:
     a = start_app("node-a", sqlite_url, REDIS_URL, prefix)
     b = start_app("node-b", sqlite_url, REDIS_URL, prefix, "--heartbeat-timeout", "30")
 
@@ -120,7 +128,8 @@ def test_sigterm_closes_with_1001_and_offline_at_once(
 
 
 def test_redis_outage_and_empty_restart_resynchronise(
-        start_app: Any, sqlite_url: str, private_redis: Any) -> None:
+    start_app: Any, sqlite_url: str, private_redis: Any
+) -> None:
     a = start_app("node-a", sqlite_url, private_redis.url, "p")
     b = start_app("node-b", sqlite_url, private_redis.url, "p")
 
@@ -166,8 +175,7 @@ def test_redis_outage_and_empty_restart_resynchronise(
     assert b.proc is not None and b.proc.poll() is None
 
 
-def test_live_process_wrongly_reaped_rejoins(start_app: Any, sqlite_url: str,
-                                             prefix: str) -> None:
+def test_live_process_wrongly_reaped_rejoins(start_app: Any, sqlite_url: str, prefix: str) -> None:
     """If a live process is reaped (its event loop stalled past the timeout, say), its next
     heartbeat notices and re-registers its users: nobody stays wrongly offline."""
     from presence_app.backends import open_backend

@@ -3,6 +3,7 @@
 Each app process reaches Redis through a proxy of its own, so one process can be slowed,
 partitioned or left with half-open connections while the other is fine.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -52,13 +53,15 @@ async def signed_up(base: str, name: str) -> PresenceClient:
 
 async def health(base: str) -> tuple[int, Any]:
     """/healthz without blocking the test's loop (its sockets must keep answering pings)."""
-    response = await AsyncHTTPClient().fetch(base + "/healthz", raise_error=False,
-                                             request_timeout=5)
+    response = await AsyncHTTPClient().fetch(
+        base + "/healthz", raise_error=False, request_timeout=5
+    )
     return response.code, json.loads(response.body or b"null")
 
 
-async def poll(predicate: Callable[[], Any], timeout: float, what: str,
-               interval: float = 0.1) -> float:
+async def poll(
+    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1
+) -> float:
     """Await ``predicate()`` until truthy; returns the seconds it took."""
     started = time.monotonic()
     while not await predicate():
@@ -68,8 +71,9 @@ async def poll(predicate: Callable[[], Any], timeout: float, what: str,
     return time.monotonic() - started
 
 
-async def three_online(a_url: str, b_url: str) -> tuple[tuple[PresenceClient, ...],
-                                                        tuple[PresenceSocket, ...]]:
+async def three_online(
+    a_url: str, b_url: str
+) -> tuple[tuple[PresenceClient, ...], tuple[PresenceSocket, ...]]:
     """alice and carol on process A, bob on B, each with a socket; every view agrees."""
     alice, carol = await signed_up(a_url, "alice"), await signed_up(a_url, "carol")
     bob = await signed_up(b_url, "bob")
@@ -78,10 +82,10 @@ async def three_online(a_url: str, b_url: str) -> tuple[tuple[PresenceClient, ..
     return (alice, carol, bob), sockets
 
 
-async def converge(sockets: list[PresenceSocket], truth: dict[str, bool],
-                   timeout: float) -> None:
+async def converge(sockets: list[PresenceSocket], truth: dict[str, bool], timeout: float) -> None:
     """Every socket's view matches ``truth`` at once (read events until it does; ``still``
     then checks that it stays so)."""
+
     async def one(sock: PresenceSocket) -> None:
         right = lambda _message=None: {u: sock.online(u) for u in truth} == truth
         if not right():
@@ -90,6 +94,7 @@ async def converge(sockets: list[PresenceSocket], truth: dict[str, bool],
             except TimeoutError:
                 view = {u: sock.online(u) for u in truth}
                 raise AssertionError(f"{sock.me} sees {view} after {timeout} s") from None
+
     await asyncio.gather(*(one(s) for s in sockets))
 
 
@@ -102,14 +107,17 @@ async def api_view(client: PresenceClient, base: str) -> dict[str, bool]:
 async def still(sockets: list[PresenceSocket], truth: dict[str, bool], seconds: float) -> None:
     """Read whatever arrives for ``seconds``: the views must still match ``truth`` (a late,
     wrong event would show here)."""
+
     async def drain(sock: PresenceSocket) -> None:
         try:
             while True:
                 await sock.recv(timeout=seconds)
         except TimeoutError:
             pass
-    await asyncio.gather(*(asyncio.wait_for(drain(s), seconds + 1) for s in sockets),
-                         return_exceptions=True)
+
+    await asyncio.gather(
+        *(asyncio.wait_for(drain(s), seconds + 1) for s in sockets), return_exceptions=True
+    )
     for sock in sockets:
         view = {u: sock.online(u) for u in truth}
         assert view == truth, f"{sock.me} sees {view} after settling"
@@ -117,7 +125,8 @@ async def still(sockets: list[PresenceSocket], truth: dict[str, bool], seconds: 
 
 
 def test_partitioned_process_keeps_serving_is_reaped_and_rejoins(
-        redis_proxy: Any, start_app: Any, sqlite_url: str, prefix: str) -> None:
+    redis_proxy: Any, start_app: Any, sqlite_url: str, prefix: str
+) -> None:
     """One process loses Redis for 30 s (connections reset, new ones refused); the other is
     fine. The cut-off process keeps serving its pages and sockets; the other reaps it after
     the heartbeat timeout; when the partition ends it rejoins, and every client of both
@@ -146,11 +155,11 @@ def test_partitioned_process_keeps_serving_is_reaped_and_rejoins(
         assert (await health(a.url))[0] == 200
 
         # Changes on both sides during the partition.
-        await carol_ws.close()                        # A: carol leaves
-        dave = await signed_up(a.url, "dave")         # A: a new user comes online
+        await carol_ws.close()  # A: carol leaves
+        dave = await signed_up(a.url, "dave")  # A: a new user comes online
         dave_ws = await dave.connect()
-        await frank_ws.close()                        # B: frank leaves
-        erin = await signed_up(b.url, "erin")         # B: a sign-up without Redis
+        await frank_ws.close()  # B: frank leaves
+        erin = await signed_up(b.url, "erin")  # B: a sign-up without Redis
         erin_ws = await erin.connect()
         await alice_ws.wait_status("carol", False, timeout=5)
         await alice_ws.wait_status("dave", True, timeout=5)
@@ -165,8 +174,14 @@ def test_partitioned_process_keeps_serving_is_reaped_and_rejoins(
 
         proxy.heal()
         healed = time.monotonic()
-        truth = {"alice": True, "bob": True, "carol": False, "dave": True, "erin": True,
-                 "frank": False}
+        truth = {
+            "alice": True,
+            "bob": True,
+            "carol": False,
+            "dave": True,
+            "erin": True,
+            "frank": False,
+        }
         sockets = [alice_ws, dave_ws, bob_ws, erin_ws]
         await converge(sockets, truth, timeout=15)
         converged = time.monotonic() - healed
@@ -174,8 +189,10 @@ def test_partitioned_process_keeps_serving_is_reaped_and_rejoins(
         await still(sockets, truth, 2.0)
         for client, base in ((alice, a.url), (bob, b.url), (alice, b.url), (bob, a.url)):
             assert await api_view(client, base) == truth
-        print(f"\npartition: reaped after {reaped:.2f} s, converged {converged:.2f} s "
-              f"after the partition ended")
+        print(
+            f"\npartition: reaped after {reaped:.2f} s, converged {converged:.2f} s "
+            f"after the partition ended"
+        )
         for sock in sockets:
             await sock.close()
 
@@ -188,7 +205,8 @@ async def _both_healthy(*bases: str) -> bool:
 
 
 def test_half_open_connections_are_noticed_and_replaced(
-        redis_proxy: Any, start_app: Any, sqlite_url: str, prefix: str) -> None:
+    redis_proxy: Any, start_app: Any, sqlite_url: str, prefix: str
+) -> None:
     """The proxy stops forwarding on B's Redis connections without closing them (as a NAT or
     firewall that lost their state would), and on new ones until it heals. B must notice by
     itself (timeouts, pings on the idle subscription): /healthz 503 meanwhile, then new
@@ -221,8 +239,10 @@ def test_half_open_connections_are_noticed_and_replaced(
         await carol_ws.close()
         await bob_ws.wait_status("carol", False, timeout=5)
         assert (await health(b.url))[0] == 200
-        print(f"\nhalf-open: B's /healthz 503 after {noticed:.2f} s, 200 {recovered:.2f} s "
-              "after the heal")
+        print(
+            f"\nhalf-open: B's /healthz 503 after {noticed:.2f} s, 200 {recovered:.2f} s "
+            "after the heal"
+        )
         for sock in (alice_ws, bob_ws):
             await sock.close()
 
@@ -242,12 +262,14 @@ def recording(sock: PresenceSocket) -> list[dict[str, Any]]:
         if message.get("type") == "presence":
             seen.append({**message, "_at": time.monotonic()})
         apply(message)
+
     sock.apply = record  # type: ignore[method-assign]
     return seen
 
 
 def test_redis_latency_converges_in_order(
-        redis_proxy: Any, start_app: Any, sqlite_url: str, prefix: str) -> None:
+    redis_proxy: Any, start_app: Any, sqlite_url: str, prefix: str
+) -> None:
     """200 ms each way between every process and Redis: users coming and going on both
     processes (overlapping sockets included) end up right everywhere, each client receives
     every user's events in version order, and no live process is mistaken for dead."""
@@ -268,14 +290,15 @@ def test_redis_latency_converges_in_order(
         async def churn(i: int, user: str) -> None:
             client = clients[user]
             for k in range(3):
-                here = await client.connect()            # on its own process
+                here = await client.connect()  # on its own process
                 there = PresenceClient((b.url, a.url)[i % 2])
                 there.cookies = dict(client.cookies)
-                other = await there.connect()            # and on the other one
+                other = await there.connect()  # and on the other one
                 await asyncio.sleep(0.05 * k)
                 await here.close()
                 if k < 2 or i % 2:
-                    await other.close()                  # odd users end offline
+                    await other.close()  # odd users end offline
+
         await asyncio.gather(*(churn(i, u) for i, u in enumerate(users)))
         truth = {"alice": True, "bob": True, **{u: i % 2 == 0 for i, u in enumerate(users)}}
         started = time.monotonic()
@@ -287,8 +310,9 @@ def test_redis_latency_converges_in_order(
                 versions = [e["version"] for e in log if e["username"] == user]
                 assert versions == sorted(set(versions)), f"{user}: {versions}"
                 assert versions, f"no event for {user}"
-            assert not [e for e in log if e["username"] in ("alice", "bob") and not e["online"]], \
+            assert not [e for e in log if e["username"] in ("alice", "bob") and not e["online"]], (
                 f"a live process's user was shown offline (reaped under latency?): {log}"
+            )
         for client, base in ((alice, a.url), (bob, b.url)):
             assert await api_view(client, base) == truth
         print(f"\nlatency 200 ms each way: converged {converged:.2f} s after the last change")

@@ -14,6 +14,7 @@ Clients are plain blocking sockets with hand-built frames and bodies, so that an
 sent (invalid UTF-8 in a text frame or a form body, which normal clients refuse to produce).
 A failure prints the smallest input found.
 """
+
 from __future__ import annotations
 
 import base64
@@ -42,10 +43,14 @@ pytestmark = pytest.mark.cluster
 MAX_MESSAGE = 64 * 1024  # the default --max-message-size
 PASSWORD = "fuzz-pass-123"
 # Local runs explore; CI replays the same cases every time (derandomized) and keeps no database.
-FUZZ = settings(max_examples=int(os.environ.get("PRESENCE_FUZZ_EXAMPLES", "150")),
-                deadline=None, derandomize=IN_CI, report_multiple_bugs=False,
-                phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=int(os.environ.get("PRESENCE_FUZZ_EXAMPLES", "150")),
+    deadline=None,
+    derandomize=IN_CI,
+    report_multiple_bugs=False,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 if IN_CI:  # the same cases on every run, and no example database left behind
     FUZZ = settings(FUZZ, database=None)
 
@@ -70,8 +75,11 @@ class Served:
 
     def assert_quiet_log(self) -> None:
         text = self.new_log()
-        bad = [line for line in text.splitlines()
-               if "Traceback" in line or re.search(r"\bERROR\b|\bCRITICAL\b", line)]
+        bad = [
+            line
+            for line in text.splitlines()
+            if "Traceback" in line or re.search(r"\bERROR\b|\bCRITICAL\b", line)
+        ]
         assert not bad, "the app logged an error:\n" + text[-3000:]
 
 
@@ -82,9 +90,19 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     app.start()
     try:
         cookies = xsrf_cookies(app.port)
-        status, _, got = post(app.port, "/signup", urlencode(
-            {"username": "fuzzer", "password": PASSWORD, "confirm": PASSWORD,
-             "_xsrf": cookies["_xsrf"]}).encode(), cookies)
+        status, _, got = post(
+            app.port,
+            "/signup",
+            urlencode(
+                {
+                    "username": "fuzzer",
+                    "password": PASSWORD,
+                    "confirm": PASSWORD,
+                    "_xsrf": cookies["_xsrf"],
+                }
+            ).encode(),
+            cookies,
+        )
         assert status == 302 and "presence_session" in got, status
         cookies.update(got)
         state = Served(app, cookies)
@@ -94,8 +112,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         app.stop()
 
 
-def request(port: int, method: str, path: str, body: bytes | None = None,
-            headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
+def request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, bytes, dict[str, str]]:
     """One HTTP/1.1 request; returns status, body and the cookies set."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -126,10 +149,16 @@ def xsrf_cookies(port: int) -> dict[str, str]:
     return cookies
 
 
-def post(port: int, path: str, body: bytes, cookies: dict[str, str]
-         ) -> tuple[int, bytes, dict[str, str]]:
-    return request(port, "POST", path, body, {
-        "Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie_header(cookies)})
+def post(
+    port: int, path: str, body: bytes, cookies: dict[str, str]
+) -> tuple[int, bytes, dict[str, str]]:
+    return request(
+        port,
+        "POST",
+        path,
+        body,
+        {"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie_header(cookies)},
+    )
 
 
 # -- WebSocket frames ------------------------------------------------------------------------
@@ -144,10 +173,13 @@ class RawSocket:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         self.buf = b""
         key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall((
-            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\nCookie: {cookie}\r\n\r\n").encode())
+        self.sock.sendall(
+            (
+                f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                f"Sec-WebSocket-Version: 13\r\nCookie: {cookie}\r\n\r\n"
+            ).encode()
+        )
         head = self._read_until(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101"), head[:200]
 
@@ -258,26 +290,44 @@ def is_ping(opcode: int, payload: bytes) -> bool:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=4),
-    max_leaves=12)
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 text_messages = st.one_of(
     json_values.map(json.dumps),
-    st.dictionaries(st.sampled_from(["type", "error", "username"]), json_values, max_size=3)
-    .map(lambda d: json.dumps({"type": "ping", **d})),
-    st.text(max_size=200),                                    # control characters included
-    st.integers(1, 5000).map(lambda n: "[" * n),              # deep nesting
+    st.dictionaries(st.sampled_from(["type", "error", "username"]), json_values, max_size=3).map(
+        lambda d: json.dumps({"type": "ping", **d})
+    ),
+    st.text(max_size=200),  # control characters included
+    st.integers(1, 5000).map(lambda n: "[" * n),  # deep nesting
     st.integers(1, 3000).map(lambda n: '{"a":' * n + "1" + "}" * n),
-    st.integers(1, 6000).map(lambda n: "9" * n),              # huge numbers
-    st.sampled_from(["1e999", "-1e999", "NaN", "-Infinity", '{"type":"ping"}', "",
-                     '{"type":"ping","type":"x"}', '"\\ud800"', "\x00", "[]", "{}"]),
+    st.integers(1, 6000).map(lambda n: "9" * n),  # huge numbers
+    st.sampled_from(
+        [
+            "1e999",
+            "-1e999",
+            "NaN",
+            "-Infinity",
+            '{"type":"ping"}',
+            "",
+            '{"type":"ping","type":"x"}',
+            '"\\ud800"',
+            "\x00",
+            "[]",
+            "{}",
+        ]
+    ),
 )
 raw_payloads = st.one_of(
     text_messages.map(lambda text: text.encode("utf-8", "surrogatepass")),
     st.binary(max_size=200),
-    st.tuples(st.binary(max_size=50), st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80",
-                                                       b"\xf8\x88\x80\x80\x80"]),
-              st.binary(max_size=50)).map(b"".join),           # surely not UTF-8
+    st.tuples(
+        st.binary(max_size=50),
+        st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80"]),
+        st.binary(max_size=50),
+    ).map(b"".join),  # surely not UTF-8
     st.integers(MAX_MESSAGE - 2, MAX_MESSAGE + 8).map(lambda n: b" " * n),
 )
 
@@ -295,6 +345,7 @@ class Message:
             if len(part) > 40 and part == part[:1] * len(part):
                 return f"{part[:1]!r} * {len(part)}"
             return repr(part) if len(part) <= 120 else f"{part[:100]!r} + ... ({len(part)} bytes)"
+
         kind = {1: "text", 2: "binary"}[self.opcode]
         return f"Message({kind}, [{', '.join(short(p) for p in self.parts)}])"
 
@@ -310,22 +361,26 @@ def messages(draw: Any) -> Message:
 
 def check_frame(served: Served, message: Message) -> None:
     ping = is_ping(message.opcode, message.payload)
-    outcome = exchange(served, [(message.opcode, part) for part in message.parts],
-                       pongs=2 if ping else 1)
+    outcome = exchange(
+        served, [(message.opcode, part) for part in message.parts], pongs=2 if ping else 1
+    )
     served.assert_quiet_log()
     assert outcome.close_code != CUT, "the server cut the connection without a close frame"
     if len(message.payload) > MAX_MESSAGE:
         assert outcome.close_code == 1009, outcome
         return
     if outcome.close_code is not None:
-        allowed = {1003} if message.opcode == 2 else \
-            {1007} if not is_utf8(message.payload) else set()
-        assert outcome.close_code in allowed, \
+        allowed = (
+            {1003} if message.opcode == 2 else {1007} if not is_utf8(message.payload) else set()
+        )
+        assert outcome.close_code in allowed, (
             f"closed with {outcome.close_code}; documented here: {sorted(allowed) or 'none'}"
+        )
         return
     expected = ["pong", "pong"] if ping else ["error", "pong"]
-    assert [reply["type"] for reply in outcome.replies] == expected, \
+    assert [reply["type"] for reply in outcome.replies] == expected, (
         f"replies {outcome.replies} to {message}"
+    )
 
 
 @pytest.mark.parametrize("depth", [2000, 100_000 // 2])
@@ -334,8 +389,11 @@ def test_deeply_nested_json_gets_an_error_message(served: Served, depth: int) ->
     check_frame(served, Message(1, [b"[" * depth]))
 
 
-@pytest.mark.parametrize("payload", [b'{"type":"ping","x":"\xff"}', b"\xed\xa0\x80",
-                                     b"\xc3"], ids=["bad-byte", "surrogate", "truncated"])
+@pytest.mark.parametrize(
+    "payload",
+    [b'{"type":"ping","x":"\xff"}', b"\xed\xa0\x80", b"\xc3"],
+    ids=["bad-byte", "surrogate", "truncated"],
+)
 def test_text_frame_not_utf8_is_closed_with_1007(served: Served, payload: bytes) -> None:
     """RFC 6455 8.1: invalid UTF-8 in a text frame fails the connection with 1007; a plain
     TCP cut (what Tornado does by itself) looks like a network error to the client."""
@@ -349,44 +407,67 @@ def test_text_frame_not_utf8_is_closed_with_1007(served: Served, payload: bytes)
 
 @settings(FUZZ)
 @given(message=messages())
-def test_any_frame_gets_an_answer_or_a_documented_close(served: Served,
-                                                        message: Message) -> None:
+def test_any_frame_gets_an_answer_or_a_documented_close(served: Served, message: Message) -> None:
     check_frame(served, message)
 
 
 # -- forms -----------------------------------------------------------------------------------
 def encoded(value: str | bytes) -> str:
-    return quote(value, safe="") if isinstance(value, bytes) else quote(value.encode(
-        "utf-8", "surrogatepass"), safe="")
+    return (
+        quote(value, safe="")
+        if isinstance(value, bytes)
+        else quote(value.encode("utf-8", "surrogatepass"), safe="")
+    )
 
 
-field_values = st.one_of(st.text(max_size=40), st.text(min_size=60, max_size=300),
-                         st.binary(max_size=40), st.sampled_from(["", "\x00", "a\x00b",
-                                                                  "x" * 73, "é" * 40]))
-form_fields = st.lists(st.tuples(st.sampled_from(["username", "password", "confirm", "next",
-                                                  "other", ""]), field_values), max_size=6)
+field_values = st.one_of(
+    st.text(max_size=40),
+    st.text(min_size=60, max_size=300),
+    st.binary(max_size=40),
+    st.sampled_from(["", "\x00", "a\x00b", "x" * 73, "é" * 40]),
+)
+form_fields = st.lists(
+    st.tuples(
+        st.sampled_from(["username", "password", "confirm", "next", "other", ""]), field_values
+    ),
+    max_size=6,
+)
 markers = st.text("0123456789abcdef", min_size=10, max_size=10).map(lambda t: "Pw" + t)
 
 
 @settings(FUZZ)
-@given(path=st.sampled_from(["/signup", "/login"]), fields=form_fields, marker=markers,
-       secret=st.binary(max_size=30) | st.text(max_size=30).map(str.encode),
-       xsrf=st.sampled_from(["field", "field", "field", "header", "missing", "wrong"]))
+@given(
+    path=st.sampled_from(["/signup", "/login"]),
+    fields=form_fields,
+    marker=markers,
+    secret=st.binary(max_size=30) | st.text(max_size=30).map(str.encode),
+    xsrf=st.sampled_from(["field", "field", "field", "header", "missing", "wrong"]),
+)
 def test_any_form_gets_a_4xx_or_a_redirect_and_never_echoes_a_password(
-        served: Served, path: str, fields: list[tuple[str, str | bytes]], marker: str,
-        secret: bytes, xsrf: str) -> None:
+    served: Served,
+    path: str,
+    fields: list[tuple[str, str | bytes]],
+    marker: str,
+    secret: bytes,
+    xsrf: str,
+) -> None:
     """Random fields (unicode, NUL, over-long, raw bytes that are not UTF-8, missing, repeated)
     plus one password that starts with ``marker``: the marker must appear nowhere."""
     password = marker.encode() + secret
-    pairs = [*fields, ("password", password)] if "password" not in dict(fields) else \
-        [(name, password if name == "password" else value) for name, value in fields]
+    pairs = (
+        [*fields, ("password", password)]
+        if "password" not in dict(fields)
+        else [(name, password if name == "password" else value) for name, value in fields]
+    )
     cookies = xsrf_cookies(served.app.port)
     token = {"field": cookies["_xsrf"], "header": "", "missing": "", "wrong": "2|0|0|0"}[xsrf]
     if token:
         pairs.append(("_xsrf", token))
     body = "&".join(f"{encoded(name)}={encoded(value)}" for name, value in pairs).encode()
-    headers = {"Content-Type": "application/x-www-form-urlencoded",
-               "Cookie": cookie_header(cookies)}
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "Cookie": cookie_header(cookies),
+    }
     if xsrf == "header":
         headers["X-XSRFToken"] = cookies["_xsrf"]
     status, page, _ = request(served.app.port, "POST", path, body, headers)
@@ -404,21 +485,46 @@ def test_any_form_gets_a_4xx_or_a_redirect_and_never_echoes_a_password(
 
 # -- paths -----------------------------------------------------------------------------------
 segments = st.one_of(
-    st.sampled_from(["%00", "style.css", "style.css%00.js", "main.js", "favicon.ico", "%ff",
-                     "..", "%2e%2e", "%2f", "%5c", "", "%0d%0a", "%", "%c0%ae", "users",
-                     "session", "?v=1", "?next=%00", "x%00y"]),
+    st.sampled_from(
+        [
+            "%00",
+            "style.css",
+            "style.css%00.js",
+            "main.js",
+            "favicon.ico",
+            "%ff",
+            "..",
+            "%2e%2e",
+            "%2f",
+            "%5c",
+            "",
+            "%0d%0a",
+            "%",
+            "%c0%ae",
+            "users",
+            "session",
+            "?v=1",
+            "?next=%00",
+            "x%00y",
+        ]
+    ),
     st.text(max_size=8).map(lambda t: quote(t.encode("utf-8", "surrogatepass"), safe="")),
-    st.binary(max_size=6).map(lambda b: quote(b, safe="")))
-roots = st.sampled_from(["static", "static/js", "api", "", "favicon.ico", "ws", "login",
-                         "healthz"])
+    st.binary(max_size=6).map(lambda b: quote(b, safe="")),
+)
+roots = st.sampled_from(["static", "static/js", "api", "", "favicon.ico", "ws", "login", "healthz"])
 
 
 @settings(FUZZ)
-@given(root=roots, parts=st.lists(segments, max_size=3), method=st.sampled_from(["GET", "HEAD"]),
-       logged_in=st.booleans())
+@given(
+    root=roots,
+    parts=st.lists(segments, max_size=3),
+    method=st.sampled_from(["GET", "HEAD"]),
+    logged_in=st.booleans(),
+)
 @example(root="static", parts=["style.css%00.js"], method="GET", logged_in=False)
-def test_any_path_is_answered_without_a_5xx(served: Served, root: str, parts: list[str],
-                                            method: str, logged_in: bool) -> None:
+def test_any_path_is_answered_without_a_5xx(
+    served: Served, root: str, parts: list[str], method: str, logged_in: bool
+) -> None:
     path = "/" + "/".join([root, *parts])
     headers = {"Cookie": cookie_header(served.cookies)} if logged_in else {}
     status, page, _ = request(served.app.port, method, path, headers=headers)

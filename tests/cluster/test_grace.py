@@ -7,6 +7,7 @@ timeout" is checked against 12 s. The kill -9 tests scale the grace down to 6 s 
 they check (deadlines kept in the store, finalised by whoever is alive) does not depend on the
 figure, only on the kill landing inside the grace, which 6 s leaves room for after a restart.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -27,7 +28,7 @@ from tests.support.waiting import wait_until
 pytestmark = pytest.mark.cluster
 
 HEARTBEAT_TIMEOUT = 2.0  # the harness's --heartbeat-timeout
-SLACK = 1.0              # scheduling on a busy 2-core machine
+SLACK = 1.0  # scheduling on a busy 2-core machine
 
 
 class PageLike:
@@ -36,8 +37,9 @@ class PageLike:
     backoff from 0.5 s doubling, a GET /api/users before each attempt), and it logs every
     snapshot and event with its arrival time."""
 
-    def __init__(self, base: str, username: str, seed: int, origin: str | None = None,
-                 come_back: bool = True) -> None:
+    def __init__(
+        self, base: str, username: str, seed: int, origin: str | None = None, come_back: bool = True
+    ) -> None:
         self.client = PresenceClient(base, origin=origin)
         self.username = username
         self.come_back = come_back
@@ -83,19 +85,27 @@ class PageLike:
                     self.sock = await self.client.connect(timeout=5)
                     self._logged_snapshot()
                 except Exception:  # refused, 502 from nginx, timeout: back off and retry
-                    ceiling = min(15.0, 0.5 * 2 ** attempt)
+                    ceiling = min(15.0, 0.5 * 2**attempt)
                     attempt += 1
                     await asyncio.sleep(self.rng.random() * ceiling)
 
     def offline_events(self, username: str) -> list[tuple[float, dict[str, Any]]]:
-        return [(t, m) for t, m in self.log if m.get("type") == "presence"
-                and m["username"] == username and m["online"] is False]
+        return [
+            (t, m)
+            for t, m in self.log
+            if m.get("type") == "presence" and m["username"] == username and m["online"] is False
+        ]
 
     def ever_offline(self, username: str, since: float) -> list[tuple[float, dict[str, Any]]]:
         """Every snapshot or event since ``since`` that showed ``username`` offline."""
         return [(t, m) for t, m in self.offline_events(username) if t >= since] + [
-            (t, m) for t, m in self.log if t >= since and m["type"] == "snapshot"
-            and username in m["users"] and m["users"][username]["online"] is False]
+            (t, m)
+            for t, m in self.log
+            if t >= since
+            and m["type"] == "snapshot"
+            and username in m["users"]
+            and m["users"][username]["online"] is False
+        ]
 
     async def stop(self) -> None:
         if self.task is not None:
@@ -113,8 +123,9 @@ async def signed_up(base: str, *names: str) -> None:
 async def all_connected(pages: list[PageLike], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not all(p.connected for p in pages):
-        assert time.monotonic() < deadline, \
+        assert time.monotonic() < deadline, (
             f"not reconnected: {[p.username for p in pages if not p.connected]}"
+        )
         await asyncio.sleep(0.05)
 
 
@@ -132,8 +143,9 @@ def stamp(when: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(when, dt.UTC)
 
 
-def check_announced_once(pages: list[PageLike], username: str, closed: float,
-                         grace: float) -> float:
+def check_announced_once(
+    pages: list[PageLike], username: str, closed: float, grace: float
+) -> float:
     """Every page saw ``username`` go offline exactly once, in [grace, grace + heartbeat
     timeout] after ``closed``, with ``last_seen`` the close time; returns the latest delay."""
     delays = []
@@ -142,11 +154,13 @@ def check_announced_once(pages: list[PageLike], username: str, closed: float,
         assert len(events) == 1, f"{page.username} saw {username} offline {len(events)} times"
         arrived, event = events[0]
         delays.append(arrived - closed)
-        assert grace - 0.1 <= arrived - closed <= grace + HEARTBEAT_TIMEOUT + SLACK, \
+        assert grace - 0.1 <= arrived - closed <= grace + HEARTBEAT_TIMEOUT + SLACK, (
             f"{username} offline {arrived - closed:.2f} s after the close (grace {grace} s)"
+        )
         seen = parse_time(event["last_seen"])
-        assert stamp(closed - 0.1) <= seen <= stamp(closed + 1.5), \
+        assert stamp(closed - 0.1) <= seen <= stamp(closed + 1.5), (
             f"last_seen {seen} is not the close time {stamp(closed)}"
+        )
     return max(delays)
 
 
@@ -163,8 +177,10 @@ def test_single_process_restart_within_the_grace(start_app: Any, sqlite_url: str
 
     async def scenario() -> None:
         await signed_up(app.url, "alice", "bob", "carol")
-        pages = [await PageLike(app.url, name, seed).open()
-                 for seed, name in enumerate(["alice", "bob", "alice"])]
+        pages = [
+            await PageLike(app.url, name, seed).open()
+            for seed, name in enumerate(["alice", "bob", "alice"])
+        ]
         leaver = await PageLike(app.url, "carol", 9, come_back=False).open()
         await online_everywhere(pages, "carol")
         sigterm = time.time()
@@ -179,16 +195,19 @@ def test_single_process_restart_within_the_grace(start_app: Any, sqlite_url: str
         check_never_offline(pages, ["alice", "bob"], since=sigterm)
         users = {u["username"]: u["online"] for u in await pages[1].client.users()}
         assert users == {"alice": True, "bob": True, "carol": False}
-        print(f"\nsingle restart: exit {took:.2f} s, all back {back:.2f} s after SIGTERM, "
-              f"carol offline {delay:.2f} s after it")
+        print(
+            f"\nsingle restart: exit {took:.2f} s, all back {back:.2f} s after SIGTERM, "
+            f"carol offline {delay:.2f} s after it"
+        )
         for page in pages + [leaver]:
             await page.stop()
 
     asyncio.run(scenario())
 
 
-def test_rolling_restart_behind_nginx(start_app: Any, start_nginx: Any, sqlite_url: str,
-                                      prefix: str) -> None:
+def test_rolling_restart_behind_nginx(
+    start_app: Any, start_nginx: Any, sqlite_url: str, prefix: str
+) -> None:
     """Two processes behind the shipped nginx config, restarted one after the other; the
     clients reconnect through nginx to whichever process is up."""
     flags = ("--offline-grace", "10")
@@ -206,15 +225,20 @@ def test_rolling_restart_behind_nginx(start_app: Any, start_nginx: Any, sqlite_u
         # Like a careful deploy: the next process only once nginx sends traffic here again
         # (nginx skips a failed upstream for fail_timeout, 5 s in deploy/nginx.conf).
         await asyncio.get_running_loop().run_in_executor(
-            None, lambda: wait_until(lambda: routed_to(app.name), 15, f"nginx to {app.name}",
-                                     interval=0.2))
+            None,
+            lambda: wait_until(
+                lambda: routed_to(app.name), 15, f"nginx to {app.name}", interval=0.2
+            ),
+        )
         return took
 
     async def scenario() -> None:
         await signed_up(proxy.url, "alice", "bob", "dave", "carol")
         names = ["alice", "bob", "dave", "alice", "bob", "dave"]
-        pages = [await PageLike(proxy.url, name, seed, origin=proxy.url).open()
-                 for seed, name in enumerate(names)]
+        pages = [
+            await PageLike(proxy.url, name, seed, origin=proxy.url).open()
+            for seed, name in enumerate(names)
+        ]
         leaver = await PageLike(a.url, "carol", 9, come_back=False).open()  # on A, for sure
         await online_everywhere(pages, "carol")
         assert a.health()[1]["sockets"] > 1 and b.health()[1]["sockets"] > 0
@@ -232,8 +256,10 @@ def test_rolling_restart_behind_nginx(start_app: Any, start_nginx: Any, sqlite_u
         for page in pages[:2]:
             users = {u["username"]: u["online"] for u in await page.client.users()}
             assert users == {"alice": True, "bob": True, "dave": True, "carol": False}
-        print(f"\nrolling restart: B restarted {sigterm_b - sigterm:.2f} s after A; all back "
-              f"{back:.2f} s after B's SIGTERM; carol offline {delay:.2f} s after A's SIGTERM")
+        print(
+            f"\nrolling restart: B restarted {sigterm_b - sigterm:.2f} s after A; all back "
+            f"{back:.2f} s after B's SIGTERM; carol offline {delay:.2f} s after A's SIGTERM"
+        )
         for page in pages + [leaver]:
             await page.stop()
 
@@ -262,8 +288,11 @@ class Watcher:
             self.log.append((time.time(), message))
 
     def offline(self, username: str) -> list[tuple[float, dict[str, Any]]]:
-        return [(t, m) for t, m in self.log if m.get("type") == "presence"
-                and m["username"] == username and m["online"] is False]
+        return [
+            (t, m)
+            for t, m in self.log
+            if m.get("type") == "presence" and m["username"] == username and m["online"] is False
+        ]
 
     async def status(self, username: str, online: bool, timeout: float = 5) -> None:
         deadline = time.monotonic() + timeout
@@ -283,8 +312,9 @@ class Watcher:
         await self.sock.close()
 
 
-def test_kill9_during_a_grace_the_other_process_announces(start_app: Any, sqlite_url: str,
-                                                          prefix: str) -> None:
+def test_kill9_during_a_grace_the_other_process_announces(
+    start_app: Any, sqlite_url: str, prefix: str
+) -> None:
     """B dies by kill -9 (1) with a pending deadline of its own, (2) after a SIGTERM handed its
     users over and a restart: A announces each user once, at their deadline; users B held at
     the kill go offline within the heartbeat timeout, as without a grace."""
@@ -332,12 +362,15 @@ def test_kill9_during_a_grace_the_other_process_announces(start_app: Any, sqlite
         arrived, _ = await watcher.offline_once("erin", HEARTBEAT_TIMEOUT + 2 * SLACK)
         assert arrived - killed <= HEARTBEAT_TIMEOUT + SLACK
         arrived, event = await watcher.offline_once(
-            "dave", max(0.5, sigterm + grace + 2 * SLACK - time.time()))
+            "dave", max(0.5, sigterm + grace + 2 * SLACK - time.time())
+        )
         assert grace - 0.1 <= arrived - sigterm <= grace + HEARTBEAT_TIMEOUT + SLACK
         assert stamp(sigterm - 0.001) <= parse_time(event["last_seen"]) <= stamp(sigterm + 1.5)
-        print(f"\nkill -9: bob (own deadline) offline {bob_delay:.2f} s after his close, dave "
-              f"(handed over) {arrived - sigterm:.2f} s after the SIGTERM; B killed "
-              f"{killed - sigterm:.2f} s into dave's grace")
+        print(
+            f"\nkill -9: bob (own deadline) offline {bob_delay:.2f} s after his close, dave "
+            f"(handed over) {arrived - sigterm:.2f} s after the SIGTERM; B killed "
+            f"{killed - sigterm:.2f} s into dave's grace"
+        )
         await asyncio.sleep(0.5)
         for name in ("bob", "carol", "dave", "erin"):
             assert len(watcher.offline(name)) == 1

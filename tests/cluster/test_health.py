@@ -1,4 +1,5 @@
 """/healthz follows Redis's return at once; forked workers each report their own health."""
+
 from __future__ import annotations
 
 import asyncio
@@ -19,7 +20,8 @@ pytestmark = pytest.mark.cluster
 
 
 def test_healthz_is_200_as_soon_as_redis_answers_again(
-        start_app: Any, sqlite_url: str, private_redis: Any) -> None:
+    start_app: Any, sqlite_url: str, private_redis: Any
+) -> None:
     """With a 10 s heartbeat timeout (a heartbeat every 2.5 s), /healthz used to stay 503
     until the next heartbeat, and the subscription until its backoff (up to 2 s) ended."""
     app = start_app("node-a", sqlite_url, private_redis.url, "p", "--heartbeat-timeout", "10")
@@ -39,8 +41,12 @@ def test_healthz_is_200_as_soon_as_redis_answers_again(
         time.sleep(3.0)  # long enough for the broker's backoff to reach its maximum
         private_redis.start()  # returns once the new Redis answers PING
         back = time.monotonic()
-        status, body = wait_until(lambda: (lambda h: h if h[0] == 200 else None)(app.health()),
-                                  15, "/healthz to be 200 again", interval=0.02)
+        status, body = wait_until(
+            lambda: (lambda h: h if h[0] == 200 else None)(app.health()),
+            15,
+            "/healthz to be 200 again",
+            interval=0.02,
+        )
         times.append(time.monotonic() - back)
         assert body["status"] == "ok" and "reason" not in body
     print("Redis restart to /healthz 200: " + ", ".join(f"{t * 1000:.0f} ms" for t in times))
@@ -60,11 +66,20 @@ def two_free_ports() -> int:
     raise RuntimeError("no two consecutive free ports")
 
 
-def test_each_worker_reports_its_own_health(start_app: Any, sqlite_url: str,
-                                            private_redis: Any) -> None:
+def test_each_worker_reports_its_own_health(
+    start_app: Any, sqlite_url: str, private_redis: Any
+) -> None:
     health_port = two_free_ports()
-    app = start_app("node-w", sqlite_url, private_redis.url, "p", "--processes", "2",
-                    "--worker-health-port", str(health_port))
+    app = start_app(
+        "node-w",
+        sqlite_url,
+        private_redis.url,
+        "p",
+        "--processes",
+        "2",
+        "--worker-health-port",
+        str(health_port),
+    )
     nodes = set()
     for worker in range(2):
         url = f"http://127.0.0.1:{health_port + worker}"

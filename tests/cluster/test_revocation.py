@@ -1,6 +1,7 @@
 """Revocation is total across real processes: rotation at login and a logout during a Redis
 outage close the session's sockets in every process, and no process serves the old cookie
 from its cache. The measured times are printed (``pytest -s``) for BENCHMARKS-style notes."""
+
 from __future__ import annotations
 
 import asyncio
@@ -37,7 +38,8 @@ async def first_401(client: PresenceClient, timeout: float) -> float:
 
 
 def test_login_rotation_closes_old_sockets_everywhere_and_the_old_cookie_at_once(
-        start_app: Any, sqlite_url: str, prefix: str) -> None:
+    start_app: Any, sqlite_url: str, prefix: str
+) -> None:
     a = start_app("node-a", sqlite_url, REDIS_URL, prefix)
     b = start_app("node-b", sqlite_url, REDIS_URL, prefix)
 
@@ -56,8 +58,10 @@ def test_login_rotation_closes_old_sockets_everywhere_and_the_old_cookie_at_once
         assert await sock_a.wait_closed(timeout=5) == 4001
         assert await sock_b.wait_closed(timeout=5) == 4001
         closed_after = time.monotonic() - answered
-        print(f"\nrotation: old cookie 401 on the other process after {revoked_after * 1e3:.0f}"
-              f" ms; its socket there closed within {closed_after * 1e3:.0f} ms")
+        print(
+            f"\nrotation: old cookie 401 on the other process after {revoked_after * 1e3:.0f}"
+            f" ms; its socket there closed within {closed_after * 1e3:.0f} ms"
+        )
         assert revoked_after < 0.5, f"old cookie served for {revoked_after:.3f} s"
         assert closed_after < 2.0
         await watcher.wait_status("bob", False, timeout=5)
@@ -71,7 +75,8 @@ def test_login_rotation_closes_old_sockets_everywhere_and_the_old_cookie_at_once
 
 @pytest.mark.parametrize("a_dies", [False, True], ids=["reannounced", "a-killed-rechecked"])
 def test_logout_during_redis_outage_closes_the_socket_on_the_other_process(
-        start_app: Any, sqlite_url: str, private_redis: Any, a_dies: bool) -> None:
+    start_app: Any, sqlite_url: str, private_redis: Any, a_dies: bool
+) -> None:
     """A remembers the revocation and announces it when Redis is back; if A dies before that,
     B's re-check of its sockets' sessions after its resync closes the socket all the same."""
     a = start_app("node-a", sqlite_url, private_redis.url, "p")
@@ -98,8 +103,10 @@ def test_logout_during_redis_outage_closes_the_socket_on_the_other_process(
         private_redis.start()
         assert await sock_b.wait_closed(timeout=10) == 4001
         closed_after = time.monotonic() - back
-        print(f"\noutage ({'A killed' if a_dies else 'A alive'}): the revoked session's "
-              f"socket on the other process closed {closed_after:.2f} s after Redis was back")
+        print(
+            f"\noutage ({'A killed' if a_dies else 'A alive'}): the revoked session's "
+            f"socket on the other process closed {closed_after:.2f} s after Redis was back"
+        )
         assert closed_after < 8.0
         await watcher.wait_status("bob", False, timeout=8)
         wait_until(lambda: b.health()[0] == 200, 15, "200 again")

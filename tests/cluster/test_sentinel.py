@@ -2,6 +2,7 @@
 
 The app reaches Redis through ``redis+sentinel://`` and follows the failover by itself.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -35,8 +36,9 @@ CONVERGE_WITHIN = 10.0  # seconds after the failover
 
 
 class SentinelSetup:
-    def __init__(self, primary: RedisServer, replica: RedisServer,
-                 sentinels: list[RedisSentinel]) -> None:
+    def __init__(
+        self, primary: RedisServer, replica: RedisServer, sentinels: list[RedisSentinel]
+    ) -> None:
         self.primary, self.replica, self.sentinels = primary, replica, sentinels
 
     @property
@@ -51,9 +53,14 @@ class SentinelSetup:
         if info.get("master_link_status") != "up":
             return False
         for sentinel in self.sentinels:
-            state = cast(dict[str, Any], redis.Redis(
-                port=sentinel.port, socket_timeout=1, decode_responses=True,
-            ).sentinel_master(SERVICE))
+            state = cast(
+                dict[str, Any],
+                redis.Redis(
+                    port=sentinel.port,
+                    socket_timeout=1,
+                    decode_responses=True,
+                ).sentinel_master(SERVICE),
+            )
             if int(state["num-slaves"]) < 1 or int(state["num-other-sentinels"]) < 2:
                 return False
         return True
@@ -66,18 +73,19 @@ def sentinel_setup(tmp_path: Path) -> Any:
     started: list[Any] = []
     try:
         primary = RedisServer(tmp_path / "primary")
-        replica = RedisServer(tmp_path / "replica", "--replicaof", "127.0.0.1",
-                              str(primary.port))
+        replica = RedisServer(tmp_path / "replica", "--replicaof", "127.0.0.1", str(primary.port))
         for server in (primary, replica):
             server.workdir.mkdir()
             started.append(server.start())
-        sentinels = [RedisSentinel(tmp_path, f"sentinel-{i}", primary.port, SERVICE)
-                     for i in range(3)]
+        sentinels = [
+            RedisSentinel(tmp_path, f"sentinel-{i}", primary.port, SERVICE) for i in range(3)
+        ]
         for sentinel in sentinels:
             started.append(sentinel.start())
         setup = SentinelSetup(primary, replica, sentinels)
-        wait_until(setup.ready, 20, "the replica and three sentinels to know each other",
-                   interval=0.2)
+        wait_until(
+            setup.ready, 20, "the replica and three sentinels to know each other", interval=0.2
+        )
         yield setup
     finally:
         for process in reversed(started):
@@ -87,6 +95,7 @@ def sentinel_setup(tmp_path: Path) -> Any:
 async def switched(sentinel_port: int, subscribed: asyncio.Event) -> float:
     """The monotonic time at which the sentinel announces ``+switch-master``."""
     import redis.asyncio as aioredis
+
     client = aioredis.Redis(port=sentinel_port, decode_responses=True)
     pubsub = client.pubsub()
     try:
@@ -102,7 +111,8 @@ async def switched(sentinel_port: int, subscribed: asyncio.Event) -> float:
 
 
 def test_primary_killed_every_client_converges_after_failover(
-        sentinel_setup: SentinelSetup, start_app: Any, sqlite_url: str) -> None:
+    sentinel_setup: SentinelSetup, start_app: Any, sqlite_url: str
+) -> None:
     url = sentinel_setup.url
     a = start_app("node-a", sqlite_url, url, "p")
     b = start_app("node-b", sqlite_url, url, "p")
@@ -145,9 +155,11 @@ def test_primary_killed_every_client_converges_after_failover(
             await sock.close()
 
     asyncio.run(scenario())
-    print(f"\nsentinel failover: +switch-master {figures['failover']:.2f} s after the kill; "
-          f"every client right {figures['from_kill']:.2f} s after the kill, "
-          f"{figures['from_switch']:.2f} s after +switch-master")
+    print(
+        f"\nsentinel failover: +switch-master {figures['failover']:.2f} s after the kill; "
+        f"every client right {figures['from_kill']:.2f} s after the kill, "
+        f"{figures['from_switch']:.2f} s after +switch-master"
+    )
     assert figures["from_switch"] < CONVERGE_WITHIN, figures
 
 

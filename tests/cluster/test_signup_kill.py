@@ -1,4 +1,5 @@
 """kill -9 in the middle of a storm of sign-ups leaves no half-created account."""
+
 from __future__ import annotations
 
 import asyncio
@@ -32,8 +33,10 @@ async def accounts(database_url: str) -> tuple[dict[str, Any], set[int]]:
     db = Database(database_url)
     try:
         async with db.read() as session:
-            users = {u.username: (u.id, u.username_key, u.password_hash)
-                     for u in (await session.scalars(select(User))).all()}
+            users = {
+                u.username: (u.id, u.username_key, u.password_hash)
+                for u in (await session.scalars(select(User))).all()
+            }
             session_users = set((await session.scalars(select(Session.user_id))).all())
         return users, session_users
     finally:
@@ -42,7 +45,8 @@ async def accounts(database_url: str) -> tuple[dict[str, Any], set[int]]:
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_kill_during_signups_leaves_only_complete_accounts(
-        request: Any, database: str, start_app: Any, prefix: str) -> None:
+    request: Any, database: str, start_app: Any, prefix: str
+) -> None:
     database_url = request.getfixturevalue("sqlite_url" if database == "sqlite" else "pg_url")
     # Cost 8 (not 4): each sign-up takes long enough that the kill lands mid-way.
     app = start_app("node-a", database_url, REDIS_URL, prefix, "--bcrypt-rounds", "8")
@@ -90,10 +94,12 @@ def test_kill_during_signups_leaves_only_complete_accounts(
         for name, (_id, key, hashed) in users.items():
             assert name in names and key == name.lower()
             assert BCRYPT_HASH.match(hashed), f"{name}: not a bcrypt hash: {hashed!r}"
-            assert await asyncio.to_thread(bcrypt.checkpw, password_of(name).encode(),
-                                           hashed.encode()), f"{name}: wrong hash"
-        assert session_users <= {uid for uid, _key, _hash in users.values()}, \
+            assert await asyncio.to_thread(
+                bcrypt.checkpw, password_of(name).encode(), hashed.encode()
+            ), f"{name}: wrong hash"
+        assert session_users <= {uid for uid, _key, _hash in users.values()}, (
             "a session points at no account"
+        )
         # Every account works: it can log in, and the live list shows every one of them.
         gate = asyncio.Semaphore(8)
 
@@ -102,11 +108,14 @@ def test_kill_during_signups_leaves_only_complete_accounts(
                 client = PresenceClient(app.url)
                 await client.login(name, password_of(name))
                 return client
+
         clients = await asyncio.gather(*(login(name) for name in users))
         listed = {u["username"] for u in await clients[0].users()} if clients else set()
         assert listed == set(users)
-        print(f"\nkill -9 after {len(created)} of {SIGNUPS} sign-ups answered; "
-              f"{len(users)} complete accounts, {len(users) - len(created)} of them "
-              "created but never answered")
+        print(
+            f"\nkill -9 after {len(created)} of {SIGNUPS} sign-ups answered; "
+            f"{len(users)} complete accounts, {len(users) - len(created)} of them "
+            "created but never answered"
+        )
 
     asyncio.run(check())

@@ -5,6 +5,7 @@ recovers when space is back.
 The full disk is a real one: a small tmpfs mounted for the test (the tests run as root in
 CI and in the sandbox; elsewhere they are skipped, or fail under CI=true), filled to ENOSPC.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -32,8 +33,11 @@ FILLER = "filler"
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     mount = tmp_path / "small"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs",
-                           str(mount)], capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
     if done.returncode != 0:
         unavailable(f"cannot mount a tmpfs (needs root): {done.stderr.strip()}")
     try:
@@ -105,7 +109,8 @@ def assert_no_traceback(caplog: Any) -> None:
 
 @pytest.mark.gen_test(timeout=60)
 async def test_full_disk_is_503_everywhere_logged_once_and_recovers(
-        small_disk, user_factory, make_client, caplog):
+    small_disk, user_factory, make_client, caplog
+):
     caplog.set_level(logging.INFO)
     alice = await user_factory("alice")
     probe = make_client()
@@ -155,7 +160,8 @@ async def test_the_probe_notices_a_full_disk_with_no_traffic(small_disk, make_cl
 
 @pytest.mark.gen_test(timeout=60)
 async def test_a_logout_that_cannot_be_saved_is_retried_then_reported(
-        small_disk, user_factory, caplog):
+    small_disk, user_factory, caplog
+):
     alice = await user_factory("alice")
     fill(small_disk)
     try:
@@ -165,8 +171,9 @@ async def test_a_logout_that_cannot_be_saved_is_retried_then_reported(
         assert response.code == 503
         assert "NOT logged out" in response.body.decode()
         assert 0.4 <= took < 5.0, took  # retried (0.1 s + 0.4 s), not forever
-        assert not any(h.startswith(SESSION_COOKIE + "=")
-                       for h in response.headers.get_list("Set-Cookie"))
+        assert not any(
+            h.startswith(SESSION_COOKIE + "=") for h in response.headers.get_list("Set-Cookie")
+        )
         assert SESSION_COOKIE in alice.cookies
         assert (await alice.request("GET", "/api/users")).code == 200  # and truly still valid
     finally:

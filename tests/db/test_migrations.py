@@ -1,5 +1,6 @@
 """Alembic migrations: a database made before migrations is stamped and upgraded with its
 data; the migrated schema is exactly the models'; concurrent starts migrate once."""
+
 from __future__ import annotations
 
 import asyncio
@@ -30,13 +31,20 @@ async def make_legacy_database(url: str) -> None:
     try:
         async with engine.begin() as conn:
             await conn.run_sync(initial_metadata().create_all)
-            await conn.execute(text(
-                "INSERT INTO users (id, username, username_key, password_hash, created_at, "
-                "last_seen) VALUES (7, 'Alice', 'alice', :h, :t, :t)"), {"h": HASH, "t": now})
-            await conn.execute(text(
-                "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) "
-                "VALUES (:k, 7, :t, :e)"),
-                {"k": "a" * 64, "t": now, "e": now + dt.timedelta(days=30)})
+            await conn.execute(
+                text(
+                    "INSERT INTO users (id, username, username_key, password_hash, created_at, "
+                    "last_seen) VALUES (7, 'Alice', 'alice', :h, :t, :t)"
+                ),
+                {"h": HASH, "t": now},
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) "
+                    "VALUES (:k, 7, :t, :e)"
+                ),
+                {"k": "a" * 64, "t": now, "e": now + dt.timedelta(days=30)},
+            )
     finally:
         await engine.dispose()
 
@@ -47,12 +55,21 @@ async def upgrade_and_read(url: str) -> dict[str, Any]:
         first = await db.upgrade_schema()
         again = await db.upgrade_schema()
         async with db.engine.connect() as conn:
-            user = (await conn.execute(text(
-                "SELECT id, username, password_hash, disabled_at FROM users"))).one()
+            user = (
+                await conn.execute(
+                    text("SELECT id, username, password_hash, disabled_at FROM users")
+                )
+            ).one()
             sessions = (await conn.execute(text("SELECT user_id FROM sessions"))).all()
             diff = await conn.run_sync(schema_diff)
-        return {"first": first, "again": again, "user": tuple(user), "sessions": sessions,
-                "diff": diff, "revision": await db.schema_revision()}
+        return {
+            "first": first,
+            "again": again,
+            "user": tuple(user),
+            "sessions": sessions,
+            "diff": diff,
+            "revision": await db.schema_revision(),
+        }
     finally:
         await db.close()
 
@@ -61,13 +78,14 @@ def schema_diff(conn: Any) -> list[Any]:
     """What autogenerate would change to reach the models: nothing, if the migrations are
     right (types compared too)."""
     context = MigrationContext.configure(conn, opts={"compare_type": True})
-    return [d for d in compare_metadata(context, Base.metadata)
-            if not (isinstance(d, tuple) and d[0] == "remove_table"
-                    and d[1].name == "alembic_version")]
+    return [
+        d
+        for d in compare_metadata(context, Base.metadata)
+        if not (isinstance(d, tuple) and d[0] == "remove_table" and d[1].name == "alembic_version")
+    ]
 
 
-def test_a_database_from_before_migrations_is_stamped_and_upgraded(
-        fresh_database_url: str) -> None:
+def test_a_database_from_before_migrations_is_stamped_and_upgraded(fresh_database_url: str) -> None:
     asyncio.run(make_legacy_database(fresh_database_url))
     result = asyncio.run(upgrade_and_read(fresh_database_url))
     head = migrations.head_revision()
@@ -100,6 +118,7 @@ def test_an_empty_database_gets_exactly_the_models_schema(fresh_database_url: st
 
 def test_an_older_build_missing_a_table_is_completed(fresh_database_url: str) -> None:
     """A database from a build before ``write_probes`` existed: created, then stamped."""
+
     async def drop_probes() -> None:
         engine = create_async_engine(fresh_database_url)
         async with engine.begin() as conn:
@@ -113,8 +132,13 @@ def test_an_older_build_missing_a_table_is_completed(fresh_database_url: str) ->
 
 
 def run_py(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "run.py", *args], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "run.py", *args],
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def test_concurrent_upgrades_migrate_once(fresh_database_url: str) -> None:
@@ -122,16 +146,25 @@ def test_concurrent_upgrades_migrate_once(fresh_database_url: str) -> None:
     advisory lock on PostgreSQL, BEGIN IMMEDIATE on SQLite): all succeed, one stamps."""
     asyncio.run(make_legacy_database(fresh_database_url))
     start = time.time() + 3.0  # every process imported and waiting: they start together
-    code = ("import sys, time, run, presence_app.db.migrations; "
-            f"time.sleep(max(0.0, {start} - time.time())); sys.exit(run.main(sys.argv[1:]))")
-    procs = [subprocess.Popen([sys.executable, "-c", code, "db", "upgrade", "--database-url",
-                               fresh_database_url], cwd=ROOT, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for _ in range(4)]
+    code = (
+        "import sys, time, run, presence_app.db.migrations; "
+        f"time.sleep(max(0.0, {start} - time.time())); sys.exit(run.main(sys.argv[1:]))"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, "db", "upgrade", "--database-url", fresh_database_url],
+            cwd=ROOT,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(4)
+    ]
     outputs = [proc.communicate(timeout=60) for proc in procs]
     assert [proc.returncode for proc in procs] == [0] * 4, outputs
-    assert sorted(out.strip() for out, _ in outputs) == \
-        ["database at revision 0002"] * 3 + ["database at revision 0002 (was 0001)"]
+    assert sorted(out.strip() for out, _ in outputs) == ["database at revision 0002"] * 3 + [
+        "database at revision 0002 (was 0001)"
+    ]
     result = asyncio.run(upgrade_and_read(fresh_database_url))
     assert result["diff"] == [] and result["user"][1] == "Alice"
 

@@ -9,6 +9,7 @@ Redis: tests that need it take ``real_redis_url`` (tests/conftest.py, the machin
 once). The parametrised ``redis_url`` there (in-process and Redis brokers) is for in-process
 tests; no e2e test takes it, and this package does not override it.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,8 +49,7 @@ def browser() -> Iterator[Browser]:
         unavailable(f"playwright is not installed: {exc}")
     with sync_playwright() as pw:
         try:
-            chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                          args=LAUNCH_ARGS)
+            chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
         except Exception as exc:
             unavailable(f"{CHROMIUM} does not start: {exc}")
         yield chromium
@@ -87,8 +87,12 @@ def new_context(browser: Browser, request: Any) -> Iterator[Callable[..., Browse
         for i, context in enumerate(contexts):
             for j, page in enumerate(context.pages):
                 try:
-                    page.screenshot(path=str(ARTIFACTS / (
-                        f"FAILED-{artifact_name(node.name)}-ctx{i}-page{j}.png")), full_page=True)
+                    page.screenshot(
+                        path=str(
+                            ARTIFACTS / (f"FAILED-{artifact_name(node.name)}-ctx{i}-page{j}.png")
+                        ),
+                        full_page=True,
+                    )
                 except Exception:
                     pass
     for context in contexts:

@@ -6,6 +6,7 @@ Signing up 5,000 people through the forms, or logging 1,000 of them in, would ta
 what the page under test sees is the same: real accounts, real sessions, real sockets,
 real presence events from the server.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -30,32 +31,55 @@ from tests.support.waiting import run_blocking
 T = TypeVar("T")
 
 
-async def _seed(url: str, users: list[tuple[str, dt.datetime | None]], password: str,
-                sessions: Iterable[str]) -> dict[str, str]:
+async def _seed(
+    url: str, users: list[tuple[str, dt.datetime | None]], password: str, sessions: Iterable[str]
+) -> dict[str, str]:
     db = Database(url)
     try:
         await db.create_schema()
         hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode("ascii")
         async with db.write() as session:
-            await session.execute(insert(User), [
-                {"username": name, "username_key": name.lower(), "password_hash": hashed,
-                 "last_seen": last_seen} for name, last_seen in users])
+            await session.execute(
+                insert(User),
+                [
+                    {
+                        "username": name,
+                        "username_key": name.lower(),
+                        "password_hash": hashed,
+                        "last_seen": last_seen,
+                    }
+                    for name, last_seen in users
+                ],
+            )
         async with db.read() as session:
             ids = dict((await session.execute(select(User.username, User.id))).all())
         tokens = {name: secrets.token_urlsafe(32) for name in sessions}
         now = utcnow()
         if tokens:
             async with db.write() as session:
-                await session.execute(insert(Session), [
-                    {"token_hash": token_hash(token), "user_id": ids[name], "created_at": now,
-                     "expires_at": now + dt.timedelta(days=1)} for name, token in tokens.items()])
+                await session.execute(
+                    insert(Session),
+                    [
+                        {
+                            "token_hash": token_hash(token),
+                            "user_id": ids[name],
+                            "created_at": now,
+                            "expires_at": now + dt.timedelta(days=1),
+                        }
+                        for name, token in tokens.items()
+                    ],
+                )
         return tokens
     finally:
         await db.close()
 
 
-def seed(url: str, users: list[tuple[str, dt.datetime | None]], password: str,
-         sessions: Iterable[str] = ()) -> dict[str, str]:
+def seed(
+    url: str,
+    users: list[tuple[str, dt.datetime | None]],
+    password: str,
+    sessions: Iterable[str] = (),
+) -> dict[str, str]:
     """Creates the schema and the accounts; returns a session token per name in ``sessions``.
 
     Runs on a thread of its own: Playwright's sync API keeps an event loop on this one.
@@ -96,12 +120,15 @@ class Crowd:
     async def _open(self, name: str, cookie: str) -> None:
         reader, writer = await asyncio.open_connection(self.host, self.port)
         key = base64.b64encode(os.urandom(16)).decode("ascii")
-        writer.write((
-            f"GET /ws HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
-            f"Cookie: {cookie}\r\n\r\n").encode("ascii"))
+        writer.write(
+            (
+                f"GET /ws HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+                f"Cookie: {cookie}\r\n\r\n"
+            ).encode("ascii")
+        )
         head = await reader.readuntil(b"\r\n\r\n")
         if not head.startswith(b"HTTP/1.1 101"):
             writer.close()
@@ -122,10 +149,10 @@ class Crowd:
         async def one(name: str, cookie: str) -> None:
             async with gate:
                 await self._open(name, cookie)
+
         await asyncio.gather(*(one(n, c) for n, c in cookies.items()))
 
-    def connect(self, cookies: dict[str, str], parallel: int = 100,
-                timeout: float = 60.0) -> None:
+    def connect(self, cookies: dict[str, str], parallel: int = 100, timeout: float = 60.0) -> None:
         """Opens one socket per name, all at once (``parallel`` handshakes in flight)."""
         self.run(self._open_all(cookies, parallel), timeout)
 

@@ -3,6 +3,7 @@
 Every page action goes through the real pages and forms: fill the labelled fields, click
 the buttons. Waits are Playwright's own (``expect``, ``wait_for_url``), never sleeps.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,9 +21,15 @@ from tests.support.env import ROOT
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
 CHROMIUM = os.environ.get("PRESENCE_CHROMIUM", "/usr/bin/chromium")
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--no-first-run", "--disable-quic",
-               "--disable-sync"]
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-sync",
+]
 PASSWORD = "correct-horse-42"
 LOCAL_HOSTS = {"127.0.0.1"}
 
@@ -66,8 +73,9 @@ class Guard:
             route.abort("blockedbyclient")
 
     def _watch_page(self, page: Any) -> None:
-        page.on("websocket", lambda ws: None if self._local(ws.url)
-                else self.external.append(ws.url))
+        page.on(
+            "websocket", lambda ws: None if self._local(ws.url) else self.external.append(ws.url)
+        )
         page.on("pageerror", lambda exc: self.page_errors.append(f"{page.url}: {exc}"))
 
     def check(self) -> None:
@@ -77,8 +85,10 @@ class Guard:
 
 # ---------------------------------------------------------------- page actions
 
-def fill_signup(page: Any, username: str, password: str = PASSWORD,
-                confirm: str | None = None) -> None:
+
+def fill_signup(
+    page: Any, username: str, password: str = PASSWORD, confirm: str | None = None
+) -> None:
     page.goto("/signup")
     page.get_by_label("Username").fill(username)
     page.get_by_label("Password", exact=True).fill(password)
@@ -134,7 +144,8 @@ def expect_status(page: Any, username: str, status: str, **kwargs: Any) -> None:
 
 def listed_names(page: Any) -> list[str]:
     return page.locator("#user-list > [data-username]").evaluate_all(
-        "els => els.map(e => e.getAttribute('data-username'))")
+        "els => els.map(e => e.getAttribute('data-username'))"
+    )
 
 
 def server_order(users: dict[str, bool]) -> list[str]:

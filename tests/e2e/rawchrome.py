@@ -8,6 +8,7 @@ page's own work (measured: 80-160 ms stalls through Playwright, 20-75 ms without
 machine). This browser is launched with the same flags as the e2e package's, and only the
 Page and Runtime domains are used: nothing watches the network.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,17 +35,27 @@ class RawChromium:
     def start(self, timeout: float = 20.0) -> RawChromium:
         self.user_data_dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [CHROMIUM, "--headless", *LAUNCH_ARGS, f"--user-data-dir={self.user_data_dir}",
-             "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
-             "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                CHROMIUM,
+                "--headless",
+                *LAUNCH_ARGS,
+                f"--user-data-dir={self.user_data_dir}",
+                "--remote-debugging-address=127.0.0.1",
+                "--remote-debugging-port=0",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         port_file = self.user_data_dir / "DevToolsActivePort"
         deadline = time.monotonic() + timeout
         while True:
             if port_file.exists() and port_file.read_text().strip():
                 port = int(port_file.read_text().split()[0])
                 try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list",
-                                                timeout=2) as response:
+                    with urllib.request.urlopen(
+                        f"http://127.0.0.1:{port}/json/list", timeout=2
+                    ) as response:
                         targets = json.load(response)
                     page = next(t for t in targets if t["type"] == "page")
                     break
@@ -54,7 +65,8 @@ class RawChromium:
                 raise RuntimeError(f"{CHROMIUM} did not offer a page to debug")
             time.sleep(0.1)
         self.ws = self.exits.enter_context(
-            connect(page["webSocketDebuggerUrl"], max_size=None, proxy=None))
+            connect(page["webSocketDebuggerUrl"], max_size=None, proxy=None)
+        )
         self.call("Page.enable")
         return self
 
@@ -72,8 +84,9 @@ class RawChromium:
                 return message.get("result", {})
 
     def evaluate(self, expression: str) -> Any:
-        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True,
-                           awaitPromise=True)
+        result = self.call(
+            "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True
+        )
         if "exceptionDetails" in result:
             raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")
@@ -92,9 +105,19 @@ class RawChromium:
         """Loads ``url`` with a session cookie (``name=value``) and a script run first."""
         name, value = cookie.split("=", 1)
         self.call("Page.addScriptToEvaluateOnNewDocument", source=init_script)
-        self.call("Storage.setCookies", cookies=[{
-            "name": name, "value": value, "domain": "127.0.0.1", "path": "/",
-            "httpOnly": True, "sameSite": "Lax"}])
+        self.call(
+            "Storage.setCookies",
+            cookies=[
+                {
+                    "name": name,
+                    "value": value,
+                    "domain": "127.0.0.1",
+                    "path": "/",
+                    "httpOnly": True,
+                    "sameSite": "Lax",
+                }
+            ],
+        )
         self.call("Page.navigate", url=url)
 
     def stop(self) -> None:

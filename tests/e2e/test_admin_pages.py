@@ -1,5 +1,6 @@
 """Admin commands seen in a browser: a deleted user's row disappears live from the page, and
 the deleted user's own tab goes to the login page (4001)."""
+
 from __future__ import annotations
 
 import re
@@ -21,7 +22,11 @@ def test_deleted_user_disappears_live(server, new_context, artifacts):
 
     result = subprocess.run(
         [sys.executable, "run.py", "users", "delete", "bob", "--data-dir", str(server.data_dir)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60)
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     # No Redis: the server finds out through its periodic database check (every 5 s).
     expect(row(a_page, "bob")).to_have_count(0, timeout=15_000)

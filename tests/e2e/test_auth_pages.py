@@ -1,4 +1,5 @@
 """Sign-up, login and logout through the real forms, with their errors next to the form."""
+
 from __future__ import annotations
 
 import re

@@ -5,6 +5,7 @@ narrows the list within 100 ms, a small DOM, and no main-thread stall over 100 m
 One server for the module: 5,000 accounts written through the app's models before it
 starts, three of them online from the start through raw sockets (see crowd.py).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -32,10 +33,10 @@ pytestmark = pytest.mark.e2e
 PROBE = (Path(__file__).parent / "probe.js").read_text()
 MEMBERS = [f"member-{i:05d}" for i in range(4999)]
 VIEWER = "viewer"
-TOTAL = len(MEMBERS) + 1                      # 5,000 users
-EARLY = ["member-02500", "member-04990", "member-04995"]   # online for the whole module
-BURST = MEMBERS[:1000]                        # come online together, then leave together
-PAGE = 100                                    # rows per page (handlers/users.py OFFLINE_PAGE)
+TOTAL = len(MEMBERS) + 1  # 5,000 users
+EARLY = ["member-02500", "member-04990", "member-04995"]  # online for the whole module
+BURST = MEMBERS[:1000]  # come online together, then leave together
+PAGE = 100  # rows per page (handlers/users.py OFFLINE_PAGE)
 
 
 class BigList:
@@ -57,12 +58,12 @@ def big(tmp_path_factory: Any) -> Iterator[BigList]:
     started = dt.datetime.now(dt.UTC)
     users: list[tuple[str, dt.datetime | None]] = [
         (name, None if i % 10 == 9 else started - dt.timedelta(minutes=i + 1))
-        for i, name in enumerate(MEMBERS)]
+        for i, name in enumerate(MEMBERS)
+    ]
     users.append((VIEWER, None))
     data_dir = workdir / "app-data"
     data_dir.mkdir()
-    tokens = seed(sqlite_url(data_dir / "presence.db"), users, PASSWORD,
-                  EARLY + BURST + [VIEWER])
+    tokens = seed(sqlite_url(data_dir / "presence.db"), users, PASSWORD, EARLY + BURST + [VIEWER])
     cookies = {name: session_cookie(secret, token) for name, token in tokens.items()}
     # Protocol pings every 2 minutes: the crowd only drains, it never answers them.
     server = AppServer(workdir, "app", "--cookie-secret", secret, "--ping-interval", "120")
@@ -82,8 +83,11 @@ def _with_crowd(server: AppServer, cookies: dict[str, str]) -> Iterator[BigList]
     crowd = Crowd("127.0.0.1", server.port, nice=10)
     try:
         crowd.connect({name: cookies[name] for name in EARLY})
-        wait_until(lambda: server.health()[1].get("online_users") == len(EARLY), 10,
-                   "the early users online")
+        wait_until(
+            lambda: server.health()[1].get("online_users") == len(EARLY),
+            10,
+            "the early users online",
+        )
         yield BigList(server, crowd, cookies)
     finally:
         crowd.stop()
@@ -101,7 +105,8 @@ def open_viewer(big: BigList, new_context: Any) -> Any:
 
 def rendered_names(page: Any) -> list[str]:
     return page.locator("#user-list > [data-username]").evaluate_all(
-        "els => els.map(e => e.getAttribute('data-username'))")
+        "els => els.map(e => e.getAttribute('data-username'))"
+    )
 
 
 def expected_order(online: set[str]) -> list[str]:
@@ -123,13 +128,14 @@ def test_live_within_a_second_of_logging_in(big: BigList, new_context: Any) -> N
     print(f"server-rendered HTML with {TOTAL:,} users: {size:,} bytes")
     listed = re.findall(r'<li class="user[^"]*" data-username="([^"]+)"', html)
     order = expected_order(big.online_now())
-    assert listed == order[:len(big.online_now()) + PAGE]
+    assert listed == order[: len(big.online_now()) + PAGE]
     assert size < 100_000, f"{size:,} bytes of HTML"
     assert "4 online · 5,000 users" in html
 
 
-def test_summary_title_order_and_a_small_dom(big: BigList, new_context: Any,
-                                             artifacts: Any) -> None:
+def test_summary_title_order_and_a_small_dom(
+    big: BigList, new_context: Any, artifacts: Any
+) -> None:
     page = open_viewer(big, new_context)
     online = big.online_now()
     expect(page.locator(".online-summary")).to_have_text("4 online · 5,000 users")
@@ -146,7 +152,7 @@ def test_summary_title_order_and_a_small_dom(big: BigList, new_context: Any,
     more = page.get_by_role("button", name="Show 100 more")
     more.click()
     expect(page.locator("#user-list > [data-username]")).to_have_count(2 * PAGE)
-    assert rendered_names(page) == order[:2 * PAGE]
+    assert rendered_names(page) == order[: 2 * PAGE]
     expect(status).to_have_text("Showing 200 of 5,000 users.")
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=artifacts("top"))
@@ -156,8 +162,9 @@ def test_summary_title_order_and_a_small_dom(big: BigList, new_context: Any,
     assert nodes < 3000, f"{nodes} elements in the page"
 
 
-def test_search_narrows_the_list_within_100_ms(big: BigList, new_context: Any,
-                                               artifacts: Any) -> None:
+def test_search_narrows_the_list_within_100_ms(
+    big: BigList, new_context: Any, artifacts: Any
+) -> None:
     page = open_viewer(big, new_context)
     search = page.get_by_role("searchbox", name="Search users")
     search.press_sequentially("MEMBER-0004", delay=50)  # a fast typist: 20 keys a second
@@ -172,8 +179,10 @@ def test_search_narrows_the_list_within_100_ms(big: BigList, new_context: Any,
             return changed === undefined ? null : changed - input.t;
         });
     }""")
-    print(f"\nsearch, ms from each keystroke to the updated list: "
-          f"{[round(x, 1) if x is not None else None for x in latencies]}")
+    print(
+        f"\nsearch, ms from each keystroke to the updated list: "
+        f"{[round(x, 1) if x is not None else None for x in latencies]}"
+    )
     assert len(latencies) == len("MEMBER-0004")
     assert all(x is not None for x in latencies), latencies
     assert max(latencies) < 100, latencies
@@ -214,11 +223,14 @@ def test_no_stall_while_1000_people_come_and_go(big: BigList, tmp_path: Path) ->
 
         # The end state is the truth, on the page and on the server.
         assert chrome.evaluate("document.querySelector('.online-summary').textContent") == (
-            "4 online · 5,000 users")
-        chrome.wait_for("document.title === \"4 online · 5,000 users · Who's online · "
-                        "Presence\"", timeout=3)  # the title follows within a second
-        names = chrome.evaluate("[...document.querySelectorAll('#user-list > li')]"
-                                ".map(li => li.dataset.username)")
+            "4 online · 5,000 users"
+        )
+        chrome.wait_for(
+            'document.title === "4 online · 5,000 users · Who\'s online · Presence"', timeout=3
+        )  # the title follows within a second
+        names = chrome.evaluate(
+            "[...document.querySelectorAll('#user-list > li')].map(li => li.dataset.username)"
+        )
         assert names == expected_order(big.online_now())[:PAGE]
         assert chrome.evaluate(ROW_STATUS % BURST[0]) == "Offline"
         api = api_users(big.url, big.cookies[VIEWER])

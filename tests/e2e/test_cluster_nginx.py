@@ -1,5 +1,6 @@
 """Two app processes behind nginx, sharing Redis and one database: A and B on different
 processes still see each other live."""
+
 from __future__ import annotations
 
 import uuid
@@ -34,10 +35,19 @@ def cluster(tmp_path: Path, real_redis_url: str, request):
     if binary is None:
         unavailable("nginx is not installed")
     prefix = f"presence-e2e-{uuid.uuid4().hex[:10]}"
-    common = ["--redis-url", real_redis_url, "--redis-prefix", prefix,
-              "--database-url", sqlite_url(tmp_path / "shared.db"),
-              "--cookie-secret", "e2e-cluster-secret-" + uuid.uuid4().hex,
-              "--heartbeat-timeout", "3", "--xheaders"]
+    common = [
+        "--redis-url",
+        real_redis_url,
+        "--redis-prefix",
+        prefix,
+        "--database-url",
+        sqlite_url(tmp_path / "shared.db"),
+        "--cookie-secret",
+        "e2e-cluster-secret-" + uuid.uuid4().hex,
+        "--heartbeat-timeout",
+        "3",
+        "--xheaders",
+    ]
     apps = []
     proxy = None
     try:
@@ -66,15 +76,21 @@ def sockets_per_node(apps: list[AppServer]) -> dict[str, int]:
 def test_two_processes_behind_nginx_see_each_other(cluster, new_context, artifacts):
     proxy, apps = cluster
     a_page = signup(new_context(proxy.url).new_page(), "alice")
-    a_node = wait_until(lambda: [n for n, c in sockets_per_node(apps).items() if c == 1], 5,
-                        "alice's socket on one node")[0]
+    a_node = wait_until(
+        lambda: [n for n, c in sockets_per_node(apps).items() if c == 1],
+        5,
+        "alice's socket on one node",
+    )[0]
     mark_page(a_page)
 
     b_context = new_context(proxy.url)
     b_page = signup(b_context.new_page(), "bob")
     # least_conn puts bob's socket on the other process.
-    wait_until(lambda: sorted(sockets_per_node(apps).values()) == [1, 1], 5,
-               f"one socket on each node ({sockets_per_node(apps)})")
+    wait_until(
+        lambda: sorted(sockets_per_node(apps).values()) == [1, 1],
+        5,
+        f"one socket on each node ({sockets_per_node(apps)})",
+    )
     b_node = next(n for n, c in sockets_per_node(apps).items() if n != a_node and c == 1)
     assert a_node != b_node
 
@@ -87,8 +103,11 @@ def test_two_processes_behind_nginx_see_each_other(cluster, new_context, artifac
     expect_status(a_page, "bob", "Offline")
 
     b_page = open_list(b_context.new_page())
-    wait_until(lambda: sorted(sockets_per_node(apps).values()) == [1, 1], 5,
-               "one socket on each node again")
+    wait_until(
+        lambda: sorted(sockets_per_node(apps).values()) == [1, 1],
+        5,
+        "one socket on each node again",
+    )
     expect_status(a_page, "bob", "Online")
     assert_not_reloaded(a_page)
     a_page.close()  # and one from node A reaches bob on node B

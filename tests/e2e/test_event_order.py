@@ -3,6 +3,7 @@
 Playwright routes the page's WebSocket through the test: real server traffic passes both
 ways, and the test injects extra presence events as if they had arrived late or twice.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,16 +38,24 @@ def test_stale_and_repeated_events_are_ignored(server: Any, new_context: Any) ->
     assert version > 0 and routes, "the socket was not routed through the test"
 
     def inject(online: bool, version: int) -> None:
-        routes[-1].send(json.dumps({
-            "type": "presence", "username": "bob", "online": online,
-            "last_seen": "2026-01-01T00:00:00.000Z", "version": version}))
+        routes[-1].send(
+            json.dumps(
+                {
+                    "type": "presence",
+                    "username": "bob",
+                    "online": online,
+                    "last_seen": "2026-01-01T00:00:00.000Z",
+                    "version": version,
+                }
+            )
+        )
 
-    inject(False, version - 1)   # a stale offline that arrived late
-    inject(False, version)       # the same version again
+    inject(False, version - 1)  # a stale offline that arrived late
+    inject(False, version)  # the same version again
     page.wait_for_timeout(300)
     expect_status(page, "bob", "Online")
     expect(row(page, "bob")).to_have_attribute("data-version", str(version))
 
-    inject(False, version + 1)   # a newer one is applied
+    inject(False, version + 1)  # a newer one is applied
     expect_status(page, "bob", "Offline")
     expect(row(page, "bob")).to_have_attribute("data-version", str(version + 1))

@@ -1,4 +1,5 @@
 """Presence, live: two people in two browser contexts, tabs, logout, new sign-ups."""
+
 from __future__ import annotations
 
 import re

@@ -1,5 +1,6 @@
 """What the list looks like and how it behaves: order, count, "last seen", small screens,
 accessibility basics, nothing fetched from elsewhere, the favicon, the README screenshot."""
+
 from __future__ import annotations
 
 import os
@@ -54,10 +55,22 @@ def assert_rows_consistent(page, expected):
 
 def test_order_online_count_and_last_seen(server, new_context, artifacts):
     # Names where a locale collation and the server's lower()-then-code-unit order differ.
-    expected = {"zoe": True, "dev_x": True, "Bob": True,
-                "dev-x": False, "dev1x": False, "Dev.y": False, "_zed": False, "carol": False}
-    pages = sign_up_people(new_context, server.url, [n for n, o in expected.items() if o],
-                           [n for n, o in expected.items() if not o])
+    expected = {
+        "zoe": True,
+        "dev_x": True,
+        "Bob": True,
+        "dev-x": False,
+        "dev1x": False,
+        "Dev.y": False,
+        "_zed": False,
+        "carol": False,
+    }
+    pages = sign_up_people(
+        new_context,
+        server.url,
+        [n for n, o in expected.items() if o],
+        [n for n, o in expected.items() if not o],
+    )
     viewer = pages["zoe"]
     for name, online in expected.items():
         expect_status(viewer, name, "Online" if online else "Offline")
@@ -108,8 +121,13 @@ def test_last_seen_times_keep_updating(server, new_context):
 def test_small_screen_has_no_horizontal_scroll(server, new_context, artifacts):
     long_names = ["a_very_long_username_for_layout1", "another.rather-long.name_0123456"]
     sign_up_people(new_context, server.url, [long_names[0]], [long_names[1], "bob"])
-    context = new_context(server.url, viewport={"width": 375, "height": 740},
-                          is_mobile=True, has_touch=True, device_scale_factor=2)
+    context = new_context(
+        server.url,
+        viewport={"width": 375, "height": 740},
+        is_mobile=True,
+        has_touch=True,
+        device_scale_factor=2,
+    )
     page = context.new_page()
 
     def assert_fits(step):
@@ -119,7 +137,8 @@ def test_small_screen_has_no_horizontal_scroll(server, new_context, artifacts):
         overflowing = page.evaluate(
             "[...document.querySelectorAll('body *')].filter(e => {"
             " const r = e.getBoundingClientRect(); return r.width && r.right > innerWidth + 0.5;"
-            "}).map(e => e.tagName + '.' + e.className)")
+            "}).map(e => e.tagName + '.' + e.className)"
+        )
         assert not overflowing, f"{step}: wider than the screen: {overflowing}"
         page.screenshot(path=artifacts(step), full_page=True)
 
@@ -145,7 +164,8 @@ def test_accessibility_basics(server, new_context, artifacts):
         unlabelled = page.evaluate(
             "[...document.querySelectorAll('input:not([type=hidden]), button, select,"
             " textarea')].filter(e => !(e.labels && e.labels.length) &&"
-            " !e.getAttribute('aria-label') && !e.textContent.trim()).map(e => e.outerHTML)")
+            " !e.getAttribute('aria-label') && !e.textContent.trim()).map(e => e.outerHTML)"
+        )
         assert not unlabelled, f"{path}: controls without a label: {unlabelled}"
         expect(page.get_by_role("heading", level=1)).to_be_visible()
 
@@ -222,10 +242,13 @@ def test_guard_catches_external_requests(browser):
     try:
         guard.attach(context)
         page = context.new_page()
-        page.set_content('<img src="http://cdn.example.invalid/x.png">'
-                         '<link rel="stylesheet" href="https://fonts.example.invalid/a.css">')
-        result = page.evaluate("() => fetch('http://203.0.113.9/api').then(() => 'fetched',"
-                               " () => 'blocked')")
+        page.set_content(
+            '<img src="http://cdn.example.invalid/x.png">'
+            '<link rel="stylesheet" href="https://fonts.example.invalid/a.css">'
+        )
+        result = page.evaluate(
+            "() => fetch('http://203.0.113.9/api').then(() => 'fetched', () => 'blocked')"
+        )
         assert result == "blocked"
         assert any("cdn.example.invalid" in url for url in guard.external), guard.external
         assert any("fonts.example.invalid" in url for url in guard.external), guard.external
@@ -239,11 +262,21 @@ def test_guard_catches_external_requests(browser):
 def test_screenshot_of_live_list(server, new_context, artifacts):
     """tests/artifacts/...-list.png every run; docs/screenshot.png with
     PRESENCE_UPDATE_SCREENSHOT=1 (the README shows it)."""
-    people = {"alice": True, "bob": True, "Chloe": False, "dave": True, "erin": False,
-              "farid": False}
+    people = {
+        "alice": True,
+        "bob": True,
+        "Chloe": False,
+        "dave": True,
+        "erin": False,
+        "farid": False,
+    }
     pages = sign_up_people(new_context, server.url, ["bob", "dave"], ["Chloe", "erin", "farid"])
-    context = new_context(server.url, viewport={"width": 760, "height": 500},
-                          color_scheme="light", reduced_motion="reduce")
+    context = new_context(
+        server.url,
+        viewport={"width": 760, "height": 500},
+        color_scheme="light",
+        reduced_motion="reduce",
+    )
     page = signup(context.new_page(), "alice")
     for name, online in people.items():
         expect_status(page, name, "Online" if online else "Offline")

@@ -1,4 +1,5 @@
 """The server goes away and comes back: the page says so, then shows the true state."""
+
 from __future__ import annotations
 
 from itertools import pairwise

@@ -1,4 +1,5 @@
 """Sign-up, login, logout, sessions and XSRF, as a browser or a scripted client sees them."""
+
 from __future__ import annotations
 
 import asyncio
@@ -20,8 +21,9 @@ from tests.conftest import PASSWORD
 
 def session_set_cookie(response) -> str:
     """The raw Set-Cookie header that sets the session cookie."""
-    headers = [h for h in response.headers.get_list("Set-Cookie")
-               if h.startswith(SESSION_COOKIE + "=")]
+    headers = [
+        h for h in response.headers.get_list("Set-Cookie") if h.startswith(SESSION_COOKIE + "=")
+    ]
     assert len(headers) == 1, response.headers.get_list("Set-Cookie")
     return headers[0]
 
@@ -39,6 +41,7 @@ async def api_status(client) -> int:
 
 # -- sign-up -----------------------------------------------------------------------------------
 
+
 @pytest.mark.gen_test
 async def test_signup_sets_httponly_lax_session_cookie_and_logs_in(make_client):
     client = make_client()
@@ -53,26 +56,45 @@ async def test_signup_sets_httponly_lax_session_cookie_and_logs_in(make_client):
     assert 'data-username="alice"' in page.body.decode()
 
 
-@pytest.mark.parametrize("username,password,confirm,message", [
-    ("al", PASSWORD, PASSWORD, "Usernames are 3-32 characters"),
-    ("a" * 33, PASSWORD, PASSWORD, "Usernames are 3-32 characters"),
-    ("al ice", PASSWORD, PASSWORD, "Usernames are 3-32 characters"),
-    ("alice!", PASSWORD, PASSWORD, "Usernames are 3-32 characters"),
-    ("<script>", PASSWORD, PASSWORD, "Usernames are 3-32 characters"),
-    ("ålice", PASSWORD, PASSWORD, "Usernames are 3-32 characters"),
-    ("\u0430lice", PASSWORD, PASSWORD, "Usernames are 3-32 characters"),  # Cyrillic a
-    ("", PASSWORD, PASSWORD, "Usernames are 3-32 characters"),
-    ("alice", "short", "short", "at least 8 characters"),
-    ("alice", "", "", "at least 8 characters"),
-    ("alice", "é" * 37, "é" * 37, "at most 72 bytes"),
-    ("alice", "x" * 73, "x" * 73, "at most 72 bytes"),
-    ("alice", PASSWORD, PASSWORD + "x", "do not match"),
-    ("alice", PASSWORD, "", "do not match"),
-    ("a" * 5000, PASSWORD, PASSWORD, "far too long"),
-    ("alice", "p" * 5000, "p" * 5000, "far too long"),
-], ids=["short-name", "long-name", "space", "bang", "markup", "unicode", "homoglyph",
-        "no-name", "short-password", "no-password", "73-utf8-bytes", "73-ascii", "mismatch",
-        "no-confirm", "5000-char-name", "5000-char-password"])
+@pytest.mark.parametrize(
+    "username,password,confirm,message",
+    [
+        ("al", PASSWORD, PASSWORD, "Usernames are 3-32 characters"),
+        ("a" * 33, PASSWORD, PASSWORD, "Usernames are 3-32 characters"),
+        ("al ice", PASSWORD, PASSWORD, "Usernames are 3-32 characters"),
+        ("alice!", PASSWORD, PASSWORD, "Usernames are 3-32 characters"),
+        ("<script>", PASSWORD, PASSWORD, "Usernames are 3-32 characters"),
+        ("ålice", PASSWORD, PASSWORD, "Usernames are 3-32 characters"),
+        ("\u0430lice", PASSWORD, PASSWORD, "Usernames are 3-32 characters"),  # Cyrillic a
+        ("", PASSWORD, PASSWORD, "Usernames are 3-32 characters"),
+        ("alice", "short", "short", "at least 8 characters"),
+        ("alice", "", "", "at least 8 characters"),
+        ("alice", "é" * 37, "é" * 37, "at most 72 bytes"),
+        ("alice", "x" * 73, "x" * 73, "at most 72 bytes"),
+        ("alice", PASSWORD, PASSWORD + "x", "do not match"),
+        ("alice", PASSWORD, "", "do not match"),
+        ("a" * 5000, PASSWORD, PASSWORD, "far too long"),
+        ("alice", "p" * 5000, "p" * 5000, "far too long"),
+    ],
+    ids=[
+        "short-name",
+        "long-name",
+        "space",
+        "bang",
+        "markup",
+        "unicode",
+        "homoglyph",
+        "no-name",
+        "short-password",
+        "no-password",
+        "73-utf8-bytes",
+        "73-ascii",
+        "mismatch",
+        "no-confirm",
+        "5000-char-name",
+        "5000-char-password",
+    ],
+)
 @pytest.mark.gen_test
 async def test_signup_validation(make_client, username, password, confirm, message):
     client = make_client()
@@ -120,11 +142,15 @@ async def test_simultaneous_signups_of_one_name(make_client, services):
     for a, b in pairs:  # the XSRF dance first, so that the sign-ups themselves race
         await a.xsrf()
         await b.xsrf()
-    responses = await asyncio.gather(*(
-        client.signup(name if i == 0 else name.upper(), PASSWORD, check=False)
-        for name, pair in zip(names, pairs, strict=True) for i, client in enumerate(pair)))
+    responses = await asyncio.gather(
+        *(
+            client.signup(name if i == 0 else name.upper(), PASSWORD, check=False)
+            for name, pair in zip(names, pairs, strict=True)
+            for i, client in enumerate(pair)
+        )
+    )
     for k, name in enumerate(names):
-        codes = sorted(r.code for r in responses[2 * k:2 * k + 2])
+        codes = sorted(r.code for r in responses[2 * k : 2 * k + 2])
         assert codes == [302, 409], (name, codes)
     async with services.db.read() as session:
         keys = (await session.scalars(select(User.username_key))).all()
@@ -132,10 +158,17 @@ async def test_simultaneous_signups_of_one_name(make_client, services):
 
 
 @pytest.mark.gen_test
-@pytest.mark.parametrize("username,password,error", [
-    ("mallory\n", PASSWORD, InvalidUsername),  # ``$`` in a regex also matches before a final \n
-    ("mallory", PASSWORD + "\x00", PasswordHasNul),  # forms turn NUL into a space; others may not
-])
+@pytest.mark.parametrize(
+    "username,password,error",
+    [
+        ("mallory\n", PASSWORD, InvalidUsername),  # ``$`` in a regex also matches before a final \n
+        (
+            "mallory",
+            PASSWORD + "\x00",
+            PasswordHasNul,
+        ),  # forms turn NUL into a space; others may not
+    ],
+)
 async def test_signup_service_rejects(services, username, password, error):
     with pytest.raises(error):
         await services.accounts.create_user(username, password, password)
@@ -143,6 +176,7 @@ async def test_signup_service_rejects(services, username, password, error):
 
 
 # -- login -------------------------------------------------------------------------------------
+
 
 @pytest.mark.gen_test
 async def test_login_redirects_home_with_new_session(user_factory, make_client):
@@ -165,8 +199,18 @@ async def test_login_follows_safe_next(user_factory, make_client, target):
     assert response.headers["Location"] == target
 
 
-UNSAFE_NEXT = ["//evil.com", "/\\evil", "http://evil.com/", "/\t/evil", "javascript:alert(1)",
-               "\r\n", "/\r\nSet-Cookie: x=1", "https:evil.com", "evil.com", "///evil.com"]
+UNSAFE_NEXT = [
+    "//evil.com",
+    "/\\evil",
+    "http://evil.com/",
+    "/\t/evil",
+    "javascript:alert(1)",
+    "\r\n",
+    "/\r\nSet-Cookie: x=1",
+    "https:evil.com",
+    "evil.com",
+    "///evil.com",
+]
 
 
 @pytest.mark.parametrize("target", UNSAFE_NEXT)
@@ -182,19 +226,29 @@ async def test_login_ignores_unsafe_next(user_factory, make_client, target):
     assert "evil" not in form.body.decode() and "javascript:" not in form.body.decode()
 
 
-@pytest.mark.parametrize("username,password", [
-    ("alice", "wrong-password"),
-    ("nobody", PASSWORD),
-    ("alice", "p" * 100),
-    ("alice", PASSWORD + "x" * 100),
-    ("alice", "é" * 40),
-    ("", ""),
-    ("a" * 5000, PASSWORD),
-], ids=["wrong-password", "unknown-user", "100-bytes", "long-with-right-prefix",
-        "80-utf8-bytes", "empty", "5000-char-name"])
+@pytest.mark.parametrize(
+    "username,password",
+    [
+        ("alice", "wrong-password"),
+        ("nobody", PASSWORD),
+        ("alice", "p" * 100),
+        ("alice", PASSWORD + "x" * 100),
+        ("alice", "é" * 40),
+        ("", ""),
+        ("a" * 5000, PASSWORD),
+    ],
+    ids=[
+        "wrong-password",
+        "unknown-user",
+        "100-bytes",
+        "long-with-right-prefix",
+        "80-utf8-bytes",
+        "empty",
+        "5000-char-name",
+    ],
+)
 @pytest.mark.gen_test
-async def test_login_failure_is_401_with_one_message(user_factory, make_client,
-                                                     username, password):
+async def test_login_failure_is_401_with_one_message(user_factory, make_client, username, password):
     await user_factory("alice")
     client = make_client()
     response = await client.login(username, password, check=False)
@@ -214,6 +268,7 @@ async def test_login_is_case_insensitive_on_the_name(user_factory, make_client):
 
 
 # -- XSRF --------------------------------------------------------------------------------------
+
 
 async def _xsrf_variant(make_client, client, variant: str) -> dict[str, str]:
     """The extra form fields for a POST whose XSRF token is ``variant``."""
@@ -242,7 +297,8 @@ async def test_xsrf_required_for_login(user_factory, make_client, variant):
     client = make_client()
     fields = await _xsrf_variant(make_client, client, variant)
     response = await client.request(
-        "POST", "/login", {"username": "alice", "password": PASSWORD, **fields})
+        "POST", "/login", {"username": "alice", "password": PASSWORD, **fields}
+    )
     assert response.code == 403
     assert SESSION_COOKIE not in client.cookies
 
@@ -253,8 +309,10 @@ async def test_xsrf_required_for_signup(make_client, variant):
     client = make_client()
     fields = await _xsrf_variant(make_client, client, variant)
     response = await client.request(
-        "POST", "/signup", {"username": "alice", "password": PASSWORD, "confirm": PASSWORD,
-                            **fields})
+        "POST",
+        "/signup",
+        {"username": "alice", "password": PASSWORD, "confirm": PASSWORD, **fields},
+    )
     assert response.code == 403
     assert (await make_client().signup("alice", PASSWORD, check=False)).code == 302
 
@@ -274,8 +332,12 @@ async def test_xsrf_header_works(user_factory, make_client):
     await user_factory("alice")
     client = make_client()
     token = await client.xsrf()
-    response = await client.request("POST", "/login", {"username": "alice", "password": PASSWORD},
-                                    headers={"X-XSRFToken": token})
+    response = await client.request(
+        "POST",
+        "/login",
+        {"username": "alice", "password": PASSWORD},
+        headers={"X-XSRFToken": token},
+    )
     assert response.code == 302
     assert await api_status(client) == 200
     # The login re-issued the token, bound to the new session
@@ -296,6 +358,7 @@ async def test_get_logout_is_405(user_factory):
 
 
 # -- sessions ----------------------------------------------------------------------------------
+
 
 @pytest.mark.gen_test
 async def test_login_rotates_the_session(user_factory, make_client):
@@ -338,8 +401,11 @@ def _resigned(services, client, age_days: float) -> str:
     """The client's session token in a cookie signed ``age_days`` ago."""
     signed_at = time.time() - age_days * 86400
     return tornado.web.create_signed_value(
-        services.settings.cookie_secret, SESSION_COOKIE, _token_of(services, client),
-        clock=lambda: signed_at).decode()
+        services.settings.cookie_secret,
+        SESSION_COOKIE,
+        _token_of(services, client),
+        clock=lambda: signed_at,
+    ).decode()
 
 
 def _bad_cookies(services, client) -> dict[str, str]:
@@ -350,14 +416,16 @@ def _bad_cookies(services, client) -> dict[str, str]:
         "garbage": "garbage",
         "unsigned-token": _token_of(services, client),
         "other-secret": tornado.web.create_signed_value(
-            "another-secret-of-enough-length", SESSION_COOKIE,
-            _token_of(services, client)).decode(),
+            "another-secret-of-enough-length", SESSION_COOKIE, _token_of(services, client)
+        ).decode(),
         "signed-40-days-ago": _resigned(services, client, 40),
     }
 
 
-@pytest.mark.parametrize("kind", ["tampered-signature", "garbage", "unsigned-token",
-                                  "other-secret", "signed-40-days-ago"])
+@pytest.mark.parametrize(
+    "kind",
+    ["tampered-signature", "garbage", "unsigned-token", "other-secret", "signed-40-days-ago"],
+)
 @pytest.mark.gen_test
 async def test_bad_session_cookie_is_logged_out(services, user_factory, make_client, kind):
     alice = await user_factory("alice")
@@ -386,8 +454,9 @@ async def test_session_expired_in_database_is_logged_out(services, user_factory)
     past = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
     async with services.db.write() as session:
         alice_id = await session.scalar(select(User.id).where(User.username == "alice"))
-        await session.execute(update(Session).where(Session.user_id == alice_id)
-                              .values(expires_at=past))
+        await session.execute(
+            update(Session).where(Session.user_id == alice_id).values(expires_at=past)
+        )
     assert await api_status(alice) == 401
     assert (await alice.request("GET", "/")).headers["Location"] == "/login?next=%2F"
     assert await api_status(bob) == 200

@@ -1,5 +1,6 @@
 """No single client can hurt the process: every write bounded (memory held per socket, kernel
 buffer), client messages rate-limited, socket caps, and the frames Tornado would cut."""
+
 from __future__ import annotations
 
 import asyncio
@@ -45,8 +46,9 @@ class Unretrieved:
         return [m for m in self.seen if "never retrieved" in m]
 
 
-async def _held_until_dropped(services: Any, grow: Any, rounds: int,
-                              client_side: Any = lambda: 0) -> int:
+async def _held_until_dropped(
+    services: Any, grow: Any, rounds: int, client_side: Any = lambda: 0
+) -> int:
     """Run ``grow()`` until the process drops its only socket; the peak of Python memory
     held meanwhile above the start (tracemalloc), less ``client_side()`` (what the test's
     own client buffers in this process)."""
@@ -65,7 +67,8 @@ async def _held_until_dropped(services: Any, grow: Any, rounds: int,
 
 @pytest.mark.gen_test(timeout=60)
 async def test_a_stalled_client_costs_at_most_twice_its_limit(
-        services: Any, user_factory: Any, http_port: int) -> None:
+    services: Any, user_factory: Any, http_port: int
+) -> None:
     """One small event per flush (the worst case for per-write objects): the process holds
     at most about 2x ``--send-buffer-limit`` for the stalled socket, then drops it."""
     alice = await user_factory("alice")
@@ -88,7 +91,8 @@ async def test_a_stalled_client_costs_at_most_twice_its_limit(
 
 @pytest.mark.gen_test(timeout=60)
 async def test_a_ping_flood_that_never_reads_is_dropped_with_bounded_memory(
-        services: Any, user_factory: Any, http_port: int) -> None:
+    services: Any, user_factory: Any, http_port: int
+) -> None:
     """The red-team flood: tiny pings as fast as possible, never reading. Pongs go through
     the bounded path: the socket is dropped, memory stays bounded, and no Future or Task is
     left with an exception nobody retrieved."""
@@ -106,8 +110,9 @@ async def test_a_ping_flood_that_never_reads_is_dropped_with_bounded_memory(
         await asyncio.sleep(0.002)
 
     try:
-        peak = await _held_until_dropped(services, flood, 5000,
-                                         client_side=transport.get_write_buffer_size)
+        peak = await _held_until_dropped(
+            services, flood, 5000, client_side=transport.get_write_buffer_size
+        )
     finally:
         flooder.abort()
     await asyncio.sleep(0.2)
@@ -129,6 +134,7 @@ async def test_kernel_send_buffer_is_capped(services: Any, user_factory: Any) ->
 @pytest.mark.parametrize("field", ["socket_send_buffer"])
 def test_kernel_autotuning_can_be_kept(field: str) -> None:
     from presence_app.config import validate
+
     changes: dict[str, Any] = {field: 0}
     assert validate(replace(Settings(), **changes)).socket_send_buffer == 0
 
@@ -157,7 +163,8 @@ class TestMessageRate:
 
     @pytest.mark.gen_test
     async def test_a_flooder_that_ignores_the_close_is_cut_off_at_once(
-            self, user_factory: Any, http_port: int) -> None:
+        self, user_factory: Any, http_port: int
+    ) -> None:
         """Not after Tornado's 5 s wait for the client's close frame, parsing its flood."""
         alice = await user_factory("alice")
         sock = await RawSocket.open(http_port, alice.cookie_header())
@@ -211,8 +218,7 @@ class TestSocketCaps:
 
 
 @pytest.mark.gen_test
-async def test_invalid_utf8_text_frame_closes_with_1007(user_factory: Any,
-                                                        http_port: int) -> None:
+async def test_invalid_utf8_text_frame_closes_with_1007(user_factory: Any, http_port: int) -> None:
     alice = await user_factory("alice")
     sock = await RawSocket.open(http_port, alice.cookie_header())
     await sock.send(frame(0x1, b'{"type":"\xff\xfe"}'))
@@ -221,7 +227,8 @@ async def test_invalid_utf8_text_frame_closes_with_1007(user_factory: Any,
 
 @pytest.mark.gen_test
 async def test_deeply_nested_json_gets_an_error_and_the_socket_stays(
-        user_factory: Any, caplog: Any) -> None:
+    user_factory: Any, caplog: Any
+) -> None:
     alice = await user_factory("alice")
     sock = await alice.connect()
     await sock.ws.send("[" * 2000)
@@ -233,7 +240,8 @@ async def test_deeply_nested_json_gets_an_error_and_the_socket_stays(
 
 @pytest.mark.gen_test
 async def test_close_reason_that_is_not_utf8_is_answered_not_cut(
-        user_factory: Any, http_port: int, caplog: Any) -> None:
+    user_factory: Any, http_port: int, caplog: Any
+) -> None:
     alice = await user_factory("alice")
     sock = await RawSocket.open(http_port, alice.cookie_header())
     await sock.send(frame(0x8, b"\x03\xe8\xff\xfe"))
@@ -243,7 +251,8 @@ async def test_close_reason_that_is_not_utf8_is_answered_not_cut(
 
 @pytest.mark.gen_test
 async def test_closed_sockets_are_freed_without_the_cyclic_collector(
-        services: Any, user_factory: Any) -> None:
+    services: Any, user_factory: Any
+) -> None:
     """A closed socket's handler, connection and buffers go at once (reference counting):
     presence_app/runtime/gcpolicy.py keeps the cyclic collector away from connections, so a cycle
     through the write path would pile up every closed socket of a churn (seen: +119 MiB in

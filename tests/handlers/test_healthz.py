@@ -1,4 +1,5 @@
 """/healthz: a readiness signal for load balancers and supervisors."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,9 @@ async def test_healthz_counts_sockets_and_online_users(make_client, user_factory
 
 
 @pytest.mark.gen_test
-async def test_healthz_is_503_with_a_reason_when_the_database_is_gone(make_client, services,
-                                                                      monkeypatch):
+async def test_healthz_is_503_with_a_reason_when_the_database_is_gone(
+    make_client, services, monkeypatch
+):
     # A real database client pointed at a port nobody listens on.
     gone = Database("postgresql+asyncpg://nobody@127.0.0.1:1/nothing")
     monkeypatch.setattr(services, "db", gone)

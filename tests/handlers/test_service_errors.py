@@ -1,6 +1,7 @@
 """The one table from service errors to HTTP answers (handlers/base.py SERVICE_ERRORS): every
 error a service raises on purpose has exactly one row, with the status docs/PROTOCOL.md
 documents, and the sign-up page states the limits from their one definition."""
+
 from __future__ import annotations
 
 from operator import attrgetter
@@ -44,8 +45,11 @@ DOCUMENTED: dict[type[Exception], tuple[Exception, int]] = {
 
 def account_errors() -> set[type[Exception]]:
     """Every error class of accounts/errors.py but the common base."""
-    return {value for value in vars(errors).values() if isinstance(value, type)
-            and issubclass(value, AccountError) and value is not AccountError}
+    return {
+        value
+        for value in vars(errors).values()
+        if isinstance(value, type) and issubclass(value, AccountError) and value is not AccountError
+    }
 
 
 def test_every_account_error_is_documented() -> None:
@@ -57,8 +61,9 @@ def test_the_table_has_no_other_rows() -> None:
     assert AccountError not in SERVICE_ERRORS  # no catch-all: each error has its own row
 
 
-@pytest.mark.parametrize("kind", sorted(DOCUMENTED, key=attrgetter("__name__")),
-                         ids=attrgetter("__name__"))
+@pytest.mark.parametrize(
+    "kind", sorted(DOCUMENTED, key=attrgetter("__name__")), ids=attrgetter("__name__")
+)
 def test_each_error_has_exactly_one_row_with_its_documented_status(kind: type) -> None:
     example, status = DOCUMENTED[kind]
     assert [row for row in SERVICE_ERRORS if isinstance(example, row)] == [kind]
@@ -80,5 +85,7 @@ def test_a_bug_is_not_in_the_table() -> None:
 async def test_the_signup_page_states_the_limits(make_client: Any) -> None:
     page = (await make_client().request("GET", "/signup")).body.decode()
     assert f"{fields.MIN_USERNAME_CHARS}–{fields.MAX_USERNAME_CHARS} characters" in page
-    assert (f"At least {fields.MIN_PASSWORD_CHARS} characters "
-            f"(at most {fields.MAX_PASSWORD_BYTES} bytes)") in page
+    assert (
+        f"At least {fields.MIN_PASSWORD_CHARS} characters "
+        f"(at most {fields.MAX_PASSWORD_BYTES} bytes)"
+    ) in page

@@ -1,6 +1,7 @@
 """handlers/tornado_internals.py: the start-up check passes on the pinned Tornado and names
 what a changed Tornado lacks; both paths (fast and public-API fallback) work end to end with
 the bound and the order of events; nothing else in handlers/ reads Tornado's internals."""
+
 from __future__ import annotations
 
 import ast
@@ -40,6 +41,7 @@ FAST, FALLBACK = TornadoInternals(), TornadoInternals(("forced by the test",))
 
 
 # --- the start-up check ----------------------------------------------------------------------
+
 
 def test_the_check_finds_nothing_on_the_pinned_tornado() -> None:
     """Fails when a Tornado upgrade changes an internal the fast path relies on: then read
@@ -89,8 +91,9 @@ def test_a_changed_protocol_is_named() -> None:
 
 def test_a_missing_compressor_hook_is_named(monkeypatch: Any) -> None:
     monkeypatch.delattr(WebSocketProtocol13, "_create_compressors")
-    assert check() == ["WebSocketProtocol13._create_compressors(side, agreed_parameters) "
-                       "is missing or changed"]
+    assert check() == [
+        "WebSocketProtocol13._create_compressors(side, agreed_parameters) is missing or changed"
+    ]
 
 
 def test_no_warning_when_nothing_is_missing(caplog: Any) -> None:
@@ -104,18 +107,33 @@ class _Connection(tornado.httputil.HTTPConnection):
         pass
 
 
-@pytest.mark.parametrize("status, reason", [
-    (404, None), (503, None), (418, None), (299, None), (599, None), (400, "Custom"),
-    (400, "tab\tand space"), (400, "caf\xe9"), (400, "<b>x</b>"), (400, "two\nlines"),
-    (400, ""), (400, "\u20ac"),
-])
+@pytest.mark.parametrize(
+    "status, reason",
+    [
+        (404, None),
+        (503, None),
+        (418, None),
+        (299, None),
+        (599, None),
+        (400, "Custom"),
+        (400, "tab\tand space"),
+        (400, "caf\xe9"),
+        (400, "<b>x</b>"),
+        (400, "two\nlines"),
+        (400, ""),
+        (400, "\u20ac"),
+    ],
+)
 def test_reason_phrase_is_what_tornado_puts_on_the_status_line(
-        status: int, reason: str | None) -> None:
+    status: int, reason: str | None
+) -> None:
     """base.py's error pages read the phrase from public data; Tornado keeps it in
     ``_reason``. Fails if Tornado changes how it picks or checks the phrase."""
     request = tornado.httputil.HTTPServerRequest(
         start_line=tornado.httputil.RequestStartLine("GET", "/", "HTTP/1.1"),
-        headers=tornado.httputil.HTTPHeaders({"Host": "localhost"}), connection=_Connection())
+        headers=tornado.httputil.HTTPHeaders({"Host": "localhost"}),
+        connection=_Connection(),
+    )
     handler = tornado.web.RequestHandler(tornado.web.Application(), request)
     handler.set_status(status, reason)
     assert reason_phrase(status, {"reason": reason}) == handler._reason
@@ -125,6 +143,7 @@ def test_reason_phrase_is_what_tornado_puts_on_the_status_line(
 
 
 # --- frames back to payloads (the fallback) --------------------------------------------------
+
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 200_000])
 def test_frame_payloads_round_trip(size: int) -> None:
@@ -139,16 +158,24 @@ def test_frame_payloads_of_an_uncompressed_snapshot() -> None:
     assert json.loads(payload)["me"] == "alice"
 
 
-@pytest.mark.parametrize("data", [
-    b"\x81", text_frame("abc")[:-1], b"\x01\x03abc", b"\xc1\x03abc", b"\x81\x83abcdefg",
-    b"\x82\x03abc",
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x81",
+        text_frame("abc")[:-1],
+        b"\x01\x03abc",
+        b"\xc1\x03abc",
+        b"\x81\x83abcdefg",
+        b"\x82\x03abc",
+    ],
+)
 def test_frame_payloads_refuses_what_fanout_never_builds_without_deflate(data: bytes) -> None:
     with pytest.raises(ValueError):
         frame_payloads(data)
 
 
 # --- both paths, end to end --------------------------------------------------------------------
+
 
 @pytest.fixture(params=["fast", "fallback"])
 def internals(request: Any) -> TornadoInternals:
@@ -162,7 +189,8 @@ def app(services: Any, internals: TornadoInternals) -> Any:
 
 @pytest.mark.gen_test(timeout=60)
 async def test_events_arrive_in_order_with_replies_and_presence(
-        services: Any, user_factory: Any, internals: TornadoInternals) -> None:
+    services: Any, user_factory: Any, internals: TornadoInternals
+) -> None:
     alice = await user_factory("alice")
     sock = await alice.connect()  # offers permessage-deflate, as browsers do
     agreed = sock.ws.response.headers.get("Sec-WebSocket-Extensions")
@@ -206,7 +234,8 @@ class TestBoundedOnTheFallback:
 
     @pytest.mark.gen_test(timeout=60)
     async def test_a_stalled_client_costs_at_most_twice_its_limit(
-            self, services: Any, user_factory: Any, http_port: int) -> None:
+        self, services: Any, user_factory: Any, http_port: int
+    ) -> None:
         alice = await user_factory("alice")
         stalled = await RawSocket.open(http_port, alice.cookie_header(), rcvbuf=4096)
         stalled.stall()
@@ -214,8 +243,7 @@ class TestBoundedOnTheFallback:
         presence, counter = services.presence, iter(range(10**9))
 
         async def one_event() -> None:
-            presence.broadcast(json.dumps({"type": "test", "n": next(counter),
-                                           "pad": "x" * 100}))
+            presence.broadcast(json.dumps({"type": "test", "n": next(counter), "pad": "x" * 100}))
             await asyncio.sleep(0)
 
         try:
@@ -226,7 +254,8 @@ class TestBoundedOnTheFallback:
 
     @pytest.mark.gen_test(timeout=60)
     async def test_a_ping_flood_is_dropped_with_bounded_memory(
-            self, services: Any, user_factory: Any, http_port: int) -> None:
+        self, services: Any, user_factory: Any, http_port: int
+    ) -> None:
         watcher = Unretrieved()
         alice = await user_factory("alice")
         flooder = await RawSocket.open(http_port, alice.cookie_header(), rcvbuf=4096)
@@ -239,8 +268,9 @@ class TestBoundedOnTheFallback:
             await asyncio.sleep(0.002)
 
         try:
-            peak = await _held_until_dropped(services, flood, 5000,
-                                             client_side=transport.get_write_buffer_size)
+            peak = await _held_until_dropped(
+                services, flood, 5000, client_side=transport.get_write_buffer_size
+            )
         finally:
             flooder.abort()
         await asyncio.sleep(0.2)
@@ -275,37 +305,59 @@ def internals_read(source: str, private: set[str]) -> list[str]:
     attributes count too when Tornado uses the name (on a handler they would shadow
     Tornado's): rename them."""
     tree = ast.parse(source)
-    modules = {alias.asname or alias.name.split(".")[0] for node in ast.walk(tree)
-               if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
+    modules = {
+        alias.asname or alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in node.names
+    }
     wanted = private | UNDOCUMENTED
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and node.attr in wanted:
             if not (isinstance(node.value, ast.Name) and node.value.id in modules):
                 found.append(f"line {node.lineno}: .{node.attr}")
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-              and node.func.id in {"getattr", "setattr", "hasattr", "delattr"}
-              and len(node.args) > 1 and isinstance(node.args[1], ast.Constant)
-              and node.args[1].value in wanted):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in {"getattr", "setattr", "hasattr", "delattr"}
+            and len(node.args) > 1
+            and isinstance(node.args[1], ast.Constant)
+            and node.args[1].value in wanted
+        ):
             found.append(f"line {node.lineno}: {node.func.id}(..., {node.args[1].value!r})")
     return found
 
 
 def test_the_internals_checker_sees_what_it_must() -> None:
     private = tornado_private_names()
-    assert {"_finished", "_headers_written", "_reason", "_write_buffer",
-            "_handle_message", "_create_compressors"} <= private
-    sample = ("import socket\nclass H:\n    def f(self, conn):\n"
-              "        if self._finished or self._headers_written: pass\n"
-              "        conn.ws_connection.stream.socket.sendmsg([])\n"
-              "        getattr(conn, '_write_buffer')\n"
-              "        self._scope = socket.AF_INET\n")
+    assert {
+        "_finished",
+        "_headers_written",
+        "_reason",
+        "_write_buffer",
+        "_handle_message",
+        "_create_compressors",
+    } <= private
+    sample = (
+        "import socket\nclass H:\n    def f(self, conn):\n"
+        "        if self._finished or self._headers_written: pass\n"
+        "        conn.ws_connection.stream.socket.sendmsg([])\n"
+        "        getattr(conn, '_write_buffer')\n"
+        "        self._scope = socket.AF_INET\n"
+    )
     assert sorted(internals_read(sample, private)) == [
-        "line 4: ._finished", "line 4: ._headers_written", "line 5: .socket",
-        "line 5: .stream", "line 5: .ws_connection", "line 6: getattr(..., '_write_buffer')"]
+        "line 4: ._finished",
+        "line 4: ._headers_written",
+        "line 5: .socket",
+        "line 5: .stream",
+        "line 5: .ws_connection",
+        "line 6: getattr(..., '_write_buffer')",
+    ]
 
 
-@pytest.mark.parametrize("path", sorted(set((ROOT / "handlers").rglob("*.py")) - {ADAPTER}),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted(set((ROOT / "handlers").rglob("*.py")) - {ADAPTER}), ids=lambda p: p.name
+)
 def test_only_the_adapter_reads_tornado_internals(path: Path) -> None:
     assert internals_read(path.read_text(), tornado_private_names()) == []

@@ -1,4 +1,5 @@
 """The presence WebSocket: snapshot, live events, multi-tab, logout, protocol errors, auth."""
+
 from __future__ import annotations
 
 import asyncio
@@ -20,8 +21,12 @@ QUIET = 0.5  # seconds in which an event that must not come would have come
 
 def is_presence(username: str, online: bool | None = None) -> Callable[[dict], bool]:
     def match(message: dict) -> bool:
-        return (message.get("type") == "presence" and message["username"] == username
-                and (online is None or message["online"] is online))
+        return (
+            message.get("type") == "presence"
+            and message["username"] == username
+            and (online is None or message["online"] is online)
+        )
+
     return match
 
 
@@ -59,8 +64,10 @@ async def test_raw_snapshot_frame(user_factory):
     alice = await user_factory("alice")
     sock = await alice.connect()  # the first client makes alice online everywhere
     from websockets.asyncio.client import connect
-    async with connect(alice.ws_url(), additional_headers={"Cookie": alice.cookie_header()},
-                       proxy=None) as ws:
+
+    async with connect(
+        alice.ws_url(), additional_headers={"Cookie": alice.cookie_header()}, proxy=None
+    ) as ws:
         first = json.loads(await asyncio.wait_for(ws.recv(), 10))
     assert first["type"] == "snapshot"
     assert first["me"] == "alice"
@@ -177,13 +184,41 @@ async def expect_error(sock: PresenceSocket) -> dict:
     return message
 
 
-@pytest.mark.parametrize("frame", [
-    "not json", "{", "", "\u00e9\u00e9",
-    json.dumps({"type": "hello"}), json.dumps({"type": None}), json.dumps({"no": "type"}),
-    json.dumps(["ping"]), json.dumps([{"type": "ping"}]), json.dumps("ping"), "42", "null",
-    json.dumps({"type": ["ping"]}), json.dumps({"type": "x" * 5000}),
-], ids=["text", "half-object", "empty", "accents", "unknown-type", "null-type", "no-type",
-        "array", "array-of-ping", "string", "number", "null", "list-type", "long-type"])
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "not json",
+        "{",
+        "",
+        "\u00e9\u00e9",
+        json.dumps({"type": "hello"}),
+        json.dumps({"type": None}),
+        json.dumps({"no": "type"}),
+        json.dumps(["ping"]),
+        json.dumps([{"type": "ping"}]),
+        json.dumps("ping"),
+        "42",
+        "null",
+        json.dumps({"type": ["ping"]}),
+        json.dumps({"type": "x" * 5000}),
+    ],
+    ids=[
+        "text",
+        "half-object",
+        "empty",
+        "accents",
+        "unknown-type",
+        "null-type",
+        "no-type",
+        "array",
+        "array-of-ping",
+        "string",
+        "number",
+        "null",
+        "list-type",
+        "long-type",
+    ],
+)
 @pytest.mark.gen_test
 async def test_bad_frames_get_an_error_and_the_socket_stays_open(user_factory, frame):
     sock = await (await user_factory("alice")).connect()
@@ -193,8 +228,11 @@ async def test_bad_frames_get_an_error_and_the_socket_stays_open(user_factory, f
     assert await sock.ping() == {"type": "pong"}
 
 
-@pytest.mark.parametrize("frame", [b"\x00\x01\xff", b"not json", b'{"type": "ping"}'],
-                         ids=["bytes", "ascii", "json-ping"])
+@pytest.mark.parametrize(
+    "frame",
+    [b"\x00\x01\xff", b"not json", b'{"type": "ping"}'],
+    ids=["bytes", "ascii", "json-ping"],
+)
 @pytest.mark.gen_test
 async def test_binary_frames_get_an_error(user_factory, frame):
     sock = await (await user_factory("alice")).connect()

@@ -3,6 +3,7 @@
 Unit tests drive ``Fanout`` with recording sockets; the rest talk to the running app over raw
 TCP, so that what is asserted is what a client sees on the wire.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -59,10 +60,10 @@ def frames_of(data: bytes) -> list[bytes]:
     while pos < len(data):
         size, pos2 = data[pos + 1] & 0x7F, pos + 2
         if size == 126:
-            size, pos2 = struct.unpack("!H", data[pos + 2:pos + 4])[0], pos + 4
+            size, pos2 = struct.unpack("!H", data[pos + 2 : pos + 4])[0], pos + 4
         elif size == 127:
-            size, pos2 = struct.unpack("!Q", data[pos + 2:pos + 10])[0], pos + 10
-        out.append(data[pos2:pos2 + size])
+            size, pos2 = struct.unpack("!Q", data[pos + 2 : pos + 10])[0], pos + 10
+        out.append(data[pos2 : pos2 + size])
         pos = pos2 + size
     return out
 
@@ -178,8 +179,10 @@ async def test_a_snapshot_taken_while_events_wait_covers_them() -> None:
     newcomer = Recorder("new")
     fan.join(newcomer)  # type: ignore[arg-type]
     await asyncio.sleep(0)  # the snapshot goes out now, covering event 1
-    assert len(newcomer.writes) == 1 and json.loads(
-        frames_of(newcomer.writes[0])[0])["type"] == "snapshot"
+    assert (
+        len(newcomer.writes) == 1
+        and json.loads(frames_of(newcomer.writes[0])[0])["type"] == "snapshot"
+    )
     fan.publish(text_frame('{"n":2}'))
     await asyncio.sleep(MAX_DELAY * 2)
     assert [json.loads(f)["n"] for f in frames_of(member.writes[-1])] == [1, 2]
@@ -222,10 +225,19 @@ def test_max_delay_is_documented_and_small() -> None:
 
 
 # -- frames --------------------------------------------------------------------------------
-@pytest.mark.parametrize("users", [b"[]", b"[" + b",".join(
-    b'{"username":"user%05d","online":false,"last_seen":null,"version":0}' % i
-    for i in range(3000)) + b"]"])
-@pytest.mark.parametrize("me", ["alice", "\u00e9l\u00e8ve \"q\""])
+@pytest.mark.parametrize(
+    "users",
+    [
+        b"[]",
+        b"["
+        + b",".join(
+            b'{"username":"user%05d","online":false,"last_seen":null,"version":0}' % i
+            for i in range(3000)
+        )
+        + b"]",
+    ],
+)
+@pytest.mark.parametrize("me", ["alice", '\u00e9l\u00e8ve "q"'])
 def test_shared_snapshot_decodes_to_the_contract_message(users: bytes, me: str) -> None:
     snap = SharedSnapshot(users)
     for compressed in (False, True):
@@ -252,16 +264,21 @@ def test_stored_block_then_segment_is_one_valid_deflate_stream() -> None:
     assert frame_header(70_000)[1] == 127 and frame_header(70_000, compressed=True)[0] == 0xC1
 
 
-@pytest.mark.parametrize("header,accepted", [
-    ("permessage-deflate; client_max_window_bits", True),     # what browsers offer
-    ("permessage-deflate", True),
-    ("x-webkit-deflate-frame, permessage-deflate; server_no_context_takeover", True),
-    ("permessage-deflate; server_max_window_bits=15", True),
-    ("permessage-deflate; server_max_window_bits=10", False),  # our snapshot needs 15
-    ("permessage-deflate; foo=1", False),
-    ("permessage-deflate; server_max_window_bits=10, permessage-deflate", True),
-    ("", False), (";;;", False), ("x-webkit-deflate-frame", False),
-])
+@pytest.mark.parametrize(
+    "header,accepted",
+    [
+        ("permessage-deflate; client_max_window_bits", True),  # what browsers offer
+        ("permessage-deflate", True),
+        ("x-webkit-deflate-frame, permessage-deflate; server_no_context_takeover", True),
+        ("permessage-deflate; server_max_window_bits=15", True),
+        ("permessage-deflate; server_max_window_bits=10", False),  # our snapshot needs 15
+        ("permessage-deflate; foo=1", False),
+        ("permessage-deflate; server_max_window_bits=10, permessage-deflate", True),
+        ("", False),
+        (";;;", False),
+        ("x-webkit-deflate-frame", False),
+    ],
+)
 def test_deflate_offers(header: str, accepted: bool) -> None:
     assert deflate_offer(header) is accepted
 
@@ -270,8 +287,9 @@ def test_deflate_offers(header: str, accepted: bool) -> None:
 class RawSocket:
     """A WebSocket client over plain TCP that shows frames exactly as the server sent them."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 head: bytes) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes
+    ) -> None:
         self.reader, self.writer, self.head = reader, writer, head
 
     @classmethod
@@ -279,9 +297,13 @@ class RawSocket:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         key = base64.b64encode(os.urandom(16)).decode()
         ext = f"Sec-WebSocket-Extensions: {extensions}\r\n" if extensions else ""
-        writer.write((f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-                      f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                      f"Sec-WebSocket-Version: 13\r\n{ext}Cookie: {cookie}\r\n\r\n").encode())
+        writer.write(
+            (
+                f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                f"Sec-WebSocket-Version: 13\r\n{ext}Cookie: {cookie}\r\n\r\n"
+            ).encode()
+        )
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         assert head.startswith(b"HTTP/1.1 101"), head
         return cls(reader, writer, head)
@@ -321,13 +343,15 @@ class RawSocket:
 
 @pytest.mark.gen_test
 async def test_browser_offer_gets_a_compressed_snapshot_and_no_zlib_state(
-        services: Any, user_factory: Any, http_port: int) -> None:
+    services: Any, user_factory: Any, http_port: int
+) -> None:
     for n in range(40):  # enough users for a snapshot worth compressing
         await services.presence.user_signed_up(f"user{n:02d}")
     alice = await user_factory("alice")
     await asyncio.sleep(0.2)
-    raw = await RawSocket.open(http_port, alice.cookie_header(),
-                               "permessage-deflate; client_max_window_bits")
+    raw = await RawSocket.open(
+        http_port, alice.cookie_header(), "permessage-deflate; client_max_window_bits"
+    )
     try:
         assert f"sec-websocket-extensions: {DEFLATE_AGREED}\r\n".encode() in raw.head.lower()
         first, payload = await raw.frame()
@@ -367,7 +391,8 @@ async def test_without_an_offer_the_snapshot_is_plain(user_factory: Any, http_po
 
 @pytest.mark.gen_test
 async def test_ping_sent_before_the_snapshot_is_answered_after_it(
-        user_factory: Any, http_port: int) -> None:
+    user_factory: Any, http_port: int
+) -> None:
     alice = await user_factory("alice")
     raw = await RawSocket.open(http_port, alice.cookie_header(), None)
     try:
@@ -382,7 +407,8 @@ async def test_ping_sent_before_the_snapshot_is_answered_after_it(
 
 @pytest.mark.gen_test
 async def test_burst_arrives_as_separate_frames_in_order(
-        services: Any, user_factory: Any, http_port: int) -> None:
+    services: Any, user_factory: Any, http_port: int
+) -> None:
     alice = await user_factory("alice")
     raw = await RawSocket.open(http_port, alice.cookie_header(), None)
     try:
@@ -401,7 +427,8 @@ async def test_burst_arrives_as_separate_frames_in_order(
 
 @pytest.mark.gen_test(timeout=60)
 async def test_storm_of_distinct_users_shares_snapshots_and_converges(
-        services: Any, user_factory: Any) -> None:
+    services: Any, user_factory: Any
+) -> None:
     clients = [await user_factory(f"storm{n:02d}") for n in range(30)]
     presence = services.presence
     built: list[int] = []

@@ -1,4 +1,5 @@
 """Fan-out below Tornado's public API: frames on the wire, slow and dead sockets."""
+
 from __future__ import annotations
 
 import asyncio
@@ -50,9 +51,13 @@ async def _stalled_socket(port: int, cookie: str) -> asyncio.StreamWriter:
     raw.setblocking(False)
     await asyncio.get_running_loop().sock_connect(raw, ("127.0.0.1", port))
     reader, writer = await asyncio.open_connection(sock=raw, limit=4096)
-    writer.write((f"GET /ws HTTP/1.1\r\nHost: localhost:{port}\r\nUpgrade: websocket\r\n"
-                  "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                  f"Sec-WebSocket-Version: 13\r\nCookie: {cookie}\r\n\r\n").encode())
+    writer.write(
+        (
+            f"GET /ws HTTP/1.1\r\nHost: localhost:{port}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            f"Sec-WebSocket-Version: 13\r\nCookie: {cookie}\r\n\r\n"
+        ).encode()
+    )
     head = await reader.readuntil(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101"), head
     cast(asyncio.Transport, writer.transport).pause_reading()  # from now on: never read
@@ -61,7 +66,8 @@ async def _stalled_socket(port: int, cookie: str) -> asyncio.StreamWriter:
 
 @pytest.mark.gen_test(timeout=60)
 async def test_stalled_client_is_dropped_and_others_unaffected(
-        services: Any, user_factory: Any, http_port: int) -> None:
+    services: Any, user_factory: Any, http_port: int
+) -> None:
     alice = await user_factory("alice")
     good = await alice.connect(max_size=2**20)
     stalled = await _stalled_socket(http_port, alice.cookie_header())
@@ -90,8 +96,7 @@ async def test_stalled_client_is_dropped_and_others_unaffected(
 
 
 @pytest.mark.gen_test
-async def test_socket_dying_mid_broadcast_is_unregistered(services: Any,
-                                                          user_factory: Any) -> None:
+async def test_socket_dying_mid_broadcast_is_unregistered(services: Any, user_factory: Any) -> None:
     alice = await user_factory("alice")
     bob = await user_factory("bob")
     watcher = await alice.connect()

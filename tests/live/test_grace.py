@@ -4,6 +4,7 @@ stopping process hands its users over instead of announcing them offline.
 
 Every app-level test runs over both brokers (in-process store and Redis) and both databases.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -31,7 +32,7 @@ from tests.support.livesockets import until
 from tests.support.redis import drop_keys as _drop_redis_keys
 
 GRACE = 1.0  # heartbeat timeout 2 s (conftest): the sweeper looks at least every 0.5 s
-LATE = 0.5   # how late after its deadline an offline event may come on a busy machine
+LATE = 0.5  # how late after its deadline an offline event may come on a busy machine
 
 
 @pytest.fixture
@@ -42,8 +43,12 @@ def settings(settings: Settings) -> Settings:
 
 def presence_of(username: str, online: bool | None = None) -> Callable[[dict], bool]:
     def match(message: dict) -> bool:
-        return (message.get("type") == "presence" and message["username"] == username
-                and (online is None or message["online"] is online))
+        return (
+            message.get("type") == "presence"
+            and message["username"] == username
+            and (online is None or message["online"] is online)
+        )
+
     return match
 
 
@@ -68,8 +73,12 @@ def test_default_is_no_grace_and_env_or_flag_set_it(tmp_path: Any) -> None:
     assert load_settings(["--data-dir", str(tmp_path)], env={}).offline_grace == 0
     env = {"PRESENCE_OFFLINE_GRACE": "10"}
     assert load_settings(["--data-dir", str(tmp_path)], env=env).offline_grace == 10
-    assert load_settings(["--data-dir", str(tmp_path), "--offline-grace", "2.5"],
-                         env=env).offline_grace == 2.5
+    assert (
+        load_settings(
+            ["--data-dir", str(tmp_path), "--offline-grace", "2.5"], env=env
+        ).offline_grace
+        == 2.5
+    )
 
 
 @pytest.mark.parametrize("value", ["-1", "601", "nan", "inf", "soon", ""])
@@ -131,9 +140,9 @@ async def test_multi_tab_only_the_last_tab_starts_the_grace(user_factory):
     await one.close()
     await asyncio.sleep(GRACE + 0.2)  # far past the grace: one tab is still open
     await two.close()
-    three = await bob.connect()      # a reload of the last tab
+    three = await bob.connect()  # a reload of the last tab
     await asyncio.sleep(0.2)
-    await three.close()              # and now bob leaves for good
+    await three.close()  # and now bob leaves for good
     closed = time.monotonic()
     seen = await messages_within(watcher, GRACE + LATE + 0.3)
     bob_events = [m for m in seen if presence_of("bob")(m)]
@@ -178,8 +187,12 @@ async def test_restart_hands_users_over(services, user_factory):
     async with serving(node) as (first, url):
         tabs = [await same_session(c, url).connect() for c in (bob, carol)]
         await first.presence.settled()  # the store has them; their events may be on the way
-        await until(lambda: {u["username"] for u in first.presence.users() if u["online"]} ==
-                    {"bob", "carol"}, what="bob and carol online")
+        await until(
+            lambda: (
+                {u["username"] for u in first.presence.users() if u["online"]} == {"bob", "carol"}
+            ),
+            what="bob and carol online",
+        )
         stopped = time.time()  # just before the shutdown closes the sockets
     for tab in tabs:
         assert await tab.wait_closed(timeout=5) == 1001
@@ -239,8 +252,7 @@ def test_racing_sweepers_announce_a_user_once(redis_available: bool) -> None:
             await asyncio.sleep(0.3)
             results = await asyncio.gather(*(s.sweep() for s in stores * 3))
             published = [e for events, _ in results for e in events]
-            assert len(published) == 1 and '"last_seen":"2026-01-01T00:00:02.000Z"' in \
-                published[0]
+            assert len(published) == 1 and '"last_seen":"2026-01-01T00:00:02.000Z"' in published[0]
             assert all(wait is None for _, wait in results)
             await asyncio.sleep(0.3)
             assert [m for m in received if '"online":false' in m] == published

@@ -1,4 +1,5 @@
 """The durable side of presence: the online_users table and users.last_seen."""
+
 from __future__ import annotations
 
 import asyncio
@@ -24,7 +25,8 @@ async def online_rows(services: Any, username: str | None = None) -> dict[tuple[
     """{(username, node): connections} after writing whatever the ledger still holds."""
     await services.ledger.flush()
     query = select(User.username, OnlineUser.node_id, OnlineUser.connections).join(
-        User, User.id == OnlineUser.user_id)
+        User, User.id == OnlineUser.user_id
+    )
     if username is not None:
         query = query.where(User.username == username)
     async with services.db.read() as session:
@@ -41,8 +43,9 @@ async def last_seen(services: Any, username: str) -> dt.datetime | None:
     return value
 
 
-async def eventually(probe: Callable[[], Awaitable[Any]], expected: Any,
-                     timeout: float = 5.0) -> None:
+async def eventually(
+    probe: Callable[[], Awaitable[Any]], expected: Any, timeout: float = 5.0
+) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         got = await probe()
@@ -60,8 +63,7 @@ async def test_rows_count_connections_per_user_and_node(services, user_factory):
     assert await online_rows(services) == {}
     a1, a2 = await alice.connect(), await alice.connect()
     b1 = await bob.connect()
-    await eventually(lambda: online_rows(services),
-                     {("alice", node): 2, ("bob", node): 1})
+    await eventually(lambda: online_rows(services), {("alice", node): 2, ("bob", node): 1})
     await a1.close()
     await eventually(lambda: online_rows(services), {("alice", node): 1, ("bob", node): 1})
     await a2.close()

@@ -3,6 +3,7 @@ doubles of the web layer; the store, broker and database are real): one transiti
 change, ``rebuild`` replacing what this process believes it holds, ``request_resync`` taking
 only known reasons, ``shutdown`` leaving nothing behind. Every body runs over both brokers
 (and both databases)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -55,7 +56,8 @@ async def test_sockets_make_one_transition_per_real_change(services: Any) -> Non
 
 @pytest.mark.gen_test
 async def test_rebuild_replaces_the_registered_set_and_ends_with_the_true_state(
-        services: Any) -> None:
+    services: Any,
+) -> None:
     presence, store, node = services.presence, services.backend, services.settings.node_id
     watcher = await watching(services)
     sock = Socket(await register(services, "alice"))
@@ -73,8 +75,11 @@ async def test_rebuild_replaces_the_registered_set_and_ends_with_the_true_state(
     states = await presence.rebuild(await store.members(node))
     assert presence.registered_users() == {"watcher", "alice"} == await store.members(node)
     assert states["alice"].online and states["watcher"].online
-    assert {u["username"]: u["online"] for u in presence.users()} == \
-        {"alice": True, "watcher": True, "bob": False}
+    assert {u["username"]: u["online"] for u in presence.users()} == {
+        "alice": True,
+        "watcher": True,
+        "bob": False,
+    }
     await until(lambda: watcher.events("alice")[-1]["online"], what="alice online again")
     await until(lambda: bool(watcher.of_type("removed")), what="zed removed")
     assert watcher.of_type("removed") == [{"type": "removed", "username": "zed"}]
@@ -92,8 +97,7 @@ async def test_rebuild_lets_go_of_users_held_without_a_socket(services: Any) -> 
 
 
 @pytest.mark.gen_test
-async def test_shutdown_closes_sockets_refuses_new_ones_and_leaves_no_task(
-        services: Any) -> None:
+async def test_shutdown_closes_sockets_refuses_new_ones_and_leaves_no_task(services: Any) -> None:
     presence = services.presence
     loop = asyncio.get_running_loop()
     errors: list[dict[str, Any]] = []

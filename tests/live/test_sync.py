@@ -2,6 +2,7 @@
 and its reason is counted (``presence_resyncs_total{reason}``) and logged; a reset store is
 noticed by the heartbeat; ``stop`` hands this process's users over and ends every loop. Every
 body runs over both brokers (and both databases)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -28,15 +29,24 @@ from tests.support.redis import drop_keys as _drop_redis_keys
 def resyncs_exposed(services: Any) -> dict[str, float]:
     """``presence_resyncs_total`` by reason, as /metrics shows it."""
     text = services.metrics.exposition().decode()
-    return {s.labels["reason"]: s.value for family in text_string_to_metric_families(text)
-            if family.name == "presence_resyncs" for s in family.samples
-            if s.name == "presence_resyncs_total"}
+    return {
+        s.labels["reason"]: s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "presence_resyncs"
+        for s in family.samples
+        if s.name == "presence_resyncs_total"
+    }
 
 
 def reason_lines(caplog: Any, reason: str) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.levelno >= logging.INFO
-            and r.name.startswith("presence_app.live") and reason in r.getMessage()
-            and "Resynchronising" in r.getMessage()]
+    return [
+        r
+        for r in caplog.records
+        if r.levelno >= logging.INFO
+        and r.name.startswith("presence_app.live")
+        and reason in r.getMessage()
+        and "Resynchronising" in r.getMessage()
+    ]
 
 
 async def emptied_by_another_process(url: str, prefix: str) -> None:
@@ -44,6 +54,7 @@ async def emptied_by_another_process(url: str, prefix: str) -> None:
     this process's set it, the same store instance would see its own epoch again, and only
     that it had to rejoin: a ``reaped`` resync)."""
     import redis.asyncio as aioredis
+
     await _drop_redis_keys(url, prefix)
     client = aioredis.from_url(url)
     try:
@@ -62,7 +73,8 @@ async def held_online(services: Any, username: str) -> Socket:
 
 @pytest.mark.gen_test
 async def test_a_requested_resync_ends_with_the_truth_and_counts_its_reason(
-        services: Any, caplog: Any) -> None:
+    services: Any, caplog: Any
+) -> None:
     caplog.set_level(logging.INFO, logger="presence_app.live")
     presence, sync, node = services.presence, services.sync, services.settings.node_id
     await held_online(services, "alice")
@@ -70,8 +82,11 @@ async def test_a_requested_resync_ends_with_the_truth_and_counts_its_reason(
     await until(lambda: not online(services, "alice"), what="the reap's offline event")
     presence.request_resync(REAPED)
     assert presence.resync_requested == REAPED
-    await until(lambda: sync.resyncs[REAPED] >= 1 and online(services, "alice"), timeout=10,
-                what="the resync")
+    await until(
+        lambda: sync.resyncs[REAPED] >= 1 and online(services, "alice"),
+        timeout=10,
+        what="the resync",
+    )
     assert presence.resync_requested is None
     assert await sync.backend.members(node) == {"alice"} == presence.registered_users()
     assert (await sync.backend.states())["alice"].online
@@ -83,7 +98,8 @@ async def test_a_requested_resync_ends_with_the_truth_and_counts_its_reason(
 
 @pytest.mark.gen_test
 async def test_one_resync_answers_every_reason_asked_before_it_began(
-        services: Any, caplog: Any) -> None:
+    services: Any, caplog: Any
+) -> None:
     caplog.set_level(logging.INFO, logger="presence_app.live")
     presence, sync = services.presence, services.sync
     await held_online(services, "alice")
@@ -95,7 +111,8 @@ async def test_one_resync_answers_every_reason_asked_before_it_began(
     assert sync.resyncs[SETTLE_FAILED] == sync.resyncs[BROKER_RECONNECTED] == 0
     (line,) = reason_lines(caplog, "reason: ")
     assert line.getMessage().endswith(
-        f"(reason: {STORE_WRITE_FAILED}, {SETTLE_FAILED}, {BROKER_RECONNECTED})")
+        f"(reason: {STORE_WRITE_FAILED}, {SETTLE_FAILED}, {BROKER_RECONNECTED})"
+    )
     assert online(services, "alice")
 
 
@@ -108,7 +125,7 @@ async def test_resubscribing_resynchronises_as_broker_reconnected(services: Any)
 
 
 @pytest.mark.parametrize("redis_url", ["redis"], indirect=True)  # the in-process store
-@pytest.mark.gen_test                                            # cannot be emptied
+@pytest.mark.gen_test  # cannot be emptied
 async def test_a_reset_store_is_noticed_and_rebuilt(services: Any, caplog: Any) -> None:
     settings = services.settings
     caplog.set_level(logging.INFO, logger="presence_app.live")

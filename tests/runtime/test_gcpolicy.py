@@ -1,4 +1,5 @@
 """The GC policy freezes long-lived objects and still reclaims cycles of closed sockets."""
+
 from __future__ import annotations
 
 import gc
@@ -69,6 +70,7 @@ def test_mass_disconnect_costs_one_deferred_collection() -> None:
             nonlocal runs
             runs += 1
             original()
+
         policy.collect = counting  # type: ignore[method-assign]
         for _ in range(50):  # ten thresholds' worth of closes at once
             policy.closed(open_sockets=0)

@@ -1,5 +1,6 @@
 """The drain of a stop, in process over both databases: running requests finish, those still
 waiting for bcrypt are refused with 503 having done nothing, new ones get 503 at once."""
+
 from __future__ import annotations
 
 import asyncio
@@ -31,8 +32,10 @@ async def test_drain_completes_or_refuses_each_sign_up(services: Any, make_clien
             client.http = http
         await asyncio.gather(*(c.xsrf() for c in clients))
         names = [f"drain{i:02d}" for i in range(SIGNUPS)]
-        signups = [asyncio.ensure_future(c.signup(name, PASSWORD, check=False))
-                   for c, name in zip(clients, names, strict=True)]
+        signups = [
+            asyncio.ensure_future(c.signup(name, PASSWORD, check=False))
+            for c, name in zip(clients, names, strict=True)
+        ]
         while services.accounts.hasher.waiting < SIGNUPS // 2:
             await asyncio.sleep(0.005)
         await services.drain(0.1, grace=2.0)

@@ -3,6 +3,7 @@
 A suite adds its own flags (a database, Redis, a cookie secret); what is common is here:
 a free port, a data directory, bcrypt cost 4, the log file, readiness, SIGTERM.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,12 +27,26 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_")}
 
 
-def app_args(port: int, data_dir: Path, *flags: str, bcrypt_rounds: int = 4,
-             interpreter: Sequence[str] = (sys.executable,)) -> list[str]:
+def app_args(
+    port: int,
+    data_dir: Path,
+    *flags: str,
+    bcrypt_rounds: int = 4,
+    interpreter: Sequence[str] = (sys.executable,),
+) -> list[str]:
     """The command line of one app process (``interpreter`` may wrap it, e.g. bench's
     ``python -m bench.gcprobe stats.json``)."""
-    return [*interpreter, str(ROOT / "run.py"), "--port", str(port),
-            "--data-dir", str(data_dir), "--bcrypt-rounds", str(bcrypt_rounds), *flags]
+    return [
+        *interpreter,
+        str(ROOT / "run.py"),
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--bcrypt-rounds",
+        str(bcrypt_rounds),
+        *flags,
+    ]
 
 
 class AppProcess(ServerProcess):
@@ -40,16 +55,32 @@ class AppProcess(ServerProcess):
     data directory ``workdir/<name>-data`` unless given; the port is a free one unless
     given, and stays the same across restarts (``stop()`` then ``start()``)."""
 
-    def __init__(self, workdir: Path, name: str, *flags: str, port: int | None = None,
-                 data_dir: Path | None = None, env: Mapping[str, str] | None = None,
-                 bcrypt_rounds: int = 4, interpreter: Sequence[str] = (sys.executable,),
-                 log_path: Path | None = None, orphan_guard: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        name: str,
+        *flags: str,
+        port: int | None = None,
+        data_dir: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        bcrypt_rounds: int = 4,
+        interpreter: Sequence[str] = (sys.executable,),
+        log_path: Path | None = None,
+        orphan_guard: bool = False,
+    ) -> None:
         port = port or free_port()
         self.data_dir = data_dir or workdir / f"{name}-data"
-        args = app_args(port, self.data_dir, *flags, bcrypt_rounds=bcrypt_rounds,
-                        interpreter=interpreter)
-        super().__init__(name, args, log_path or workdir / f"{name}.log", port, env=env,
-                         orphan_guard=orphan_guard)
+        args = app_args(
+            port, self.data_dir, *flags, bcrypt_rounds=bcrypt_rounds, interpreter=interpreter
+        )
+        super().__init__(
+            name,
+            args,
+            log_path or workdir / f"{name}.log",
+            port,
+            env=env,
+            orphan_guard=orphan_guard,
+        )
 
     @property
     def printed(self) -> tuple[str, int]:

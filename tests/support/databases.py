@@ -5,6 +5,7 @@ A PostgreSQL *server* is a DSN without a database name (``postgresql://user@host
 ``env.PG_DSN``); the coroutines run from synchronous code with
 ``tests.support.waiting.run_blocking``.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,14 @@ import uuid
 from pathlib import Path
 
 #: Every table the app's migrations create (dropped by ``drop_app_tables``).
-APP_TABLES = ("pending_offline", "online_users", "sessions", "users", "write_probes",
-              "alembic_version")
+APP_TABLES = (
+    "pending_offline",
+    "online_users",
+    "sessions",
+    "users",
+    "write_probes",
+    "alembic_version",
+)
 
 
 def sqlite_url(path: Path) -> str:
@@ -40,6 +47,7 @@ def asyncpg_dsn(url: str) -> str:
 async def execute(url: str, sql: str) -> None:
     """One statement on the database at ``url`` (a fresh connection, closed after)."""
     import asyncpg
+
     conn = await asyncpg.connect(asyncpg_dsn(url), timeout=5)
     try:
         await conn.execute(sql)

@@ -3,6 +3,7 @@ component is missing: skip on a developer's machine, fail under ``CI=true``.
 
 Bench imports this package too, so nothing here imports pytest at module level.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,6 +22,7 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 def unavailable(what: str) -> NoReturn:
     """Skip outside CI, fail under CI=true: CI must provide every real component."""
     import pytest
+
     if IN_CI:
         pytest.fail(f"{what} (CI=true: required)")
     pytest.skip(what)

@@ -14,6 +14,7 @@ its own loop while the proxy keeps forwarding. Modes, switched at any time:
   that vanished): only a client that notices and reconnects recovers after ``heal()``;
 - ``heal()``: back to forwarding (keeping the latency).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -59,8 +60,9 @@ class FaultProxy:
         self.links: set[_Link] = set()
         self.connections = 0  # accepted so far, for tests that want to see reconnects
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                        name="faultproxy")
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, daemon=True, name="faultproxy"
+        )
         self._server: asyncio.base_events.Server | None = None
 
     # -- control (from any thread) --------------------------------------------------------
@@ -137,15 +139,17 @@ class FaultProxy:
         link.zombie = self.mode == "half_open"
         self.links.add(link)
         try:
-            await asyncio.gather(self._pump(link, reader, up_writer),
-                                 self._pump(link, up_reader, writer))
+            await asyncio.gather(
+                self._pump(link, reader, up_writer), self._pump(link, up_reader, writer)
+            )
         finally:
             self.links.discard(link)
             for w in link.writers:
                 w.close()
 
-    async def _pump(self, link: _Link, reader: asyncio.StreamReader,
-                    writer: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self, link: _Link, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         """Copy one direction; chunks keep their order, each delayed by the latency."""
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
         sender = asyncio.ensure_future(self._send(link, queue, writer))
@@ -173,8 +177,9 @@ class FaultProxy:
             else:
                 writer.close()
 
-    async def _send(self, link: _Link, queue: asyncio.Queue[tuple[float, bytes]],
-                    writer: asyncio.StreamWriter) -> None:
+    async def _send(
+        self, link: _Link, queue: asyncio.Queue[tuple[float, bytes]], writer: asyncio.StreamWriter
+    ) -> None:
         while True:
             due, data = await queue.get()
             if not data:

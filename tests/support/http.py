@@ -1,4 +1,5 @@
 """Plain HTTP calls from synchronous test code (health checks, JSON endpoints)."""
+
 from __future__ import annotations
 
 import json

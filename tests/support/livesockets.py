@@ -1,6 +1,7 @@
 """What presence's contract tests plug into ``PresenceService`` in place of the web layer: a
 socket (the ``Connection`` protocol) that decodes every frame written to it, real accounts
 with real sessions, and a poll-until helper."""
+
 from __future__ import annotations
 
 import asyncio
@@ -20,10 +21,10 @@ def payloads(data: bytes) -> list[bytes]:
     while pos < len(data):
         size, start = data[pos + 1] & 0x7F, pos + 2
         if size == 126:
-            size, start = struct.unpack("!H", data[pos + 2:pos + 4])[0], pos + 4
+            size, start = struct.unpack("!H", data[pos + 2 : pos + 4])[0], pos + 4
         elif size == 127:
-            size, start = struct.unpack("!Q", data[pos + 2:pos + 10])[0], pos + 10
-        out.append(data[start:start + size])
+            size, start = struct.unpack("!Q", data[pos + 2 : pos + 10])[0], pos + 10
+        out.append(data[start : start + size])
         pos = start + size
     return out
 
@@ -79,8 +80,9 @@ def coroutine_name(task: asyncio.Task[Any]) -> str:
 
 def running(*prefixes: str) -> list[asyncio.Task[Any]]:
     """The unfinished tasks whose coroutine's qualified name starts with one of ``prefixes``."""
-    return [t for t in asyncio.all_tasks() if not t.done()
-            and coroutine_name(t).startswith(prefixes)]
+    return [
+        t for t in asyncio.all_tasks() if not t.done() and coroutine_name(t).startswith(prefixes)
+    ]
 
 
 def online(services: Any, username: str) -> bool:

@@ -6,6 +6,7 @@ deployed. ``site_config`` renders the site (also dropped into Debian's stock lay
 tests/cluster/test_debian_nginx.py); ``nginx_config`` wraps it in a runnable nginx.conf;
 ``Nginx`` runs that in front of app processes.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,7 +31,8 @@ KEY = f"/etc/letsencrypt/live/{SERVER_NAME}/privkey.pem"
 def nginx_binary() -> str | None:
     """The nginx to run (Debian puts it in /usr/sbin, not always on a user's PATH)."""
     return shutil.which("nginx") or (
-        "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+        "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None
+    )
 
 
 def _swap(text: str, old: str, new: str) -> str:
@@ -43,29 +45,56 @@ def throwaway_cert(workdir: Path) -> tuple[Path, Path]:
     cert, key = workdir / "tls-cert.pem", workdir / "tls-key.pem"
     if not cert.exists():
         subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-             "-subj", f"/CN={SERVER_NAME}",
-             "-addext", f"subjectAltName=DNS:{SERVER_NAME},IP:127.0.0.1",
-             "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                f"/CN={SERVER_NAME}",
+                "-addext",
+                f"subjectAltName=DNS:{SERVER_NAME},IP:127.0.0.1",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+            ],
+            check=True,
+            capture_output=True,
+        )
     return cert, key
 
 
-def site_config(upstream_ports: list[int], https_port: int, http_port: int, workdir: Path,
-                tls: bool = True, template: str | None = None) -> str:
+def site_config(
+    upstream_ports: list[int],
+    https_port: int,
+    http_port: int,
+    workdir: Path,
+    tls: bool = True,
+    template: str | None = None,
+) -> str:
     """deploy/nginx.conf on 127.0.0.1: the redirect block on ``http_port``, the app block on
     ``https_port`` (TLS with a throwaway certificate; ``tls=False`` serves that same block
     without TLS, for tests of the proxying that are not about TLS)."""
     site = SITE.read_text() if template is None else template
-    servers = "".join(f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;\n"
-                      for p in upstream_ports)
+    servers = "".join(
+        f"    server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;\n" for p in upstream_ports
+    )
     site, count = re.subn(r"(?m)^    server 127\.0\.0\.1:\d+ .*\n", "", site)
     assert count >= 1, "deploy/nginx.conf changed shape: no upstream servers"
     site = _swap(site, "    keepalive 32;", servers + "    keepalive 32;")
     site = _swap(site, "    listen [::]:80;\n", "")
     site = _swap(site, "    listen [::]:443 ssl default_server;\n", "")
     site = _swap(site, "listen 80;", f"listen 127.0.0.1:{http_port};")
-    site = _swap(site, "listen 443 ssl default_server;",
-                 f"listen 127.0.0.1:{https_port}{' ssl' if tls else ''} default_server;")
+    site = _swap(
+        site,
+        "listen 443 ssl default_server;",
+        f"listen 127.0.0.1:{https_port}{' ssl' if tls else ''} default_server;",
+    )
     cert, key = throwaway_cert(workdir)
     site = _swap(site, CERT, str(cert))
     return _swap(site, KEY, str(key))
@@ -77,8 +106,13 @@ def user_line() -> str:
     return "user root;" if os.geteuid() == 0 else ""
 
 
-def nginx_config(listen_port: int, upstream_ports: list[int], workdir: Path,
-                 tls: bool = False, http_port: int | None = None) -> str:
+def nginx_config(
+    listen_port: int,
+    upstream_ports: list[int],
+    workdir: Path,
+    tls: bool = False,
+    http_port: int | None = None,
+) -> str:
     """A runnable nginx.conf around the shipped site (``site_config``): the app's server
     block on ``listen_port``, its port-80 redirect block on ``http_port``; pid, logs and
     temp dirs in ``workdir``."""
@@ -108,8 +142,12 @@ class Nginx:
     ``upstream_ports`` (its least_conn spreads the sockets over them); its files live in
     ``workdir/nginx``."""
 
-    def __init__(self, workdir: Path, upstream_ports: list[int], binary: str | None = None,
-                 ) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        upstream_ports: list[int],
+        binary: str | None = None,
+    ) -> None:
         found = binary or nginx_binary()
         assert found, "nginx is not installed"
         self.binary = found
@@ -126,8 +164,15 @@ class Nginx:
 
     def _args(self) -> list[str]:
         # -e: the error log from the first moment, before the config's error_log applies.
-        return [self.binary, "-c", str(self.conf), "-p", str(self.dir),
-                "-e", str(self.dir / "nginx-error.log")]
+        return [
+            self.binary,
+            "-c",
+            str(self.conf),
+            "-p",
+            str(self.dir),
+            "-e",
+            str(self.dir / "nginx-error.log"),
+        ]
 
     def start(self, timeout: float = 15.0) -> Nginx:
         """Check the config (``nginx -t``), start, return once it proxies ``/healthz``."""
@@ -141,6 +186,7 @@ class Nginx:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"nginx exited with {self.proc.returncode}:\n{self.log()}")
             return http_json(self.url + "/healthz", timeout=1)[0] == 200
+
         wait_until(ready, timeout, "nginx to proxy /healthz")
         return self
 

@@ -2,6 +2,7 @@
 their banner and answer ``/healthz``, stopped with SIGTERM (and SIGKILL if that is not
 enough). The app (``apps.AppProcess``) and bench's reference servers are both one of these.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -22,8 +23,9 @@ from tests.support.waiting import wait_until
 READY = re.compile(r"(?:Presence is running|Reference server running) at (http://\S+/)")
 
 
-def stop_process(proc: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM,
-                 timeout: float = 5.0) -> bool:
+def stop_process(
+    proc: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM, timeout: float = 5.0
+) -> bool:
     """Signal ``proc`` and wait; kill it after ``timeout``. True if it stopped by itself
     (or was not running)."""
     if proc is None or proc.poll() is not None:
@@ -59,9 +61,16 @@ class ServerProcess:
     banner only in what the new process writes.
     """
 
-    def __init__(self, name: str, args: Sequence[str], log_path: Path, port: int,
-                 env: Mapping[str, str] | None = None, cwd: Path = ROOT,
-                 orphan_guard: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: Sequence[str],
+        log_path: Path,
+        port: int,
+        env: Mapping[str, str] | None = None,
+        cwd: Path = ROOT,
+        orphan_guard: bool = False,
+    ) -> None:
         self.name = name
         self.args = list(args)
         self.log_path = log_path
@@ -88,8 +97,13 @@ class ServerProcess:
         self.banner = ""
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                self.args, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd, env=self.env,
-                preexec_fn=die_with_parent if self.orphan_guard else None)
+                self.args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.cwd,
+                env=self.env,
+                preexec_fn=die_with_parent if self.orphan_guard else None,
+            )
 
     def start(self, timeout: float = 30.0, wait: bool = True) -> Self:
         """Spawn, and unless ``wait=False``, return once ready."""
@@ -102,17 +116,20 @@ class ServerProcess:
         """Wait for the banner, then for ``/healthz`` to answer 200 (with ``--processes``
         the banner comes before the workers listen; a server busy with a reconnect storm
         may answer late). Raises ``RuntimeError`` with the log if the process exits."""
+
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n"
-                                   f"{self.log(4000)}")
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode}:\n{self.log(4000)}"
+                )
             if not self.banner:
                 found = READY.search(self._new_output())
                 if found is None:
                     return False
                 line_end = found.string.find("\n", found.start())
-                self.banner = found.string[found.start():line_end if line_end >= 0 else None]
+                self.banner = found.string[found.start() : line_end if line_end >= 0 else None]
             return self.health(timeout=2.0)[0] == 200
+
         wait_until(ready, timeout, f"{self.name} to be ready")
 
     def _new_output(self) -> str:
@@ -148,8 +165,9 @@ class ServerProcess:
             return 0.0
         started = time.monotonic()
         if not stop_process(self.proc, signal.SIGTERM, timeout) and strict:
-            raise AssertionError(f"{self.name} did not stop within {timeout} s of SIGTERM:\n"
-                                 f"{self.log(4000)}")
+            raise AssertionError(
+                f"{self.name} did not stop within {timeout} s of SIGTERM:\n{self.log(4000)}"
+            )
         return time.monotonic() - started
 
     def kill(self) -> None:

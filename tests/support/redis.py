@@ -4,6 +4,7 @@
 The coroutines take a URL; from synchronous code run them with
 ``tests.support.waiting.run_blocking``.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -20,6 +21,7 @@ from tests.support.waiting import wait_until
 async def ping(url: str) -> bool:
     """The Redis at ``url`` answers PING (within 2 s)."""
     import redis.asyncio as aioredis
+
     client = aioredis.from_url(url, socket_connect_timeout=2)
     try:
         return bool(await client.ping())
@@ -32,6 +34,7 @@ async def ping(url: str) -> bool:
 async def drop_keys(url: str, prefix: str) -> None:
     """Delete every key under ``prefix:`` (what one test, node set or bench run wrote)."""
     import redis.asyncio as aioredis
+
     client = aioredis.from_url(url)
     try:
         keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
@@ -57,8 +60,9 @@ class _RedisProcess:
     def _launch(self, args: list[str], what: str) -> None:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is not installed"
-        self.proc = subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [binary, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_until(lambda: answers_ping(self.port), 10, f"{what} to answer")
 
     def stop(self) -> None:
@@ -80,9 +84,22 @@ class RedisServer(_RedisProcess):
 
     def start(self) -> RedisServer:
         """Start it and return once it answers PING."""
-        self._launch(["--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                      "--appendonly", "no", "--dir", str(self.workdir), *self.extra],
-                     "redis-server")
+        self._launch(
+            [
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                *self.extra,
+            ],
+            "redis-server",
+        )
         return self
 
 
@@ -90,8 +107,15 @@ class RedisSentinel(_RedisProcess):
     """A Redis Sentinel (``redis-server <conf> --sentinel``) watching one primary as
     ``service``; tuned to notice a dead primary after ``down_after_ms``."""
 
-    def __init__(self, workdir: Path, name: str, primary_port: int, service: str,
-                 down_after_ms: int = 1000, quorum: int = 2) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        name: str,
+        primary_port: int,
+        service: str,
+        down_after_ms: int = 1000,
+        quorum: int = 2,
+    ) -> None:
         self.port = free_port()
         self.conf = workdir / f"{name}.conf"
         self.conf.write_text(
@@ -100,7 +124,8 @@ class RedisSentinel(_RedisProcess):
             f"sentinel monitor {service} 127.0.0.1 {primary_port} {quorum}\n"
             f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
             f"sentinel failover-timeout {service} 10000\n"
-            f"sentinel parallel-syncs {service} 1\n")
+            f"sentinel parallel-syncs {service} 1\n"
+        )
 
     def start(self) -> RedisSentinel:
         """Start it and return once it answers PING."""

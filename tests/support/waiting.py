@@ -1,4 +1,5 @@
 """Waiting from synchronous test code: for a condition, or for a coroutine to finish."""
+
 from __future__ import annotations
 
 import asyncio
@@ -10,8 +11,9 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
-               interval: float = 0.05) -> Any:
+def wait_until(
+    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
+) -> Any:
     """Poll ``predicate`` until it returns something truthy, and return that.
 
     An ``OSError`` or ``ValueError`` it raises (a refused connection, a half-written file)
@@ -26,8 +28,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str,
         if value and not isinstance(value, Exception):
             return value
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what} "
-                               f"(last: {value!r})")
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what} (last: {value!r})")
         time.sleep(interval)
 
 
@@ -45,6 +46,7 @@ def run_blocking(coro: Coroutine[Any, Any, T]) -> T:
             result["value"] = asyncio.run(coro)
         except BaseException as exc:  # handed to the caller below
             result["error"] = exc
+
     thread = threading.Thread(target=run, name="run_blocking")
     thread.start()
     thread.join()

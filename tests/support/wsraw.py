@@ -1,5 +1,6 @@
 """A raw WebSocket client for tests that need what a library will not do: never read, send
 invalid UTF-8 or a thousand frames in one write, read close frames byte for byte."""
+
 from __future__ import annotations
 
 import asyncio
@@ -30,17 +31,22 @@ class RawSocket:
         self.reader, self.writer = reader, writer
 
     @classmethod
-    async def open(cls, port: int, cookie: str, rcvbuf: int | None = None,
-                   extra: str = "") -> RawSocket:
+    async def open(
+        cls, port: int, cookie: str, rcvbuf: int | None = None, extra: str = ""
+    ) -> RawSocket:
         raw = socket.socket()
         if rcvbuf:
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         raw.setblocking(False)
         await asyncio.get_running_loop().sock_connect(raw, ("127.0.0.1", port))
         reader, writer = await asyncio.open_connection(sock=raw, limit=2**20)
-        writer.write((f"GET /ws HTTP/1.1\r\nHost: localhost:{port}\r\nUpgrade: websocket\r\n"
-                      "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                      f"Sec-WebSocket-Version: 13\r\nCookie: {cookie}\r\n{extra}\r\n").encode())
+        writer.write(
+            (
+                f"GET /ws HTTP/1.1\r\nHost: localhost:{port}\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                f"Sec-WebSocket-Version: 13\r\nCookie: {cookie}\r\n{extra}\r\n"
+            ).encode()
+        )
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
         assert head.startswith(b"HTTP/1.1 101"), head
         return cls(reader, writer)
@@ -62,6 +68,7 @@ class RawSocket:
             elif size == 127:
                 size = struct.unpack(">Q", await self.reader.readexactly(8))[0]
             return b0 & 0x0F, await self.reader.readexactly(size)
+
         return await asyncio.wait_for(read(), timeout)
 
     async def close_code(self, timeout: float = 10.0) -> int | None:

@@ -9,6 +9,7 @@ A database made by the code before migrations existed (tables, no ``alembic_vers
 recognised by its ``users`` table: tables an older build lacked are created from the frozen
 first revision, the database is stamped at that revision, then upgraded like any other.
 """
+
 from __future__ import annotations
 
 import logging

@@ -4,6 +4,7 @@ handovers, write probes.
 Revision ID: 0001
 Revises:
 """
+
 from __future__ import annotations
 
 from alembic import op

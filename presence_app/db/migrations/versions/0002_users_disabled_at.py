@@ -4,6 +4,7 @@ NULL for an active account.
 Revision ID: 0002
 Revises: 0001
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
