@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import socket
 import time
-import tracemalloc
 import weakref
 from dataclasses import replace
 from typing import Any
@@ -18,51 +16,13 @@ import websockets
 
 from presence_app.client import ClientError
 from presence_app.config import Settings
+from tests.support.bounded import LIMIT, Unretrieved, ping_flood_peak, stalled_client_peak
 from tests.support.wsraw import PING_FRAME, RawSocket, frame
-
-LIMIT = 256 * 1024  # large enough that the process's other allocations are noise
 
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     return replace(settings, send_buffer_limit=LIMIT, client_message_rate=0.0)
-
-
-class Unretrieved:
-    """Collects what the loop reports as never retrieved (Future/Task exceptions)."""
-
-    def __init__(self) -> None:
-        self.seen: list[str] = []
-        self.loop = asyncio.get_running_loop()
-        self.previous = self.loop.get_exception_handler()
-        self.loop.set_exception_handler(self.handle)
-
-    def handle(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        self.seen.append(str(context.get("message")))
-
-    def check(self) -> list[str]:
-        gc.collect()
-        self.loop.set_exception_handler(self.previous)
-        return [m for m in self.seen if "never retrieved" in m]
-
-
-async def _held_until_dropped(
-    services: Any, grow: Any, rounds: int, client_side: Any = lambda: 0
-) -> int:
-    """Run ``grow()`` until the process drops its only socket; the peak of Python memory
-    held meanwhile above the start (tracemalloc), less ``client_side()`` (what the test's
-    own client buffers in this process)."""
-    tracemalloc.start()
-    try:
-        base, peak = tracemalloc.get_traced_memory()[0], 0
-        for _ in range(rounds):
-            await grow()
-            peak = max(peak, tracemalloc.get_traced_memory()[0] - base - client_side())
-            if services.presence.socket_count == 0:
-                return peak
-        raise AssertionError(f"not dropped after {rounds} rounds; held {peak} bytes")
-    finally:
-        tracemalloc.stop()
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -71,20 +31,7 @@ async def test_a_stalled_client_costs_at_most_twice_its_limit(
 ) -> None:
     """One small event per flush (the worst case for per-write objects): the process holds
     at most about 2x ``--send-buffer-limit`` for the stalled socket, then drops it."""
-    alice = await user_factory("alice")
-    stalled = await RawSocket.open(http_port, alice.cookie_header(), rcvbuf=4096)
-    stalled.stall()
-    await asyncio.sleep(0.1)
-    presence, counter = services.presence, iter(range(10**9))
-
-    async def one_event() -> None:
-        presence.broadcast(json.dumps({"type": "test", "n": next(counter), "pad": "x" * 100}))
-        await asyncio.sleep(0)
-
-    try:
-        peak = await _held_until_dropped(services, one_event, 60_000)
-    finally:
-        stalled.abort()
+    peak = await stalled_client_peak(services, user_factory, http_port)
     print(f"held at most {peak} bytes for a stalled client (limit {LIMIT})")
     assert peak <= 2 * LIMIT + 32 * 1024
 
@@ -97,24 +44,7 @@ async def test_a_ping_flood_that_never_reads_is_dropped_with_bounded_memory(
     the bounded path: the socket is dropped, memory stays bounded, and no Future or Task is
     left with an exception nobody retrieved."""
     watcher = Unretrieved()
-    alice = await user_factory("alice")
-    flooder = await RawSocket.open(http_port, alice.cookie_header(), rcvbuf=4096)
-    flooder.stall()
-    burst = PING_FRAME * 2000
-
-    transport = flooder.writer.transport
-
-    async def flood() -> None:
-        if not transport.is_closing() and transport.get_write_buffer_size() == 0:
-            flooder.writer.write(burst)
-        await asyncio.sleep(0.002)
-
-    try:
-        peak = await _held_until_dropped(
-            services, flood, 5000, client_side=transport.get_write_buffer_size
-        )
-    finally:
-        flooder.abort()
+    peak = await ping_flood_peak(services, user_factory, http_port)
     await asyncio.sleep(0.2)
     print(f"held at most {peak} bytes for a flooding client (limit {LIMIT})")
     assert peak <= 2 * LIMIT + 64 * 1024  # + what Tornado reads ahead of the parser

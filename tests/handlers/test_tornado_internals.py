@@ -32,8 +32,7 @@ from handlers.tornado_internals import (
 from handlers.wsio import MessageWriter, frame_payloads
 from presence_app.config import Settings
 from presence_app.live.frames import SharedSnapshot, text_frame
-from tests.handlers.test_bounded_writes import LIMIT, Unretrieved, _held_until_dropped
-from tests.support.wsraw import PING_FRAME, RawSocket
+from tests.support.bounded import LIMIT, Unretrieved, ping_flood_peak, stalled_client_peak
 
 ROOT = Path(__file__).resolve().parents[2]
 ADAPTER = ROOT / "handlers" / "tornado_internals.py"
@@ -236,20 +235,7 @@ class TestBoundedOnTheFallback:
     async def test_a_stalled_client_costs_at_most_twice_its_limit(
         self, services: Any, user_factory: Any, http_port: int
     ) -> None:
-        alice = await user_factory("alice")
-        stalled = await RawSocket.open(http_port, alice.cookie_header(), rcvbuf=4096)
-        stalled.stall()
-        await asyncio.sleep(0.1)
-        presence, counter = services.presence, iter(range(10**9))
-
-        async def one_event() -> None:
-            presence.broadcast(json.dumps({"type": "test", "n": next(counter), "pad": "x" * 100}))
-            await asyncio.sleep(0)
-
-        try:
-            peak = await _held_until_dropped(services, one_event, 60_000)
-        finally:
-            stalled.abort()
+        peak = await stalled_client_peak(services, user_factory, http_port)
         assert peak <= 2 * LIMIT + 32 * 1024
 
     @pytest.mark.gen_test(timeout=60)
@@ -257,22 +243,7 @@ class TestBoundedOnTheFallback:
         self, services: Any, user_factory: Any, http_port: int
     ) -> None:
         watcher = Unretrieved()
-        alice = await user_factory("alice")
-        flooder = await RawSocket.open(http_port, alice.cookie_header(), rcvbuf=4096)
-        flooder.stall()
-        burst, transport = PING_FRAME * 2000, flooder.writer.transport
-
-        async def flood() -> None:
-            if not transport.is_closing() and transport.get_write_buffer_size() == 0:
-                flooder.writer.write(burst)
-            await asyncio.sleep(0.002)
-
-        try:
-            peak = await _held_until_dropped(
-                services, flood, 5000, client_side=transport.get_write_buffer_size
-            )
-        finally:
-            flooder.abort()
+        peak = await ping_flood_peak(services, user_factory, http_port)
         await asyncio.sleep(0.2)
         assert peak <= 2 * LIMIT + 64 * 1024
         assert watcher.check() == []
