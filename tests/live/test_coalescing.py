@@ -21,6 +21,7 @@ from handlers.ws import DEFLATE_AGREED, deflate_offer
 from presence_app.live import fanout as fanout_module
 from presence_app.live.fanout import MAX_DELAY, MAX_EARLY_REPLIES, Fanout
 from presence_app.live.frames import SharedSnapshot, deflate, frame_header, stored_block, text_frame
+from tests.support.livesockets import payloads
 
 
 # -- Fanout with recording sockets ---------------------------------------------------------
@@ -54,20 +55,6 @@ class CountingSource:
         return SharedSnapshot(b'[{"n":%d}]' % self.builds)
 
 
-def frames_of(data: bytes) -> list[bytes]:
-    """Split concatenated unmasked server frames into payloads (uncompressed only)."""
-    out, pos = [], 0
-    while pos < len(data):
-        size, pos2 = data[pos + 1] & 0x7F, pos + 2
-        if size == 126:
-            size, pos2 = struct.unpack("!H", data[pos + 2 : pos + 4])[0], pos + 4
-        elif size == 127:
-            size, pos2 = struct.unpack("!Q", data[pos + 2 : pos + 10])[0], pos + 10
-        out.append(data[pos2 : pos2 + size])
-        pos = pos2 + size
-    return out
-
-
 async def joined(fan: Fanout, *conns: Recorder) -> None:
     for conn in conns:
         fan.join(conn)  # type: ignore[arg-type]
@@ -87,7 +74,7 @@ async def test_events_of_one_moment_are_one_write_per_socket_in_order() -> None:
     await asyncio.sleep(0)
     for conn in (a, b):
         assert len(conn.writes) == 1, "expected one write per socket per flush"
-        assert [json.loads(f)["n"] for f in frames_of(conn.writes[0])] == list(range(100))
+        assert [json.loads(f)["n"] for f in payloads(conn.writes[0])] == list(range(100))
     assert not dropped
 
 
@@ -138,7 +125,7 @@ async def test_under_load_the_flush_interval_grows_but_stays_bounded() -> None:
     waited = loop.time() - started
     # It waited, but no longer than MAX_DELAY (plus its own 0.3 s and some slack).
     assert MAX_DELAY * 0.9 <= waited <= MAX_DELAY + 0.3 + 0.15, waited
-    assert [json.loads(f)["n"] for f in frames_of(slow.writes[2])] == [2, 3]
+    assert [json.loads(f)["n"] for f in payloads(slow.writes[2])] == [2, 3]
 
 
 @pytest.mark.gen_test
@@ -155,7 +142,7 @@ async def test_snapshot_first_shared_and_replies_follow_it() -> None:
     fan.reply(newcomers[0], text_frame('{"type":"pong"}'))  # type: ignore[arg-type]
     await asyncio.sleep(MAX_DELAY * 2)
     assert source.builds == builds + 1, "one snapshot build for 50 joining sockets"
-    first = frames_of(newcomers[0].writes[0])
+    first = payloads(newcomers[0].writes[0])
     assert json.loads(first[0])["type"] == "snapshot" and json.loads(first[0])["me"] == "n0"
     assert json.loads(first[1]) == {"type": "pong"}, "the reply went out with the snapshot"
     for conn in newcomers:
@@ -181,12 +168,12 @@ async def test_a_snapshot_taken_while_events_wait_covers_them() -> None:
     await asyncio.sleep(0)  # the snapshot goes out now, covering event 1
     assert (
         len(newcomer.writes) == 1
-        and json.loads(frames_of(newcomer.writes[0])[0])["type"] == "snapshot"
+        and json.loads(payloads(newcomer.writes[0])[0])["type"] == "snapshot"
     )
     fan.publish(text_frame('{"n":2}'))
     await asyncio.sleep(MAX_DELAY * 2)
-    assert [json.loads(f)["n"] for f in frames_of(member.writes[-1])] == [1, 2]
-    assert [json.loads(f)["n"] for f in frames_of(newcomer.writes[-1])] == [2]
+    assert [json.loads(f)["n"] for f in payloads(member.writes[-1])] == [1, 2]
+    assert [json.loads(f)["n"] for f in payloads(newcomer.writes[-1])] == [2]
 
 
 @pytest.mark.gen_test
