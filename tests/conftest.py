@@ -22,6 +22,7 @@ import pytest
 from presence_app.client import PresenceClient, PresenceSocket
 from presence_app.config import Settings, validate
 from tests.support.apps import AppProcess, clean_env
+from tests.support.clients import PASSWORD
 from tests.support.databases import (
     app_url,
     create_database,
@@ -33,8 +34,6 @@ from tests.support.databases import (
 from tests.support.env import IN_CI, PG_DSN, REDIS_URL, unavailable
 from tests.support.redis import drop_keys, ping
 from tests.support.waiting import run_blocking
-
-PASSWORD = "s3cret-pass"
 
 
 def pytest_report_header(config: Any) -> str:

@@ -10,22 +10,11 @@ from typing import Any
 import pytest
 
 from presence_app.client import PresenceClient, PresenceSocket
-from tests.conftest import PASSWORD, REDIS_URL
+from tests.conftest import REDIS_URL
+from tests.support.clients import logged_in, signed_up
 from tests.support.http import http_json
 
 pytestmark = pytest.mark.cluster
-
-
-async def signed_up(base: str, name: str) -> PresenceClient:
-    client = PresenceClient(base)
-    await client.signup(name, PASSWORD)
-    return client
-
-
-async def logged_in(base: str, name: str) -> PresenceClient:
-    client = PresenceClient(base)
-    await client.login(name, PASSWORD)
-    return client
 
 
 def test_status_reaches_clients_of_every_process(

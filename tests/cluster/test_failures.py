@@ -13,15 +13,10 @@ from sqlalchemy import select
 from presence_app.client import PresenceClient
 from presence_app.db.database import Database, OnlineUser, User
 from tests.conftest import PASSWORD, REDIS_URL
+from tests.support.clients import signed_up
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
-
-
-async def signed_up(base: str, name: str) -> PresenceClient:
-    client = PresenceClient(base)
-    await client.signup(name, PASSWORD)
-    return client
 
 
 async def table_rows(database_url: str) -> tuple[set[tuple[str, str]], dict[str, Any]]:

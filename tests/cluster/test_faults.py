@@ -17,7 +17,8 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from presence_app.client import PresenceClient, PresenceSocket
-from tests.conftest import PASSWORD, REDIS_URL
+from tests.conftest import REDIS_URL
+from tests.support.clients import signed_up
 from tests.support.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.cluster
@@ -43,12 +44,6 @@ def redis_proxy(prefix: str) -> Any:
 
 def via(proxy: FaultProxy) -> str:
     return f"redis://127.0.0.1:{proxy.port}{urlsplit(REDIS_URL).path or '/0'}"
-
-
-async def signed_up(base: str, name: str) -> PresenceClient:
-    client = PresenceClient(base)
-    await client.signup(name, PASSWORD)
-    return client
 
 
 async def health(base: str) -> tuple[int, Any]:

@@ -12,15 +12,10 @@ import pytest
 
 from presence_app.client import PresenceClient
 from tests.conftest import PASSWORD, REDIS_URL
+from tests.support.clients import signed_up, with_cookies
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
-
-
-def with_cookies(base: str, cookies: dict[str, str]) -> PresenceClient:
-    client = PresenceClient(base)
-    client.cookies = dict(cookies)
-    return client
 
 
 async def session_code(client: PresenceClient) -> int:
@@ -116,9 +111,3 @@ def test_logout_during_redis_outage_closes_the_socket_on_the_other_process(
 
     asyncio.run(scenario())
     assert b.proc is not None and b.proc.poll() is None
-
-
-async def signed_up(base: str, name: str) -> PresenceClient:
-    client = PresenceClient(base)
-    await client.signup(name, PASSWORD)
-    return client

@@ -11,8 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from presence_app.accounts.service import SessionUser
-
-PASSWORD = "s3cret-pass"
+from tests.support.clients import PASSWORD
 
 
 def payloads(data: bytes) -> list[bytes]:

@@ -1,0 +1,29 @@
+"""Scripted browsers for the suites that drive a running server over HTTP: the one test
+password and ``PresenceClient`` made signed up, logged in, or sharing another's cookies."""
+
+from __future__ import annotations
+
+from presence_app.client import PresenceClient
+
+PASSWORD = "s3cret-pass"
+
+
+async def signed_up(base: str, name: str) -> PresenceClient:
+    """A client of ``base`` that has just signed ``name`` up (and holds its session)."""
+    client = PresenceClient(base)
+    await client.signup(name, PASSWORD)
+    return client
+
+
+async def logged_in(base: str, name: str) -> PresenceClient:
+    client = PresenceClient(base)
+    await client.login(name, PASSWORD)
+    return client
+
+
+def with_cookies(base: str, cookies: dict[str, str]) -> PresenceClient:
+    """A client of ``base`` holding a copy of ``cookies``: the same session, another tab or
+    another process."""
+    client = PresenceClient(base)
+    client.cookies = dict(cookies)
+    return client
