@@ -26,6 +26,7 @@ from tests.cluster.test_faults import (
     three_online,
 )
 from tests.conftest import PASSWORD, unavailable
+from tests.support.clients import with_cookies
 from tests.support.redis import RedisSentinel, RedisServer
 from tests.support.waiting import wait_until
 
@@ -134,7 +135,7 @@ def test_primary_killed_every_client_converges_after_failover(
 
         erin = PresenceClient(b.url)  # a sign-up and a new user online after the failover
         await erin.signup("erin", PASSWORD)
-        erin_ws = await (await _same_user(erin, a.url)).connect()
+        erin_ws = await with_cookies(a.url, erin.cookies).connect()
         truth = {"alice": True, "bob": True, "carol": False, "erin": True}
         sockets = [alice_ws, bob_ws, erin_ws]
         await converge(sockets, truth, timeout=CONVERGE_WITHIN + 5)
@@ -161,12 +162,6 @@ def test_primary_killed_every_client_converges_after_failover(
         f"{figures['from_switch']:.2f} s after +switch-master"
     )
     assert figures["from_switch"] < CONVERGE_WITHIN, figures
-
-
-async def _same_user(client: PresenceClient, base: str) -> PresenceClient:
-    other = PresenceClient(base)
-    other.cookies = dict(client.cookies)
-    return other
 
 
 async def _healthy(*bases: str) -> bool:

@@ -15,19 +15,9 @@ from websockets.exceptions import ConnectionClosed
 
 from presence_app.client import ClientError, PresenceClient, PresenceSocket
 from tests.conftest import PASSWORD
+from tests.support.clients import is_presence
 
 QUIET = 0.5  # seconds in which an event that must not come would have come
-
-
-def is_presence(username: str, online: bool | None = None) -> Callable[[dict], bool]:
-    def match(message: dict) -> bool:
-        return (
-            message.get("type") == "presence"
-            and message["username"] == username
-            and (online is None or message["online"] is online)
-        )
-
-    return match
 
 
 async def assert_no_message(sock: PresenceSocket, predicate: Callable[[dict], bool]) -> None:

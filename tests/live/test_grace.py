@@ -12,7 +12,7 @@ import contextlib
 import datetime as dt
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -28,6 +28,7 @@ from presence_app.live.ledger import parse_time
 from presence_app.services import Services, open_services
 from tests.conftest import PASSWORD, REDIS_URL, unavailable
 from tests.live.test_online_table import last_seen
+from tests.support.clients import is_presence, with_cookies
 from tests.support.livesockets import until
 from tests.support.redis import drop_keys as _drop_redis_keys
 
@@ -39,17 +40,6 @@ LATE = 0.5  # how late after its deadline an offline event may come on a busy ma
 def settings(settings: Settings) -> Settings:
     """The conftest settings (2 brokers x 2 databases) with a grace."""
     return replace(settings, offline_grace=GRACE)
-
-
-def presence_of(username: str, online: bool | None = None) -> Callable[[dict], bool]:
-    def match(message: dict) -> bool:
-        return (
-            message.get("type") == "presence"
-            and message["username"] == username
-            and (online is None or message["online"] is online)
-        )
-
-    return match
 
 
 async def messages_within(sock: PresenceSocket, seconds: float) -> list[dict]:
@@ -103,7 +93,7 @@ async def test_reopened_within_grace_is_never_announced_offline(user_factory):
     assert {u["username"]: u["online"] for u in await carol.users()}["bob"] is True
     tab = await bob.connect()  # the reload is done, within the grace
     seen = await messages_within(watcher, GRACE + LATE)
-    assert [m for m in seen if presence_of("bob")(m)] == [], "the reload was announced"
+    assert [m for m in seen if is_presence("bob")(m)] == [], "the reload was announced"
     assert watcher.online("bob") is True
     await tab.close()
     await watcher.wait_status("bob", False, timeout=GRACE + 2)
@@ -118,14 +108,14 @@ async def test_not_reopened_goes_offline_once_with_the_close_time(services, user
     before = time.time()
     await tab.close()
     closed = time.monotonic()
-    event = await watcher.wait_for(presence_of("bob", False), timeout=GRACE + 3)
+    event = await watcher.wait_for(is_presence("bob", False), timeout=GRACE + 3)
     elapsed = time.monotonic() - closed
     assert GRACE - 0.1 <= elapsed <= GRACE + LATE, f"offline after {elapsed:.2f} s"
     # last_seen is when the socket closed, not when the grace ended.
     seen = parse_time(event["last_seen"])
     assert stamp(before) - dt.timedelta(seconds=0.05) <= seen <= stamp(before + 0.3), seen
     again = await messages_within(watcher, 0.7)
-    assert [m for m in again if presence_of("bob")(m)] == [], "announced more than once"
+    assert [m for m in again if is_presence("bob")(m)] == [], "announced more than once"
     entry = {u["username"]: u for u in await alice.users()}["bob"]
     assert entry["online"] is False and parse_time(entry["last_seen"]) == seen
     assert await last_seen(services, "bob") == seen
@@ -145,7 +135,7 @@ async def test_multi_tab_only_the_last_tab_starts_the_grace(user_factory):
     await three.close()  # and now bob leaves for good
     closed = time.monotonic()
     seen = await messages_within(watcher, GRACE + LATE + 0.3)
-    bob_events = [m for m in seen if presence_of("bob")(m)]
+    bob_events = [m for m in seen if is_presence("bob")(m)]
     assert [m["online"] for m in bob_events] == [False], bob_events
     assert time.monotonic() - closed >= GRACE - 0.1
 
@@ -170,12 +160,6 @@ async def serving(settings: Settings) -> AsyncIterator[tuple[Services, str]]:
         listener.close()
 
 
-def same_session(client: PresenceClient, base: str) -> PresenceClient:
-    other = PresenceClient(base)
-    other.cookies = dict(client.cookies)
-    return other
-
-
 @pytest.mark.gen_test(timeout=40)
 async def test_restart_hands_users_over(services, user_factory):
     """A process stops and starts again (same node id, same database; with the in-process
@@ -185,7 +169,7 @@ async def test_restart_hands_users_over(services, user_factory):
     bob, carol = await user_factory("bob"), await user_factory("carol")
     node = replace(services.settings, node_id="node-b", offline_grace=3.0)
     async with serving(node) as (first, url):
-        tabs = [await same_session(c, url).connect() for c in (bob, carol)]
+        tabs = [await with_cookies(url, c.cookies).connect() for c in (bob, carol)]
         await first.presence.settled()  # the store has them; their events may be on the way
         await until(
             lambda: (
@@ -203,14 +187,14 @@ async def test_restart_hands_users_over(services, user_factory):
         await alice.login("alice", PASSWORD)
         watcher = await alice.connect()
         assert watcher.online("bob") is True and watcher.online("carol") is True
-        back = await same_session(bob, url).connect()
-        event = await watcher.wait_for(presence_of("carol", False), timeout=6)
+        back = await with_cookies(url, bob.cookies).connect()
+        event = await watcher.wait_for(is_presence("carol", False), timeout=6)
         elapsed = time.time() - stopped
         assert 3.0 <= elapsed <= 3.0 + LATE + 0.5, f"offline after {elapsed:.2f} s"
         seen = parse_time(event["last_seen"])
         assert stamp(stopped) - dt.timedelta(seconds=0.05) <= seen <= stamp(stopped + 1.0)
         rest = await messages_within(watcher, 0.7)
-        assert [m for m in rest if presence_of("carol")(m)] == []
+        assert [m for m in rest if is_presence("carol")(m)] == []
         assert watcher.online("bob") is True, "bob came back but was announced offline"
         assert watcher.stale == []
         await back.close()

@@ -3,6 +3,8 @@ password and ``PresenceClient`` made signed up, logged in, or sharing another's 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from presence_app.client import PresenceClient
 
 PASSWORD = "s3cret-pass"
@@ -27,3 +29,17 @@ def with_cookies(base: str, cookies: dict[str, str]) -> PresenceClient:
     client = PresenceClient(base)
     client.cookies = dict(cookies)
     return client
+
+
+def is_presence(username: str, online: bool | None = None) -> Callable[[dict], bool]:
+    """A ``PresenceSocket.wait_for`` predicate: a presence event of ``username`` (and, when
+    ``online`` is given, with that status)."""
+
+    def match(message: dict) -> bool:
+        return (
+            message.get("type") == "presence"
+            and message["username"] == username
+            and (online is None or message["online"] is online)
+        )
+
+    return match
