@@ -294,6 +294,12 @@ class AppDeployment(Deployment):
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
+def _ss_rows(ss: str, *query: str) -> list[list[str]]:
+    """The TCP sockets ``ss -Htn <query>`` lists, each split into its columns."""
+    out = subprocess.run([ss, "-Htn", *query], capture_output=True, text=True, timeout=10).stdout
+    return [line.split() for line in out.splitlines()]
+
+
 def established_to(port: int, client_ports: list[int]) -> set[int]:
     """Which of ``client_ports`` still have an ESTABLISHED server-side socket on ``port``
     (the server has not closed its end)."""
@@ -301,14 +307,7 @@ def established_to(port: int, client_ports: list[int]) -> set[int]:
     found: set[int] = set()
     ss = shutil.which("ss")
     if ss:
-        out = subprocess.run(
-            [ss, "-Htn", "state", "established", f"( sport = :{port} )"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout
-        for line in out.splitlines():
-            parts = line.split()
+        for parts in _ss_rows(ss, "state", "established", f"( sport = :{port} )"):
             if len(parts) >= 4:
                 peer = int(parts[3].rsplit(":", 1)[1])
                 if peer in wanted:
@@ -331,14 +330,7 @@ def send_queue(port: int, client_port: int) -> int:
     ss = shutil.which("ss")
     if not ss:
         return 0
-    out = subprocess.run(
-        [ss, "-Htn", f"( sport = :{port} and dport = :{client_port} )"],
-        capture_output=True,
-        text=True,
-        timeout=10,
-    ).stdout
-    for line in out.splitlines():
-        parts = line.split()
+    for parts in _ss_rows(ss, f"( sport = :{port} and dport = :{client_port} )"):
         if len(parts) >= 3:
             try:
                 return int(parts[2])
