@@ -5,10 +5,11 @@ what they received: per distinct message, the receive timestamp of every deliver
 from __future__ import annotations
 
 import asyncio
-import json
 from array import array
 from collections import Counter
 from typing import TYPE_CHECKING, Any
+
+from bench.generator.wire import json_object
 
 if TYPE_CHECKING:
     from bench.generator.conn import Conn
@@ -50,13 +51,7 @@ class Group:
     def parsed(self, payload: bytes) -> dict[str, Any]:
         meta = self.meta.get(payload)
         if meta is None:
-            try:
-                meta = json.loads(payload)
-                if not isinstance(meta, dict):
-                    meta = {"type": "?"}
-            except ValueError:
-                meta = {"type": "?"}
-            self.meta[payload] = meta
+            meta = self.meta[payload] = json_object(payload)
         return meta
 
     def completed(self, rec: EventRecord) -> None:

@@ -6,7 +6,6 @@ belongs to, its state, connecting (until the snapshot) and closing. Reading fram
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import time
 from array import array
@@ -22,6 +21,7 @@ from bench.generator.wire import (
     SNAPSHOT,
     SO_TIMESTAMPNS,
     client_frame,
+    json_object,
     time_ns,
     upgrade_request,
 )
@@ -60,12 +60,7 @@ class ViewGroup:
     def parsed(self, payload: bytes) -> dict[str, Any]:
         meta = self.meta.get(payload)
         if meta is None:
-            try:
-                meta = json.loads(payload)
-                if not isinstance(meta, dict):
-                    meta = {"type": "?"}
-            except ValueError:
-                meta = {"type": "?"}
+            meta = json_object(payload)
             if len(payload) < 4096:
                 self.meta[payload] = meta
         return meta

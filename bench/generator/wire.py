@@ -9,11 +9,13 @@ processes."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import socket
 import struct
 import time
 from array import array
+from typing import Any
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; SCM_TIMESTAMPNS == the same
 ANC_SIZE = socket.CMSG_SPACE(16)
@@ -59,6 +61,16 @@ def frame_total(head: bytes | bytearray) -> int:
     if n == 126:
         return 4 + int.from_bytes(head[2:4], "big") if len(head) >= 4 else -1
     return 10 + int.from_bytes(head[2:10], "big") if len(head) >= 10 else -1
+
+
+def json_object(payload: bytes) -> dict[str, Any]:
+    """A text message parsed; ``{"type": "?"}`` for one that is not a JSON object. Callers
+    cache the result by the payload bytes: a fanned-out event is parsed once, not per delivery."""
+    try:
+        meta = json.loads(payload)
+    except ValueError:
+        return {"type": "?"}
+    return meta if isinstance(meta, dict) else {"type": "?"}
 
 
 def decode_ts(raw: bytes) -> array:

@@ -20,6 +20,11 @@ def pair(d: dict[str, Any], a: str = "mean", b: str = "max") -> str:
     return f"{fmt(d.get(a))} / {fmt(d.get(b))}"
 
 
+def setup_fields(o: Any) -> dict[str, Any]:
+    """The deployment a scenario ran on, as its results record it (what ``setup`` shows)."""
+    return {"processes": o.app_processes, "broker": o.broker, "database": o.database}
+
+
 def setup(d: dict[str, Any]) -> str:
     return f"{d.get('processes')} process(es), {d.get('broker')} broker, {d.get('database', '')}"
 

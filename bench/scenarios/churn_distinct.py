@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bench.scenarios.cells import fmt, pair, setup
+from bench.scenarios.cells import fmt, pair, setup, setup_fields
 from bench.scenarios.common import dist, open_views, report, target, view_options, wait_settled
 from bench.servers import Deployment, Probe
 from bench.users import Seeder, usernames
@@ -74,9 +74,7 @@ async def run(runner: Runner) -> dict[str, Any]:
         "movers": movers,
         "rate": rate,
         "seconds": seconds,
-        "processes": o.app_processes,
-        "broker": o.broker,
-        "database": o.database,
+        **setup_fields(o),
     }
     seeder = Seeder(viewers + mover_names)
     async with runner.deployment("app", seed=seeder) as dep:

@@ -9,7 +9,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from bench.metrics import ratio
-from bench.scenarios.cells import fmt, pair, setup
+from bench.scenarios.cells import fmt, pair, setup, setup_fields
 from bench.scenarios.common import open_views, report, target, view_options, wait_settled
 from bench.servers import AppDeployment, Deployment, Probe
 from bench.users import Seeder, usernames
@@ -105,9 +105,7 @@ async def run(runner: Runner) -> dict[str, Any]:
     o = runner.opts
     out: dict[str, Any] = {
         "n": o.n,
-        "processes": o.app_processes,
-        "broker": o.broker,
-        "database": o.database,
+        **setup_fields(o),
         "compress_offered": o.compress,
         "verify_sample": o.verify_sample,
         "baseline_seeded": o.baseline_seeded,

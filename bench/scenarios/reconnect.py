@@ -14,7 +14,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
-from bench.scenarios.cells import fmt, pair, setup
+from bench.scenarios.cells import fmt, pair, setup, setup_fields
 from bench.scenarios.common import (
     counts,
     get_json,
@@ -55,9 +55,7 @@ async def run(runner: Runner) -> dict[str, Any]:
     names = usernames("u", o.n)
     out: dict[str, Any] = {
         "n": o.n,
-        "processes": o.app_processes,
-        "broker": o.broker,
-        "database": o.database,
+        **setup_fields(o),
         "compress_offered": o.compress,
         "policy": policy(o),
         "app_args": list(o.app_arg),
