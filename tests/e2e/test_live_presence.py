@@ -45,13 +45,19 @@ def test_sees_other_user_go_online_and_offline_live(server, new_context, artifac
     assert_not_reloaded(a_page)
 
 
-def test_closing_one_of_two_tabs_keeps_user_online(server, new_context):
+def alice_watching_bob_in_two_tabs(server, new_context):
+    """Alice's list page (marked, to catch a reload) showing bob online in two tabs."""
     a_page = signup(new_context(server.url).new_page(), "alice")
     mark_page(a_page)
     b_context = new_context(server.url)
     b_tab1 = signup(b_context.new_page(), "bob")
     b_tab2 = open_list(b_context.new_page())
     expect_status(a_page, "bob", "Online")
+    return a_page, b_tab1, b_tab2
+
+
+def test_closing_one_of_two_tabs_keeps_user_online(server, new_context):
+    a_page, b_tab1, b_tab2 = alice_watching_bob_in_two_tabs(server, new_context)
 
     b_tab1.close()
     # Nothing may change: watch A's row for a moment, then ask the server too.
@@ -69,12 +75,7 @@ def test_closing_one_of_two_tabs_keeps_user_online(server, new_context):
 
 
 def test_logout_in_one_tab_signs_out_the_other(server, new_context, artifacts):
-    a_page = signup(new_context(server.url).new_page(), "alice")
-    mark_page(a_page)
-    b_context = new_context(server.url)
-    b_tab1 = signup(b_context.new_page(), "bob")
-    b_tab2 = open_list(b_context.new_page())
-    expect_status(a_page, "bob", "Online")
+    a_page, b_tab1, b_tab2 = alice_watching_bob_in_two_tabs(server, new_context)
 
     logout(b_tab1)
     b_tab2.wait_for_url(re.compile(r"/login"))
