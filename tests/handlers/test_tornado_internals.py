@@ -194,7 +194,7 @@ async def test_events_arrive_in_order_with_replies_and_presence(
     sock = await alice.connect()  # offers permessage-deflate, as browsers do
     agreed = sock.ws.response.headers.get("Sec-WebSocket-Extensions")
     assert (agreed is not None) is internals.fast
-    (conn,) = services.presence._conns
+    (conn,) = services.presence.connections()
     assert type(conn.writer) is (BoundedWriter if internals.fast else MessageWriter)
     assert (await sock.ping())["type"] == "pong"
     reader = asyncio.ensure_future(_numbers(sock, 300))
