@@ -9,10 +9,11 @@ from urllib.parse import urlencode, urlsplit
 
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from presence_app.client.errors import (
-    ClientError, LoginFailed, SessionEnded, SignupFailed, Throttled, form_error, retry_after)
+    ClientError, LoginFailed, SessionEnded, SignupFailed, Throttled, WaitTimeout, form_error,
+    retry_after)
 
 if TYPE_CHECKING:
     from presence_app.client.reconnect import ReconnectingSocket
@@ -147,7 +148,8 @@ class PresenceClient:
     async def open_ws(self, origin: str | None = None, timeout: float | None = 10.0,
                       **kwargs: Any) -> ClientConnection:
         """Open ``/ws`` with this client's cookies (the snapshot is not read yet).
-        ``SessionEnded`` on 401, ``Throttled`` on 429, ``ClientError`` on other refusals."""
+        ``SessionEnded`` on 401, ``Throttled`` on 429, ``WaitTimeout`` past ``timeout``,
+        ``ClientError`` on other refusals and when the server cannot be reached."""
         headers = {"Cookie": self.cookie_header()} if self.cookies else {}
         # permessage-deflate offered like a browser does (snapshots then arrive compressed);
         # pass compression=None to turn it off.
@@ -165,6 +167,10 @@ class PresenceClient:
                 raise Throttled(retry_after(exc.response.headers),
                                 "WebSocket refused: a socket cap is reached") from None
             raise ClientError(f"WebSocket refused with HTTP {status}", status) from None
+        except TimeoutError:
+            raise WaitTimeout("the WebSocket to open", None, timeout) from None
+        except (OSError, InvalidHandshake) as exc:  # refused, reset, not a WebSocket server
+            raise ClientError(f"cannot open {self.ws_url()}: {exc}") from exc
 
     @overload
     async def connect(self, origin: str | None = None, timeout: float | None = 10.0, *,
@@ -173,6 +179,10 @@ class PresenceClient:
     @overload
     async def connect(self, origin: str | None = None, timeout: float | None = 10.0, *,
                       reconnect: Literal[True], **kwargs: Any) -> ReconnectingSocket: ...
+
+    @overload
+    async def connect(self, origin: str | None = None, timeout: float | None = 10.0, *,
+                      reconnect: bool, **kwargs: Any) -> PresenceSocket: ...
 
     async def connect(self, origin: str | None = None, timeout: float | None = 10.0, *,
                       reconnect: bool = False, **kwargs: Any) -> PresenceSocket:
@@ -188,6 +198,8 @@ class PresenceClient:
         from presence_app.client.reconnect import ReconnectingSocket
         from presence_app.client.socket import PresenceSocket
 
+        if self.has_credentials and not set(self.cookies) - {"_xsrf"}:
+            await self.relogin()  # no session cookie yet: spare the server a refused upgrade
         try:
             ws = await self.open_ws(origin, timeout, **kwargs)
         except SessionEnded:
