@@ -7,7 +7,7 @@ from http.cookies import SimpleCookie
 from typing import TYPE_CHECKING, Any, Literal, overload
 from urllib.parse import urlencode, urlsplit
 
-from tornado.httpclient import AsyncHTTPClient, HTTPResponse
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPResponse
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
@@ -68,9 +68,12 @@ class PresenceClient:
         if body is not None:
             encoded = urlencode(body)
             all_headers.setdefault("Content-Type", "application/x-www-form-urlencoded")
-        response = await self.http.fetch(
-            self.base_url + path, method=method, body=encoded, headers=all_headers,
-            follow_redirects=False, raise_error=False, **kwargs)
+        try:
+            response = await self.http.fetch(
+                self.base_url + path, method=method, body=encoded, headers=all_headers,
+                follow_redirects=False, raise_error=False, **kwargs)
+        except (OSError, HTTPClientError) as exc:  # refused, reset, timed out: no answer
+            raise ClientError(f"{method} {self.base_url}{path}: {exc}") from exc
         if response.code == 599:
             raise ClientError(f"{method} {path}: {response.error}")
         self._keep_cookies(response)

@@ -7,16 +7,19 @@ conftest.py only re-exports its fixtures.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 import tornado.testing
@@ -141,6 +144,49 @@ def server(start_server: Any) -> AppServer:
     return start_server()
 
 
+class Lines:
+    """A process's stdout read line by line on a thread; ``expect`` waits for a line."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.seen: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def expect(self, match: Callable[[str], Any], timeout: float = 15.0) -> str:
+        """The next line for which ``match`` is truthy (the lines before it are kept)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.seen.append(line)
+            if match(line):
+                return line
+        raise AssertionError(f"no matching line within {timeout} s; got {self.seen}")
+
+    def expect_json(self, match: Callable[[dict], Any], timeout: float = 15.0) -> dict:
+        line = self.expect(lambda text: match(json.loads(text)), timeout)
+        return dict(json.loads(line))
+
+
+def run_cli(*args: str, **env: str) -> subprocess.Popen[str]:
+    """``python run.py <args>`` (the ``presence`` command) from a directory outside the
+    repository, stdout and stderr piped."""
+    return subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT.parent,
+                            env=clean_env(**env), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def sign_up(url: str, *names: str) -> None:
     """Accounts with the tests' password (each signs up and leaves its session unused)."""
     async def run() -> None:
@@ -149,4 +195,5 @@ def sign_up(url: str, *names: str) -> None:
     asyncio.run(run())
 
 
-__all__ = ["AppServer", "PASSWORD", "ROOT", "clean_env", "sign_up", "unavailable"]
+__all__ = ["AppServer", "Lines", "PASSWORD", "ROOT", "clean_env", "run_cli", "sign_up",
+           "unavailable"]
