@@ -22,7 +22,8 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
 from presence_app.client.errors import (
     ClientError, LoginFailed, SessionEnded, SignupFailed, Throttled, WaitTimeout)
 from presence_app.client.http import PresenceClient
-from presence_app.client.reconnect import ConnectionState, ReconnectingSocket, reconnect_delay
+from presence_app.client.backoff import reconnect_delay
+from presence_app.client.reconnect import ConnectionState, ReconnectingSocket
 from presence_app.client.socket import PresenceSocket
 from presence_app.client.view import PresenceView
 

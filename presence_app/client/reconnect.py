@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Literal
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from presence_app.client.backoff import STABLE_AFTER, reconnect_delay
 from presence_app.client.errors import (
     SESSION_ENDED, ClientError, LoginFailed, SessionEnded, Throttled, WaitTimeout)
 from presence_app.client.socket import PresenceSocket
@@ -36,27 +37,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BACKOFF_BASE = 0.5     # seconds; connection.js BACKOFF_BASE_MS
-BACKOFF_CAP = 15.0     # BACKOFF_CAP_MS
-RESTART_WINDOW = 2.0   # RESTART_WINDOW_MS: the first wait after a 1001 spreads over this
-STABLE_AFTER = 10.0    # STABLE_AFTER_MS: connected this long resets the backoff
-GOING_AWAY = 1001
 #: Unread messages held at most; past it the queue is replaced by one ``caught_up`` marker.
 MAX_QUEUE = 10_000
 
 ConnectionState = Literal["live", "reconnecting", "closed"]
 #: Failures of one attempt that are worth another (the server is down, restarting, busy).
 TRANSIENT = (ClientError, OSError, TimeoutError, InvalidHandshake, ConnectionClosed)
-
-
-def reconnect_delay(attempt: int, close_code: int | None,
-                    rand: Callable[[], float] = random.random) -> float:
-    """Seconds to wait before reconnect attempt ``attempt`` (0-based count of consecutive
-    failures): full jitter under the backoff ceiling, widened after a 1001."""
-    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** attempt)
-    if close_code == GOING_AWAY:
-        ceiling = max(ceiling, RESTART_WINDOW)
-    return rand() * ceiling
 
 
 class ReconnectingSocket(PresenceSocket):
@@ -205,6 +191,7 @@ class ReconnectingSocket(PresenceSocket):
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self._set_state("closed")
+        self._arrived.set()  # a reader waiting for a message ends too
         await self.ws.close()
 
     # --- the background task ---------------------------------------------------------------
@@ -280,11 +267,9 @@ class ReconnectingSocket(PresenceSocket):
     async def _reconnect(self, close_code: int) -> None:
         """Attempt until a new connection's snapshot is in; raises when it must give up."""
         loop = asyncio.get_running_loop()
-        lost_at, attempts, code = loop.time(), 0, close_code
+        lost_at, attempts, code, at_least = loop.time(), 0, close_code, 0.0
         while True:
-            delay = reconnect_delay(self._attempt, code, self._rand)
-            if isinstance(self.last_error, Throttled) and self.last_error.retry_after:
-                delay = max(delay, self.last_error.retry_after)
+            delay = max(reconnect_delay(self._attempt, code, self._rand), at_least)
             code, self._attempt, attempts = 0, self._attempt + 1, attempts + 1
             await asyncio.sleep(delay)
             try:
@@ -293,8 +278,9 @@ class ReconnectingSocket(PresenceSocket):
             except TRANSIENT as exc:
                 if isinstance(exc, (SessionEnded, LoginFailed)) and \
                         (exc.status or 0) in (0, 400, 401, 403):
-                    raise
+                    raise  # refused for good: no session and no (valid) credentials
                 self.last_error = exc
+                at_least = (exc.retry_after or 0.0) if isinstance(exc, Throttled) else 0.0
                 log.info("reconnect attempt %d failed: %s", attempts, exc)
         self.ws = ws
         self.reconnects += 1

@@ -47,6 +47,7 @@ def test_survives_a_restart_and_ends_with_the_true_state(server: AppServer) -> N
         bob_sock = await (await logged_in(server.url, "bob")).connect()
         await sock.wait_status("bob", True)
         await asyncio.to_thread(server.restart)
+        await sock.wait_live(timeout=20)  # connected again (the view is read below)
         carol_sock = await (await logged_in(server.url, "carol")).connect()
         seen: list[dict] = []
 
