@@ -8,7 +8,8 @@ reconnects across server restarts; ``--json`` prints one JSON object per message
 never a flag: flags show in ``ps`` and shell histories.
 
 Exit codes: 0 done (``watch``: stopped with Ctrl+C or SIGTERM), 1 the server refused or
-could not be reached (login failed, session ended), 2 usage.
+could not be reached (login failed, session ended), 2 usage, 130 interrupted at the password
+prompt (or ``who`` while it asks the server).
 """
 from __future__ import annotations
 
@@ -31,7 +32,9 @@ from presence_app.client.view import Message
 OK, FAILED, USAGE = 0, 1, 2
 
 
-def make_parser(prog: str = "presence") -> argparse.ArgumentParser:
+def make_parser(prog: str = "presence",
+                env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    env = os.environ if env is None else env
     parser = argparse.ArgumentParser(prog=prog, description="Watch a Presence server.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{watch,who}")
     for name, text in (("watch", "print who is online, then every change, until Ctrl+C"),
@@ -39,7 +42,7 @@ def make_parser(prog: str = "presence") -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=text, description=text + ". The password "
                                       "comes from PRESENCE_PASSWORD or a prompt.")
         command.add_argument("url", help="the server, e.g. http://127.0.0.1:8888")
-        command.add_argument("--user", "-u", default=os.environ.get("PRESENCE_USER"),
+        command.add_argument("--user", "-u", default=env.get("PRESENCE_USER"),
                              help="log in as this user (default: PRESENCE_USER)")
         command.add_argument("--json", action="store_true",
                              help="one JSON object per line instead of text")
@@ -63,30 +66,34 @@ def main(argv: Sequence[str], out: TextIO | None = None, err: TextIO | None = No
          env: Mapping[str, str] | None = None, prog: str = "presence") -> int:
     """``argv`` starts with ``watch`` or ``who``; returns the exit code."""
     out, err = out or sys.stdout, err or sys.stderr
+    env = os.environ if env is None else env
     try:
-        args = make_parser(prog).parse_args(list(argv))
+        args = make_parser(prog, env).parse_args(list(argv))
     except SystemExit as exc:  # --help is 0, a usage error 2
         return int(exc.code or 0)
     if not args.user:
         print(f"{prog} {args.command}: error: --user NAME (or PRESENCE_USER) is required",
               file=err)
         return USAGE
-    password = read_password(os.environ if env is None else env)
-    client = PresenceClient(args.url, username=args.user, password=password)
     command = watch if args.command == "watch" else who
     try:
-        return asyncio.run(command(client, args, out))
+        password = read_password(env)
+        # The client is made inside the loop: its HTTP client belongs to the running loop.
+        return asyncio.run(command(args, password, out))
     except ClientError as exc:
         print(f"{prog} {args.command}: error: {exc}", file=err)
         return FAILED
+    except KeyboardInterrupt:  # at the prompt or before watching began (watching: exit 0)
+        return 130
     except BrokenPipeError:  # ``presence watch ... | head``: the reader has gone
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return OK
 
 
-async def who(client: PresenceClient, args: argparse.Namespace, out: TextIO) -> int:
+async def who(args: argparse.Namespace, password: str, out: TextIO) -> int:
     """Log in, read ``/api/users``, print the online ones, log out (no socket is opened, so
     asking does not make the asker show online)."""
+    client = PresenceClient(args.url, username=args.user, password=password)
     await client.relogin()
     try:
         online = [u for u in await client.users() if u["online"]]
@@ -101,8 +108,9 @@ async def who(client: PresenceClient, args: argparse.Namespace, out: TextIO) -> 
     return OK
 
 
-async def watch(client: PresenceClient, args: argparse.Namespace, out: TextIO) -> int:
+async def watch(args: argparse.Namespace, password: str, out: TextIO) -> int:
     """Follow the stream until SIGINT/SIGTERM (0) or its end (1: closed, session ended)."""
+    client = PresenceClient(args.url, username=args.user, password=password)
     stop = asyncio.Event()
     with stop_on_signals(stop):
         sock = await client.connect(reconnect=not args.no_reconnect)
