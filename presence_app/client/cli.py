@@ -34,6 +34,7 @@ OK, FAILED, USAGE = 0, 1, 2
 
 def make_parser(prog: str = "presence",
                 env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The ``watch`` and ``who`` commands; ``--user`` defaults to ``PRESENCE_USER``."""
     env = os.environ if env is None else env
     parser = argparse.ArgumentParser(prog=prog, description="Watch a Presence server.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{watch,who}")
@@ -157,6 +158,7 @@ async def first_of(*waits: Awaitable[Any]) -> None:
 
 async def follow(sock: PresenceSocket, show: Callable[[Message, PresenceSocket, TextIO], None],
                  out: TextIO) -> None:
+    """Show every message of ``sock`` until the stream ends."""
     async for event in sock:
         show(event, sock, out)
 
@@ -180,6 +182,7 @@ class TextPrinter:
                   file=out, flush=True)
 
     def lines(self, message: Message, sock: PresenceSocket) -> list[str]:
+        """What to print for ``message`` (already applied to ``sock``'s view)."""
         kind = message.get("type")
         if kind == "snapshot":
             self.shown = {name: bool(user["online"]) for name, user in sock.state.items()}
@@ -202,6 +205,7 @@ class TextPrinter:
 
 
 def summary(sock: PresenceSocket) -> str:
+    """``2 of 3 online``."""
     return f"{len(sock.online_users())} of {len(sock.state)} online"
 
 
@@ -211,6 +215,7 @@ def listed(state: dict[str, Any]) -> list[str]:
 
 
 def user_line(user: Message) -> str:
+    """``bob online``, ``carol offline (last seen ...)``."""
     if user["online"]:
         return f"{user['username']} online"
     seen = user.get("last_seen")

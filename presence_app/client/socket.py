@@ -13,6 +13,7 @@ from presence_app.client.view import Message, PresenceView
 
 
 def status_word(online: bool) -> str:
+    """``online`` / ``offline``."""
     return "online" if online else "offline"
 
 
