@@ -25,7 +25,7 @@ import pytest
 import tornado.testing
 
 from presence_app.client import PresenceClient
-from tests.conftest import PASSWORD, REDIS_URL, _drop_redis_keys, unavailable
+from tests.conftest import PASSWORD, REDIS_URL, unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -112,6 +112,18 @@ class AppServer:
         return self.log_path.read_text(errors="replace")[-4000:]
 
 
+async def drop_keys(url: str, prefix: str) -> None:
+    """Delete a test server's Redis keys (``<prefix>:*``)."""
+    import redis.asyncio as aioredis
+    client = aioredis.from_url(url)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
 @pytest.fixture(params=["memory", "redis"])
 def broker_url(request: Any, redis_available: bool) -> str:
     """"" for the in-process broker, the machine's Redis otherwise."""
@@ -136,7 +148,7 @@ def start_server(tmp_path: Path, broker_url: str) -> Iterator[Any]:
     for server in started:
         server.stop()
         if broker_url and server.redis_prefix:
-            asyncio.run(_drop_redis_keys(broker_url, server.redis_prefix))
+            asyncio.run(drop_keys(broker_url, server.redis_prefix))
 
 
 @pytest.fixture
