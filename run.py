@@ -33,6 +33,8 @@ LISTEN_BACKLOG = 4096
 
 #: First arguments that start a one-shot admin command instead of the server.
 ADMIN_COMMANDS = ("db", "users")
+#: First arguments that run the scripted client (presence_app.client.cli) against a server.
+CLIENT_COMMANDS = ("watch", "who")
 
 #: A SIGTERM'd process is gone within 5 s whatever hangs (a database thread stuck in a
 #: query, a peer that never answers): past this, the shutdown is cut short.
@@ -134,13 +136,30 @@ def run_admin(args: list[str], prog: str) -> int:
     return int(admin.main(args))
 
 
+def run_client(args: list[str], prog: str) -> int:
+    """``watch URL`` and ``who URL``: the client CLI, imported only when asked for; it needs
+    websockets (the ``client`` extra), which the server never imports."""
+    try:
+        cli = importlib.import_module("presence_app.client.cli")
+    except ModuleNotFoundError as exc:
+        if exc.name != "websockets":
+            raise
+        return fail(
+            f"{args[0]!r} needs the websockets package: pip install 'presence[client]'", prog
+        )
+    return int(cli.main(args, prog=prog))
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python run.py [options]`` and the ``presence`` console script; ``db``/``users``
-    as the first argument run an admin command instead of the server."""
+    as the first argument run an admin command instead of the server, ``watch``/``who``
+    the client."""
     args = sys.argv[1:] if argv is None else list(argv)
     prog = program_name(sys.argv[0])
     if args and args[0] in ADMIN_COMMANDS:
         return run_admin(args, prog)
+    if args and args[0] in CLIENT_COMMANDS:
+        return run_client(args, prog)
     try:
         settings = load_settings(args, prog=prog)
     except ConfigError as exc:

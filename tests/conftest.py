@@ -156,7 +156,8 @@ def make_client(app: Any, http_server: Any, base_url: str) -> Any:
     sockets: list[PresenceSocket] = []
 
     class TrackingClient(PresenceClient):
-        async def connect(self, *args: Any, **kwargs: Any) -> PresenceSocket:
+        # One signature for the overloads of PresenceClient.connect: this double only wraps it.
+        async def connect(self, *args: Any, **kwargs: Any) -> PresenceSocket:  # type: ignore[override]
             sock = await super().connect(*args, **kwargs)
             sockets.append(sock)
             return sock

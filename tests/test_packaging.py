@@ -391,6 +391,16 @@ def test_installed_package_runs_from_anywhere(installed):
         )
         assert client.returncode == 0, client.stderr[-2000:]
         assert client.stdout.strip() == "snippet ok True"
+        who = subprocess.run(
+            [presence, "who", base_url, "--user", "alice"],
+            cwd=outside,
+            env={**env, "PRESENCE_PASSWORD": "correct horse battery"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert who.returncode == 0, who.stderr  # the client CLI, from the installed copy
+        assert set(who.stdout.split()) <= {"alice", "bob"}
         start = time.monotonic()
         proc.terminate()
         assert proc.wait(timeout=STOP_SECONDS + 2) == 0, stderr_path.read_text()

@@ -253,10 +253,10 @@ def recording(sock: PresenceSocket) -> list[dict[str, Any]]:
     seen: list[dict[str, Any]] = []
     apply = sock.apply
 
-    def record(message: dict[str, Any]) -> None:
+    def record(message: dict[str, Any]) -> bool:
         if message.get("type") == "presence":
             seen.append({**message, "_at": time.monotonic()})
-        apply(message)
+        return apply(message)
 
     sock.apply = record  # type: ignore[method-assign]
     return seen
