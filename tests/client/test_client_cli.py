@@ -11,36 +11,43 @@ import sys
 
 import pytest
 
-from presence_app.client import PresenceClient
-from tests.client.appserver import PASSWORD, ROOT, AppServer, Lines, clean_env, run_cli, sign_up
+from presence_app.client import PresenceClient, PresenceSocket
+from tests.support.apps import AppProcess, clean_env
+from tests.support.clients import PASSWORD, is_presence, logged_in, sign_up
+from tests.support.env import ROOT
+from tests.support.lines import Lines
+from tests.support.processes import stop_process
 
 pytestmark = pytest.mark.cluster
 CLOCK = r"\d\d:\d\d:\d\d"
 
 
-async def online(url: str, name: str) -> object:
-    client = PresenceClient(url)
-    await client.login(name, PASSWORD)
-    return await client.connect()
+def run_cli(*args: str, **env: str) -> subprocess.Popen[str]:
+    """``python run.py <args>`` (the ``presence`` command) from a directory outside the
+    repository, stdout and stderr piped."""
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=ROOT.parent,
+        env=clean_env(**env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def online(url: str, name: str) -> PresenceSocket:
+    return await (await logged_in(url, name)).connect()
 
 
 def interrupt(proc: subprocess.Popen[str]) -> tuple[int, str]:
-    """Ctrl+C; the exit code and stderr."""
-    proc.send_signal(signal.SIGINT)
-    try:
-        code = proc.wait(10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    """Ctrl+C (SIGKILL if it is still running 10 s later): the exit code and stderr."""
+    stop_process(proc, signal.SIGINT, 10)
     assert proc.stderr is not None
-    return code, proc.stderr.read()
+    return proc.returncode, proc.stderr.read()
 
 
-def is_event(name: str, online: bool):  # type: ignore[no-untyped-def]
-    return lambda m: m.get("type") == "presence" and m["username"] == name and m["online"] is online
-
-
-def test_watch_json_prints_the_snapshot_then_each_change(server: AppServer) -> None:
+def test_watch_json_prints_the_snapshot_then_each_change(server: AppProcess) -> None:
     sign_up(server.url, "alice", "bob")
     proc = run_cli("watch", server.url, "--user", "alice", "--json", PRESENCE_PASSWORD=PASSWORD)
     lines = Lines(proc)
@@ -54,9 +61,9 @@ def test_watch_json_prints_the_snapshot_then_each_change(server: AppServer) -> N
 
         async def scenario() -> None:
             bob = await online(server.url, "bob")
-            await asyncio.to_thread(lines.expect_json, is_event("bob", True))
-            await bob.close()  # type: ignore[attr-defined]
-            await asyncio.to_thread(lines.expect_json, is_event("bob", False))
+            await asyncio.to_thread(lines.expect_json, is_presence("bob", True))
+            await bob.close()
+            await asyncio.to_thread(lines.expect_json, is_presence("bob", False))
 
         asyncio.run(scenario())
         server.restart()  # watch reconnects
@@ -71,7 +78,7 @@ def test_watch_json_prints_the_snapshot_then_each_change(server: AppServer) -> N
     assert "Traceback" not in stderr
 
 
-def test_watch_prints_the_list_then_one_line_per_change(server: AppServer) -> None:
+def test_watch_prints_the_list_then_one_line_per_change(server: AppProcess) -> None:
     sign_up(server.url, "alice", "bob")
     proc = run_cli("watch", server.url, "-u", "alice", PRESENCE_PASSWORD=PASSWORD)
     lines = Lines(proc)
@@ -83,7 +90,7 @@ def test_watch_prints_the_list_then_one_line_per_change(server: AppServer) -> No
             bob = await online(server.url, "bob")
             line = await asyncio.to_thread(lines.expect, bool)
             assert re.fullmatch(rf"{CLOCK} bob online", line), line
-            await bob.close()  # type: ignore[attr-defined]
+            await bob.close()
             line = await asyncio.to_thread(lines.expect, bool)
             assert re.fullmatch(rf"{CLOCK} bob offline", line), line
 
@@ -93,7 +100,7 @@ def test_watch_prints_the_list_then_one_line_per_change(server: AppServer) -> No
     assert code == 0, stderr
 
 
-def test_who_prints_who_is_online_and_exits(server: AppServer) -> None:
+def test_who_prints_who_is_online_and_exits(server: AppProcess) -> None:
     sign_up(server.url, "alice", "bob", "carol")
 
     async def scenario() -> None:
@@ -124,7 +131,7 @@ def test_who_prints_who_is_online_and_exits(server: AppServer) -> None:
         users = {u["username"]: u["online"] for u in await reader.users()}
         assert users["carol"] is False  # asking opened no socket
         for sock in socks:
-            await sock.close()  # type: ignore[attr-defined]
+            await sock.close()
 
     asyncio.run(scenario())
 

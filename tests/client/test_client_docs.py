@@ -14,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from presence_app.client import PresenceClient
-from tests.client.appserver import PASSWORD, ROOT, AppServer, Lines, clean_env, sign_up
+from tests.support.apps import AppProcess, clean_env
+from tests.support.clients import PASSWORD, logged_in, sign_up
+from tests.support.env import ROOT
+from tests.support.lines import Lines
+from tests.support.processes import stop_process
 
 pytestmark = pytest.mark.cluster
 DOC = ROOT / "docs" / "CLIENT.md"
@@ -30,7 +33,7 @@ def fenced(heading: str, language: str) -> str:
     return found.group(1)
 
 
-def test_the_bot_example_runs_as_written(server: AppServer, tmp_path: Path) -> None:
+def test_the_bot_example_runs_as_written(server: AppProcess, tmp_path: Path) -> None:
     sign_up(server.url, "greeter", "bob")
     script = tmp_path / "greeter.py"
     script.write_text(fenced("A complete bot", "python"))
@@ -39,6 +42,7 @@ def test_the_bot_example_runs_as_written(server: AppServer, tmp_path: Path) -> N
         cwd=tmp_path,
         stdin=subprocess.DEVNULL,
         env=clean_env(
+            PYTHONPATH=str(ROOT),  # the repository is not installed: let it import the client
             PRESENCE_URL=server.url,
             PRESENCE_USER="greeter",
             PRESENCE_PASSWORD=PASSWORD,
@@ -54,9 +58,7 @@ def test_the_bot_example_runs_as_written(server: AppServer, tmp_path: Path) -> N
 
         async def bob_visits() -> None:
             """bob comes online, the bot says so, bob leaves."""
-            bob = PresenceClient(server.url)
-            await bob.login("bob", PASSWORD)
-            sock = await bob.connect()
+            sock = await (await logged_in(server.url, "bob")).connect()
             await asyncio.to_thread(lines.expect, lambda line: line.startswith("bob is "))
             await sock.close()
 
@@ -68,9 +70,7 @@ def test_the_bot_example_runs_as_written(server: AppServer, tmp_path: Path) -> N
         lines.expect(lambda line: line == "bob is offline")
 
         async def bob_stays() -> None:
-            bob = PresenceClient(server.url)
-            await bob.login("bob", PASSWORD)
-            sock = await bob.connect()
+            sock = await (await logged_in(server.url, "bob")).connect()
             await asyncio.to_thread(lines.expect, lambda line: line == "bob is online")
             await asyncio.to_thread(server.restart)  # bob's socket dies with the server
             await asyncio.to_thread(lines.expect, lambda line: line.startswith("back; online:"))
@@ -83,20 +83,15 @@ def test_the_bot_example_runs_as_written(server: AppServer, tmp_path: Path) -> N
         asyncio.run(bob_visits())  # the bot still reports, on its new connection
         assert lines.seen[-1] == "bob is online"
     finally:
-        bot.send_signal(signal.SIGINT)  # Ctrl+C
-        try:
-            code = bot.wait(10)
-        finally:
-            if bot.poll() is None:
-                bot.kill()
+        stop_process(bot, signal.SIGINT, 10)  # Ctrl+C
     assert bot.stderr is not None
     stderr = bot.stderr.read()
-    assert code == 0, stderr
+    assert bot.returncode == 0, stderr
     assert "Traceback" not in stderr
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-def test_the_raw_protocol_steps_run_as_written(server: AppServer, tmp_path: Path) -> None:
+def test_the_raw_protocol_steps_run_as_written(server: AppProcess, tmp_path: Path) -> None:
     sign_up(server.url, "alice")
     steps = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", fenced("Other languages: the raw protocol", "sh")],

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,9 +20,8 @@ from presence_app.client import (
     reconnect_delay,
 )
 from presence_app.client.view import missed_events
-from tests.conftest import PASSWORD
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.clients import PASSWORD
+from tests.support.env import ROOT
 
 
 async def connected(make_client: Any, name: str, reconnect: bool) -> Any:

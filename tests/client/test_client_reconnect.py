@@ -10,15 +10,10 @@ from typing import Any
 import pytest
 
 from presence_app.client import PresenceClient, ReconnectingSocket, SessionEnded
-from tests.client.appserver import PASSWORD, AppServer, sign_up
+from tests.support.apps import AppProcess
+from tests.support.clients import PASSWORD, logged_in, sign_up, with_cookies
 
 pytestmark = pytest.mark.cluster
-
-
-async def logged_in(url: str, name: str) -> PresenceClient:
-    client = PresenceClient(url)
-    await client.login(name, PASSWORD)
-    return client
 
 
 async def read_until(
@@ -38,7 +33,7 @@ def truth(users: list[dict[str, Any]]) -> dict[str, bool]:
     return {u["username"]: bool(u["online"]) for u in users}
 
 
-def test_survives_a_restart_and_ends_with_the_true_state(server: AppServer) -> None:
+def test_survives_a_restart_and_ends_with_the_true_state(server: AppProcess) -> None:
     """bob is online before the restart (his socket dies with the server), carol comes
     online after it: alice's view ends as /api/users says, having said what changed."""
     sign_up(server.url, "alice", "bob", "carol")
@@ -78,7 +73,7 @@ def test_survives_a_restart_and_ends_with_the_true_state(server: AppServer) -> N
     asyncio.run(scenario())
 
 
-def test_a_gone_session_is_logged_in_again_only_with_credentials(server: AppServer) -> None:
+def test_a_gone_session_is_logged_in_again_only_with_credentials(server: AppProcess) -> None:
     """The sessions are revoked while the server is down: the client given credentials logs
     in again and reconnects; the one without ends with SessionEnded (401)."""
     sign_up(server.url, "alice", "bob")
@@ -90,7 +85,7 @@ def test_a_gone_session_is_logged_in_again_only_with_credentials(server: AppServ
         bob_sock = await (await logged_in(server.url, "bob")).connect(reconnect=True)
         await asyncio.to_thread(server.stop)
         for name in ("alice", "bob"):
-            done = await asyncio.to_thread(server.admin, "users", "revoke-sessions", name)
+            done = await asyncio.to_thread(server.command, "users", "revoke-sessions", name)
             assert done.returncode == 0, done.stderr
         await asyncio.to_thread(server.start)
 
@@ -108,7 +103,7 @@ def test_a_gone_session_is_logged_in_again_only_with_credentials(server: AppServ
     asyncio.run(scenario())
 
 
-def test_a_logout_in_another_tab_ends_the_stream(server: AppServer) -> None:
+def test_a_logout_in_another_tab_ends_the_stream(server: AppProcess) -> None:
     """4001 is meant: even a client with credentials stops, with SessionEnded."""
     sign_up(server.url, "alice", "bob")
 
@@ -118,8 +113,7 @@ def test_a_logout_in_another_tab_ends_the_stream(server: AppServer) -> None:
         bob = await logged_in(server.url, "bob")
         watcher = await bob.connect()
         await watcher.wait_status("alice", True)
-        tab = PresenceClient(server.url)
-        tab.cookies = dict(alice.cookies)  # the same session in another tab
+        tab = with_cookies(server.url, alice.cookies)  # the same session in another tab
         await tab.logout()
         with pytest.raises(SessionEnded) as ended:
             await read_until(sock, lambda: False, timeout=10)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,9 +23,12 @@ URL_LINE = re.compile(r"Presence is running at (http://\S+/) \(pid (\d+)")
 STOP_SECONDS = 5.0
 
 
-def clean_env() -> dict[str, str]:
-    """The environment without any PRESENCE_* setting: nothing but the flags configures it."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_")}
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without any PRESENCE_* setting: nothing but the flags configures it
+    (and ``extra``, e.g. the ``PRESENCE_PASSWORD`` a client command reads)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_")}
+    env.update(extra)
+    return env
 
 
 def app_args(
@@ -73,6 +77,7 @@ class AppProcess(ServerProcess):
         args = app_args(
             port, self.data_dir, *flags, bcrypt_rounds=bcrypt_rounds, interpreter=interpreter
         )
+        self.options = args[len(interpreter) + 1 :]  # everything after run.py
         super().__init__(
             name,
             args,
@@ -88,3 +93,16 @@ class AppProcess(ServerProcess):
         found = URL_LINE.search(self.banner)
         assert found is not None, f"not a single-process banner: {self.banner!r}"
         return found.group(1), int(found.group(2))
+
+    def command(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """``python run.py <args>`` with this app's options, so an operator command
+        (``users revoke-sessions NAME``, ``db current``) reaches its database and Redis;
+        it runs to the end, its output captured as text."""
+        return subprocess.run(
+            [sys.executable, str(ROOT / "run.py"), *args, *self.options],
+            cwd=self.cwd,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from presence_app.client import PresenceClient
+from tests.support.waiting import run_blocking
 
 PASSWORD = "s3cret-pass"
 
@@ -43,3 +44,14 @@ def is_presence(username: str, online: bool | None = None) -> Callable[[dict], b
         )
 
     return match
+
+
+def sign_up(base: str, *names: str) -> None:
+    """From synchronous code: accounts with the tests' password on the server at ``base``
+    (each signs up; its session is not used)."""
+
+    async def run() -> None:
+        for name in names:
+            await signed_up(base, name)
+
+    run_blocking(run())

@@ -149,6 +149,12 @@ class ServerProcess:
             return ""
         return text if tail is None else text[-tail:]
 
+    def restart(self, timeout: float = 30.0) -> Self:
+        """``stop()`` then ``start()``: the same command line, so the same port (and, for
+        the app, the same data directory); returns once the new process is ready."""
+        self.stop()
+        return self.start(timeout)
+
     def terminate(self, timeout: float = 10.0) -> float:
         """SIGTERM and wait: the seconds until it exited. ``subprocess.TimeoutExpired``
         if it is still running after ``timeout`` (it is left running)."""
