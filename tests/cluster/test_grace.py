@@ -356,6 +356,9 @@ def test_kill9_during_a_grace_the_other_process_announces(
         assert await wait_pending(prefix, "dave", "erin") >= {"dave", "erin"}
         b.start()
         erin = await connect(b.url, "erin")
+        # Her snapshot arrives before B's attach reaches the store; killed in between, B never
+        # held her and she rightly stays pending until dave's deadline. Kill once B holds her.
+        await wait_held(prefix, "node-b", "erin")
         b.kill()
         killed = time.time()
         assert killed - sigterm < grace - 0.5, "the kill did not land inside the grace"
@@ -381,6 +384,18 @@ def test_kill9_during_a_grace_the_other_process_announces(
             await sock.close()
 
     asyncio.run(scenario())
+
+
+async def wait_held(prefix: str, node: str, name: str) -> None:
+    """Until the store lists ``name`` among the users ``node`` holds (its attach landed)."""
+    client = aioredis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        deadline = time.monotonic() + 3
+        while not await client.sismember(f"{prefix}:nu:{node}", name):
+            assert time.monotonic() < deadline, f"{node} never held {name}"
+            await asyncio.sleep(0.02)
+    finally:
+        await client.aclose()
 
 
 async def wait_pending(prefix: str, *names: str) -> set[str]:
