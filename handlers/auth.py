@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from typing import Any
 
 import tornado.web
@@ -13,13 +11,10 @@ from presence_app.accounts import fields
 from presence_app.accounts.errors import AccountError, LoginThrottled
 from presence_app.db.database import DatabaseWriteError
 
-log = logging.getLogger(__name__)
 #: What a login password that is not UTF-8 becomes. Sign-up stores only UTF-8 passwords, so
 #: such bytes are a wrong password: answered like one (401, the same message, a dummy bcrypt
 #: check: over 72 bytes), never echoed. NUL and 73 bytes: no stored password can equal it.
 NOT_A_PASSWORD = "\x00" * (fields.MAX_PASSWORD_BYTES + 1)
-#: Pauses between the attempts of a logout whose database write fails (then: 503).
-LOGOUT_RETRIES = (0.1, 0.4)
 SIGNUP_CLOSED = (
     "Sign-up is closed on this server: ask an administrator for an account (presence users add)."
 )
@@ -114,25 +109,10 @@ class LogoutHandler(BaseHandler):
     async def post(self) -> None:
         token = self.session_token()
         if token:
-            session_id = await self.end_session(token)
-            if session_id is None:
+            try:
+                await self.auth.logout(token)
+            except DatabaseWriteError:
                 # Never a silent failure: the session is still valid, and the user is told.
-                raise tornado.web.HTTPError(503, NOT_LOGGED_OUT)
-            await self.presence.end_session(session_id)
+                raise tornado.web.HTTPError(503, NOT_LOGGED_OUT) from None
         self.clear_session_cookie()
         self.redirect("/login")
-
-    async def end_session(self, token: str) -> str | None:
-        """Delete the session, retrying a database that cannot write (a moment of lock
-        contention or disk pressure); None if it still could not."""
-        for delay in LOGOUT_RETRIES:
-            try:
-                return await self.accounts.end_session(token)
-            except DatabaseWriteError:
-                log.warning("Logout could not delete the session; retrying in %.1f s", delay)
-                await asyncio.sleep(delay)
-        try:
-            return await self.accounts.end_session(token)
-        except DatabaseWriteError as exc:
-            log.warning("Logout failed after %d attempts: %s", len(LOGOUT_RETRIES) + 1, exc)
-            return None

@@ -1,6 +1,7 @@
-"""The sign-up and login use cases of the web pages: one call each.
+"""The sign-up, login and logout use cases of the web pages: one call each.
 
-A handler reads the form, calls ``register`` or ``login``, and sets the cookie it gets back;
+A handler reads the form, calls ``register``, ``login`` or ``logout``, and sets (or clears)
+the cookie;
 what the user can fix comes back as a typed error (``errors.py``), which the web layer turns
 into a status and the form again. Everything between is here: the field limits, the one
 bcrypt of a sign-up, the failed-login throttle, the session rotation (``replaces``) and the
@@ -9,6 +10,7 @@ closing of the replaced session's sockets in every process.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from typing import NamedTuple, Protocol
@@ -17,8 +19,12 @@ from presence_app.accounts.errors import InvalidCredentials, LoginThrottled
 from presence_app.accounts.fields import check_input, clip_username, within_input_limit
 from presence_app.accounts.service import AccountService, NewSession, SessionUser
 from presence_app.backends.throttle import Throttle
+from presence_app.db.database import DatabaseWriteError
 
 log = logging.getLogger(__name__)
+#: Pauses between the attempts of a logout whose database write fails (lock contention, a
+#: full disk): then ``DatabaseWriteError``, and the session stays valid.
+LOGOUT_RETRIES = (0.1, 0.4)
 
 
 class SessionEvents(Protocol):
@@ -90,6 +96,22 @@ class AuthService:
         opened = await self.accounts.open_session(user, replaces)
         await self._rotated(opened)
         return SignedIn(opened.user, opened.token)
+
+    async def logout(self, token: str) -> None:
+        """End the session of ``token`` and close its sockets in every process. A database
+        that cannot write is retried (``LOGOUT_RETRIES``); if it still cannot, this raises
+        ``DatabaseWriteError`` and the session stays valid (never a silent failure)."""
+        for attempt, delay in enumerate((*LOGOUT_RETRIES, None), start=1):
+            try:
+                session_id = await self.accounts.end_session(token)
+                break
+            except DatabaseWriteError as exc:
+                if delay is None:
+                    log.warning("Logout failed after %d attempts: %s", attempt, exc)
+                    raise
+                log.warning("Logout could not delete the session; retrying in %.1f s", delay)
+                await asyncio.sleep(delay)
+        await self.events.end_session(session_id)
 
     async def _rotated(self, opened: NewSession) -> None:
         if opened.revoked:  # the browser's earlier session: its sockets close everywhere

@@ -1,4 +1,4 @@
-"""The sign-up and login use cases (``AuthService``) on the real database, hasher and
+"""The sign-up, login and logout use cases (``AuthService``) on the real database, hasher and
 throttle: what they return, the bcrypt work they do (counted by the hasher's own hook), the
 typed error of each refusal, and the field limits from their one definition."""
 
@@ -102,6 +102,16 @@ async def test_register_replaces_the_presented_session(
     assert events.ended == [first.user.session_id]  # its sockets are closed everywhere
     assert await services.accounts.session_user(first.token) is None
     assert (await services.accounts.session_user(second.token)).username == "carol"
+
+
+@pytest.mark.gen_test
+async def test_logout_ends_the_session_and_its_sockets(
+    services: Any, auth: AuthService, events: Events
+) -> None:
+    alice = await auth.register("alice", PASSWORD, PASSWORD)
+    await auth.logout(alice.token)
+    assert await services.accounts.session_user(alice.token) is None
+    assert events.ended == [alice.user.session_id]  # its sockets close in every process
 
 
 @pytest.mark.parametrize(
